@@ -1,0 +1,69 @@
+//! The archive: one tar stream (manifest first, surfaces, index last), zstd, age.
+//! docs/FORMAT.md is the reference; decisions/D-02-archive-format.md says why.
+
+pub(crate) mod read;
+pub(crate) mod write;
+
+use std::io::Read;
+
+use serde::Serialize;
+
+use crate::crypto::Decryption;
+use crate::error::Result;
+use crate::manifest::Manifest;
+use crate::progress::{Cancel, Event, Progress};
+
+pub use write::{ArchiveTotals, Compression};
+
+/// Reads the manifest from the head of an archive, without reading the rest.
+pub fn inspect(input: impl Read, keys: &Decryption) -> Result<Manifest> {
+    read::read_manifest(input, keys)
+}
+
+/// What `verify` checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub manifest: Manifest,
+    pub files: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Reads the whole archive and checks every file's hash, the index and the manifest's hash.
+/// The error names the first bad member, or the stream error.
+pub fn verify(input: impl Read, keys: &Decryption, progress: &dyn Progress, cancel: &Cancel) -> Result<VerifyReport> {
+    struct Hasher<'p>(&'p dyn Progress);
+    impl read::Visitor for Hasher<'_> {
+        fn manifest(&mut self, m: &Manifest) -> Result<()> {
+            self.0.event(&Event::Totals { files: m.files, bytes: m.bytes });
+            Ok(())
+        }
+        fn member<R: Read>(&mut self, m: read::Member<'_, '_, R>) -> Result<Option<(u64, blake3::Hash)>> {
+            use tar::EntryType::*;
+            if !matches!(m.entry.header().entry_type(), Regular | Continuous | GNUSparse) {
+                return Ok(None);
+            }
+            let mut counter = CountingReader { inner: &mut *m.entry, count: 0 };
+            let hash = write::hash_reader(&mut counter)
+                .map_err(|e| crate::Error::Corrupt(format!("{}: {e}", m.path)))?;
+            self.0.event(&Event::Bytes { bytes: counter.count });
+            Ok(Some((counter.count, hash)))
+        }
+    }
+    progress.event(&Event::Phase { phase: "verify".into() });
+    let out = read::read_archive(input, keys, &mut Hasher(progress), cancel)?;
+    Ok(VerifyReport { files: out.index.files, entries: out.index.entries, bytes: out.index.bytes, manifest: out.manifest })
+}
+
+pub(crate) struct CountingReader<R> {
+    pub inner: R,
+    pub count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}

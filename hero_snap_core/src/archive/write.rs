@@ -1,0 +1,354 @@
+//! Writing an archive: manifest, the surfaces' trees, index; through tar → zstd → age.
+//!
+//! Memory stays bounded: file data streams through, the index goes to a spill file as
+//! it grows, and only hard-linked inodes are remembered.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tar::{EntryType, Header, HeaderMode};
+
+use crate::crypto::{EncryptedWriter, Encryption};
+use crate::error::{Error, Result};
+use crate::manifest::{Index, Manifest, Warning, INDEX_PATH, MANIFEST_PATH};
+use crate::progress::{Cancel, Event, Progress};
+
+/// Compression settings of the archive.
+#[derive(Debug, Clone, Copy)]
+pub struct Compression {
+    /// zstd level, 1..=19 (3 is zstd's default).
+    pub level: i32,
+    /// zstd worker threads; 0 compresses on the calling thread.
+    pub threads: u32,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        Compression { level: 3, threads: cores }
+    }
+}
+
+type Stack<W> = tar::Builder<zstd::stream::write::Encoder<'static, EncryptedWriter<W>>>;
+
+pub(crate) struct ArchiveWriter<W: Write> {
+    tar: Stack<W>,
+    spill: BufWriter<File>,
+    manifest_hash: Option<blake3::Hash>,
+    files: u64,
+    entries: u64,
+    bytes: u64,
+    hardlinks: HashMap<(u64, u64), String>,
+    pub(crate) warnings: Vec<Warning>,
+}
+
+/// Wraps a writer with tar, zstd and age.
+impl<W: Write> ArchiveWriter<W> {
+    pub(crate) fn new(out: W, enc: &Encryption, comp: Compression) -> Result<ArchiveWriter<W>> {
+        let enc = EncryptedWriter::new(out, enc)?;
+        let mut z = zstd::stream::write::Encoder::new(enc, comp.level)
+            .map_err(|e| Error::Usage(format!("zstd level {}: {e}", comp.level)))?;
+        if comp.threads > 0 {
+            z.multithread(comp.threads).map_err(|e| Error::Usage(format!("zstd threads: {e}")))?;
+        }
+        let mut tar = tar::Builder::new(z);
+        tar.mode(HeaderMode::Complete);
+        tar.follow_symlinks(false);
+        let spill = tempfile::tempfile().map_err(Error::io(std::env::temp_dir(), "creating the index spill file"))?;
+        Ok(ArchiveWriter {
+            tar,
+            spill: BufWriter::new(spill),
+            manifest_hash: None,
+            files: 0,
+            entries: 0,
+            bytes: 0,
+            hardlinks: HashMap::new(),
+            warnings: Vec::new(),
+        })
+    }
+
+    fn out_err(e: io::Error) -> Error {
+        Error::Io { path: PathBuf::from("<archive output>"), action: "writing the archive", source: e }
+    }
+
+    /// The first member. Must be called once, before any tree.
+    pub(crate) fn write_manifest(&mut self, manifest: &Manifest) -> Result<()> {
+        let yaml = manifest.to_yaml()?;
+        self.manifest_hash = Some(blake3::hash(yaml.as_bytes()));
+        append_bytes(&mut self.tar, MANIFEST_PATH, yaml.as_bytes()).map_err(Self::out_err)
+    }
+
+    /// Appends the tree at `root` (a directory) under the member path `member_root`.
+    pub(crate) fn write_tree(&mut self, root: &Path, member_root: &str, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
+        // Hard links are kept within a surface; a restore places surfaces independently.
+        self.hardlinks.clear();
+        let root_dev = std::fs::symlink_metadata(root).map_err(Error::io(root, "reading"))?.dev();
+        for entry in walk(root) {
+            cancel.check()?;
+            let entry = entry.map_err(|e| walk_error(root, e))?;
+            let path = entry.path();
+            let rel = path.strip_prefix(root).expect("walkdir yields paths under its root");
+            let rel = rel.to_str().ok_or_else(|| Error::Refused(format!(
+                "{}: the file name is not valid UTF-8; rename it (hero-snap archives UTF-8 names only)", path.display())))?;
+            let member = if rel.is_empty() { member_root.to_string() } else { format!("{member_root}/{rel}") };
+            let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
+            if meta.dev() != root_dev && meta.is_dir() {
+                return Err(Error::Refused(format!(
+                    "{}: another filesystem is mounted inside the surface at {}; declare it as a surface of its own or unmount it",
+                    root.display(), path.display())));
+            }
+            self.write_entry(path, &member, &meta, progress)?;
+        }
+        Ok(())
+    }
+
+    fn write_entry(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata, progress: &dyn Progress) -> Result<()> {
+        let ft = meta.file_type();
+        let mut header = Header::new_gnu();
+        header.set_metadata_in_mode(meta, HeaderMode::Complete);
+        header.set_mode(meta.permissions().mode() & 0o7777);
+        if ft.is_dir() {
+            header.set_entry_type(EntryType::Directory);
+            self.xattrs(path)?;
+            self.tar.append_data(&mut header, format!("{member}/"), io::empty()).map_err(Self::out_err)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(Error::io(path, "reading the symlink"))?;
+            header.set_entry_type(EntryType::Symlink);
+            header.set_size(0);
+            self.tar.append_link(&mut header, member, &target).map_err(Self::out_err)?;
+        } else if ft.is_file() {
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = self.hardlinks.get(&key) {
+                    header.set_entry_type(EntryType::Link);
+                    header.set_size(0);
+                    let first = first.clone();
+                    self.tar.append_link(&mut header, member, &first).map_err(Self::out_err)?;
+                    self.entries += 1;
+                    return Ok(());
+                }
+                self.hardlinks.insert(key, member.to_string());
+            }
+            self.xattrs(path)?;
+            self.write_file(path, member, progress)?;
+            return Ok(());
+        } else {
+            let kind = if ft.is_fifo() { "FIFO" } else if ft.is_socket() { "socket" } else { "device node" };
+            let w = Warning { code: "skipped-special-file".into(), message: format!("{}: {kind} not archived", path.display()) };
+            progress.event(&Event::Warning { warning: w.clone() });
+            self.warnings.push(w);
+            return Ok(());
+        }
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn write_file(&mut self, path: &Path, member: &str, progress: &dyn Progress) -> Result<()> {
+        let mut file = File::open(path).map_err(Error::io(path, "opening"))?;
+        // Header from the open file, so size and content describe the same inode.
+        let meta = file.metadata().map_err(Error::io(path, "reading metadata"))?;
+        let size = meta.len();
+        let hash = if meta.blocks() * 512 < size {
+            // Sparse: the tar crate writes a GNU sparse member; hash the logical content.
+            let hash = hash_reader(&mut file).map_err(Error::io(path, "reading"))?;
+            file.rewind().map_err(Error::io(path, "reading"))?;
+            self.tar.append_file(member, &mut file).map_err(Self::out_err)?;
+            if file.metadata().map_err(Error::io(path, "reading metadata"))?.len() != size {
+                self.changed(path, progress);
+            }
+            hash
+        } else {
+            let mut header = Header::new_gnu();
+            header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+            header.set_mode(meta.permissions().mode() & 0o7777);
+            header.set_entry_type(EntryType::Regular);
+            let mut reader = ExactHashing { inner: &mut file, remaining: size, hasher: blake3::Hasher::new(), short: false, progress, pending: 0 };
+            let res = self.tar.append_data(&mut header, member, &mut reader);
+            let (short, hash) = (reader.short, reader.hasher.finalize());
+            res.map_err(|e| if e.kind() == io::ErrorKind::Other && e.to_string().starts_with("source:") {
+                Error::io(path, "reading")(e)
+            } else { Self::out_err(e) })?;
+            let grew = file.read(&mut [0u8; 1]).map_err(Error::io(path, "reading"))? > 0;
+            if short || grew {
+                self.changed(path, progress);
+            }
+            hash
+        };
+        Index::write_entry(&mut self.spill, member, size, &hash).map_err(Error::io("<index spill>", "writing"))?;
+        self.files += 1;
+        self.entries += 1;
+        self.bytes += size;
+        Ok(())
+    }
+
+    fn changed(&mut self, path: &Path, progress: &dyn Progress) {
+        let w = Warning {
+            code: "changed-while-read".into(),
+            message: format!("{}: changed while it was archived; the archived copy may be torn (back up from a snapshot)", path.display()),
+        };
+        progress.event(&Event::Warning { warning: w.clone() });
+        self.warnings.push(w);
+    }
+
+    /// Writes a PAX header with the path's extended attributes, if it has any.
+    fn xattrs(&mut self, path: &Path) -> Result<()> {
+        let names = match xattr::list(path) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+            Err(e) => return Err(Error::io(path, "listing extended attributes")(e)),
+        };
+        let mut records = Vec::new();
+        for name in names {
+            let Some(value) = xattr::get(path, &name).map_err(Error::io(path, "reading extended attributes"))? else { continue };
+            let key = format!("SCHILY.xattr.{}", name.to_string_lossy());
+            pax_record(&mut records, &key, &value);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut header = Header::new_ustar();
+        header.set_entry_type(EntryType::XHeader);
+        header.set_size(records.len() as u64);
+        header.set_mode(0o644);
+        header.set_path("././@PaxHeader").map_err(Self::out_err)?;
+        header.set_cksum();
+        self.tar.append(&header, &records[..]).map_err(Self::out_err)
+    }
+
+    /// Writes the index and finishes every layer, in the only order that yields a readable file.
+    pub(crate) fn finish(mut self) -> Result<(W, ArchiveTotals)> {
+        let manifest_hash = self.manifest_hash.expect("the manifest is written first").to_hex().to_string();
+        let mut head = Vec::new();
+        Index::write_head(&mut head, &manifest_hash, self.files, self.entries, self.bytes).expect("Vec write");
+        let mut spill = self.spill.into_inner().map_err(|e| Error::io("<index spill>", "writing")(e.into_error()))?;
+        let spill_len = spill.stream_position().map_err(Error::io("<index spill>", "reading"))?;
+        spill.rewind().map_err(Error::io("<index spill>", "reading"))?;
+        let mut header = Header::new_gnu();
+        header.set_entry_type(EntryType::Regular);
+        header.set_size(head.len() as u64 + spill_len);
+        header.set_mode(0o644);
+        header.set_mtime(now_secs());
+        self.tar.append_data(&mut header, INDEX_PATH, (&head[..]).chain(spill)).map_err(Self::out_err)?;
+        let z = self.tar.into_inner().map_err(Self::out_err)?;
+        let enc = z.finish().map_err(Self::out_err)?;
+        let out = enc.finish().map_err(Self::out_err)?;
+        Ok((out, ArchiveTotals { files: self.files, entries: self.entries, bytes: self.bytes }))
+    }
+}
+
+/// What went into an archive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ArchiveTotals {
+    pub files: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8]) -> io::Result<()> {
+    let mut header = Header::new_gnu();
+    header.set_entry_type(EntryType::Regular);
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(now_secs());
+    tar.append_data(&mut header, path, data)
+}
+
+/// One PAX record: "LEN KEY=VALUE\n", where LEN counts the whole record including itself.
+fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    out.extend_from_slice(format!("{len} {key}=").as_bytes());
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// A file walk in a stable order that never follows symlinks.
+pub(crate) fn walk(root: &Path) -> walkdir::IntoIter {
+    walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter()
+}
+
+fn walk_error(root: &Path, e: walkdir::Error) -> Error {
+    let path = e.path().unwrap_or(root).to_path_buf();
+    match e.into_io_error() {
+        Some(io) => Error::Io { path, action: "walking", source: io },
+        None => Error::Refused(format!("{}: filesystem loop", path.display())),
+    }
+}
+
+/// Counts the regular files and their bytes under `root`, as the manifest announces them.
+pub(crate) fn count_tree(root: &Path, cancel: &Cancel) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    let mut links = std::collections::HashSet::new();
+    for entry in walk(root) {
+        cancel.check()?;
+        let entry = entry.map_err(|e| walk_error(root, e))?;
+        if entry.file_type().is_file() {
+            let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
+            if meta.nlink() > 1 && !links.insert((meta.dev(), meta.ino())) {
+                continue; // archived once, as a hard link after that
+            }
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    Ok((files, bytes))
+}
+
+pub(crate) fn hash_reader(r: &mut impl Read) -> io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Yields exactly `remaining` bytes of `inner` (zeros if it shrank) and hashes them.
+struct ExactHashing<'a, R> {
+    inner: R,
+    remaining: u64,
+    hasher: blake3::Hasher,
+    short: bool,
+    progress: &'a dyn Progress,
+    pending: u64,
+}
+
+impl<R: Read> Read for ExactHashing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            if self.pending > 0 {
+                self.progress.event(&Event::Bytes { bytes: self.pending });
+                self.pending = 0;
+            }
+            return Ok(0);
+        }
+        let want = buf.len().min(self.remaining as usize);
+        let mut n = self.inner.read(&mut buf[..want]).map_err(|e| io::Error::other(format!("source: {e}")))?;
+        if n == 0 {
+            self.short = true;
+            buf[..want].fill(0);
+            n = want;
+        }
+        self.hasher.update(&buf[..n]);
+        self.remaining -= n as u64;
+        self.pending += n as u64;
+        if self.pending >= 1 << 22 {
+            self.progress.event(&Event::Bytes { bytes: self.pending });
+            self.pending = 0;
+        }
+        Ok(n)
+    }
+}

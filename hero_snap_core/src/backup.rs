@@ -1,0 +1,287 @@
+//! Backup: select the surfaces, (freeze), write the archive.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::archive::write::{count_tree, ArchiveWriter};
+use crate::archive::Compression;
+use crate::crypto::Encryption;
+use crate::error::{Error, Result};
+use crate::inventory::{Class, Inventory, Scope, Surface};
+use crate::manifest::{
+    surface_member_root, Consistency, LeftOut, Manifest, ManifestService, ManifestSurface, SelectionRecord, Warning, ARCHIVE_FORMAT,
+};
+use crate::progress::{Cancel, Event, Progress};
+
+/// Which part of an instance a run covers. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub services: Vec<String>,
+    pub contexts: Vec<String>,
+    /// Archive derived surfaces too (left out by default: they are rebuildable).
+    pub include_derived: bool,
+}
+
+impl Selection {
+    pub(crate) fn record(&self) -> SelectionRecord {
+        SelectionRecord { services: self.services.clone(), contexts: self.contexts.clone(), include_derived: self.include_derived }
+    }
+}
+
+/// Options of [`backup`].
+#[derive(Debug)]
+pub struct BackupOptions {
+    pub selection: Selection,
+    pub encryption: Encryption,
+    pub compression: Compression,
+}
+
+/// What a backup archived, per service and surface.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub manifest: Manifest,
+    /// Bytes of the archive written (after compression and encryption).
+    pub archive_bytes: u64,
+}
+
+/// One surface copy to archive.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub service: String,
+    pub surface: String,
+    pub context: Option<String>,
+    /// Where the live data is.
+    pub path: PathBuf,
+}
+
+/// Resolves a selection against the inventory: the jobs, and the manifest skeleton
+/// (services with what is in, what is left out and why).
+pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<ManifestService>, Vec<Warning>)> {
+    for s in &sel.services {
+        if inv.service(s).is_none() {
+            return Err(Error::Usage(format!(
+                "service `{s}` is not in the inventory {}; known services: {}",
+                inv.source.display(),
+                inv.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let all_contexts = inv.contexts()?;
+    for c in &sel.contexts {
+        if !all_contexts.contains(c) {
+            return Err(Error::Usage(format!(
+                "context `{c}` is not found in the instance; contexts found: {}",
+                if all_contexts.is_empty() { "none".to_string() } else { all_contexts.join(", ") }
+            )));
+        }
+    }
+    let mut jobs = Vec::new();
+    let mut services = Vec::new();
+    let mut warnings = Vec::new();
+    for svc in &inv.services {
+        if !sel.services.is_empty() && !sel.services.contains(&svc.name) {
+            continue;
+        }
+        let mut ms = ManifestService {
+            name: svc.name.clone(),
+            version: svc.version.clone(),
+            schema: svc.schema,
+            contexts: Vec::new(),
+            surfaces: Vec::new(),
+            left_out: Vec::new(),
+            secrets: svc.secrets.clone(),
+            files: 0,
+            bytes: 0,
+        };
+        let mut svc_contexts = BTreeSet::new();
+        for surface in &svc.surfaces {
+            let leave = |reason: String| LeftOut { surface: surface.name.clone(), class: surface.class, reason };
+            match surface.class {
+                Class::Transient => {
+                    ms.left_out.push(leave("transient: never archived".into()));
+                    continue;
+                }
+                Class::Derived if !sel.include_derived => {
+                    ms.left_out.push(leave("derived: rebuildable from sources; pass --include-derived to archive it".into()));
+                    continue;
+                }
+                _ => {}
+            }
+            let contexts: Vec<Option<String>> = match surface.scope {
+                Scope::Instance if !sel.contexts.is_empty() => {
+                    ms.left_out.push(leave("instance-scoped: not part of a per-context backup".into()));
+                    continue;
+                }
+                Scope::Instance => {
+                    if !surface.path.is_dir() {
+                        let w = Warning {
+                            code: "surface-missing".into(),
+                            message: format!("{}.{}: {} does not exist; nothing archived for it", svc.name, surface.name, surface.path.display()),
+                        };
+                        warnings.push(w);
+                        ms.left_out.push(leave(format!("{} does not exist on the source", surface.path.display())));
+                        continue;
+                    }
+                    vec![None]
+                }
+                Scope::Context => {
+                    let found = inv.surface_contexts(surface)?;
+                    found.into_iter().filter(|c| sel.contexts.is_empty() || sel.contexts.contains(c)).map(Some).collect()
+                }
+            };
+            let mut msurf = manifest_surface(surface);
+            for ctx in contexts {
+                if let Some(c) = &ctx {
+                    svc_contexts.insert(c.clone());
+                    msurf.contexts.push(c.clone());
+                }
+                jobs.push(Job { service: svc.name.clone(), surface: surface.name.clone(), path: surface.path_for(ctx.as_deref()), context: ctx });
+            }
+            if surface.scope == Scope::Context && msurf.contexts.is_empty() {
+                ms.left_out.push(leave("no context of the selection has this surface on disk".into()));
+                continue;
+            }
+            ms.surfaces.push(msurf);
+        }
+        ms.contexts = svc_contexts.into_iter().collect();
+        if !sel.contexts.is_empty() && ms.surfaces.is_empty() {
+            continue; // a per-context backup carries only the services that have the context
+        }
+        services.push(ms);
+    }
+    if jobs.is_empty() {
+        return Err(Error::Usage("the selection covers no surface with data on disk; nothing to back up".into()));
+    }
+    Ok((jobs, services, warnings))
+}
+
+fn manifest_surface(s: &Surface) -> ManifestSurface {
+    ManifestSurface { name: s.name.clone(), scope: s.scope, class: s.class, path: s.path.display().to_string(), contexts: Vec::new(), files: 0, bytes: 0 }
+}
+
+/// The reading side of a backup: where each job's data is read from. Live directories
+/// for now; the snapshot engine supplies frozen views through the same path.
+pub(crate) struct Source {
+    pub consistency: Consistency,
+    pub freeze_window_ms: Option<u64>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Writes an archive of the selected surfaces to `out` and returns it with the report.
+pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
+    let (jobs, mut services, mut warnings) = select(inv, &opts.selection)?;
+    let source = Source { consistency: Consistency::Live, freeze_window_ms: None, warnings: Vec::new() };
+    warnings.extend(source.warnings.iter().cloned());
+
+    progress.event(&Event::Phase { phase: "scan".into() });
+    let (mut files, mut bytes) = (0, 0);
+    for job in &jobs {
+        let (f, b) = count_tree(&job.path, cancel)?;
+        let svc = services.iter_mut().find(|s| s.name == job.service).expect("selected service");
+        svc.files += f;
+        svc.bytes += b;
+        let surf = svc.surfaces.iter_mut().find(|s| s.name == job.surface).expect("selected surface");
+        surf.files += f;
+        surf.bytes += b;
+        files += f;
+        bytes += b;
+    }
+    progress.event(&Event::Totals { files, bytes });
+
+    let manifest = Manifest {
+        format: ARCHIVE_FORMAT,
+        tool: "hero-snap".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        created: now_rfc3339(),
+        instance: inv.instance.clone(),
+        run_id: run_id(),
+        consistency: source.consistency,
+        freeze_window_ms: source.freeze_window_ms,
+        selection: opts.selection.record(),
+        services,
+        warnings: warnings.clone(),
+        files,
+        bytes,
+    };
+    let counted = CountingWriter { inner: out, count: 0 };
+    let mut writer = ArchiveWriter::new(counted, &opts.encryption, opts.compression)?;
+    writer.write_manifest(&manifest)?;
+    progress.event(&Event::Phase { phase: "archive".into() });
+    for job in &jobs {
+        progress.event(&Event::Surface { service: job.service.clone(), surface: job.surface.clone(), context: job.context.clone() });
+        let member = surface_member_root(&job.service, &job.surface, job.context.as_deref());
+        writer.write_tree(&job.path, &member, progress, cancel)?;
+    }
+    let late_warnings = std::mem::take(&mut writer.warnings);
+    let (counted, _totals) = writer.finish()?;
+    let mut manifest = manifest;
+    // Warnings found while archiving cannot go back into the manifest (it is already
+    // written); they are in the report and the event stream.
+    manifest.warnings.extend(late_warnings);
+    Ok((BackupReport { manifest, archive_bytes: counted.count }, counted.inner))
+}
+
+/// Writes the archive to `path` under a temporary name, fsyncs it and renames it into
+/// place, so that a failed run never leaves a partial archive under the real name.
+pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progress: &dyn Progress, cancel: &Cancel) -> Result<BackupReport> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| Error::Usage(format!("{}: not a file name", path.display())))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(Error::io(&dir, "creating the archive"))?;
+    let file = tmp.as_file().try_clone().map_err(Error::io(tmp.path(), "opening"))?;
+    let (report, buffered) = backup(inv, opts, BufWriter::with_capacity(1 << 20, file), progress, cancel)?;
+    let file: File = buffered.into_inner().map_err(|e| Error::io(tmp.path(), "writing the archive")(e.into_error()))?;
+    file.sync_all().map_err(Error::io(tmp.path(), "syncing the archive"))?;
+    tmp.persist(path).map_err(|e| Error::io(path, "renaming the archive into place")(e.error))?;
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(report)
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// A run id: UTC time plus the process id, unique on one machine and sortable.
+pub(crate) fn run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}-{}",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        std::process::id()
+    )
+}

@@ -1,0 +1,302 @@
+//! The age layer: who can read an archive (recipients or a passphrase) and the keys that
+//! open it. Key material is never logged or put in an error message.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use age::secrecy::SecretString;
+
+use crate::error::{Error, Result};
+
+/// How a new archive is encrypted.
+pub enum Encryption {
+    /// Plaintext; the CLI only allows it with an explicit `--no-encrypt`.
+    None,
+    /// X25519 (`age1...`) and SSH (`ssh-ed25519`, `ssh-rsa`) recipients.
+    Recipients(Vec<Box<dyn age::Recipient + Send>>),
+    /// A passphrase (scrypt); `work_factor` is log2(N), `None` for age's default (~1 s).
+    Passphrase { passphrase: SecretString, work_factor: Option<u8> },
+}
+
+impl std::fmt::Debug for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Encryption::None => f.write_str("Encryption::None"),
+            Encryption::Recipients(r) => write!(f, "Encryption::Recipients({} recipients)", r.len()),
+            Encryption::Passphrase { .. } => f.write_str("Encryption::Passphrase"),
+        }
+    }
+}
+
+impl Encryption {
+    /// Parses recipients given as strings (`age1...`, `ssh-ed25519 ...`, `ssh-rsa ...`).
+    pub fn parse_recipients<S: AsRef<str>>(list: &[S]) -> Result<Vec<Box<dyn age::Recipient + Send>>> {
+        list.iter().map(|s| parse_recipient(s.as_ref(), None)).collect()
+    }
+
+    /// Reads a recipients file: one recipient per line, `#` comments and blank lines ignored.
+    pub fn read_recipients_file(path: &Path) -> Result<Vec<Box<dyn age::Recipient + Send>>> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path, "reading the recipients file"))?;
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            out.push(parse_recipient(line, Some((path, n + 1)))?);
+        }
+        if out.is_empty() {
+            return Err(Error::Crypto(format!("{}: holds no recipient; add an `age1...` or `ssh-ed25519 ...` line", path.display())));
+        }
+        Ok(out)
+    }
+
+    /// A passphrase read from a file (first line), refusing files others can read.
+    pub fn passphrase_file(path: &Path) -> Result<Encryption> {
+        Ok(Encryption::Passphrase { passphrase: read_passphrase(path)?, work_factor: None })
+    }
+}
+
+fn parse_recipient(s: &str, at: Option<(&Path, usize)>) -> Result<Box<dyn age::Recipient + Send>> {
+    let where_ = at.map(|(p, n)| format!("{}:{n}: ", p.display())).unwrap_or_default();
+    if s.starts_with("age1") {
+        return age::x25519::Recipient::from_str(s)
+            .map(|r| Box::new(r) as Box<dyn age::Recipient + Send>)
+            .map_err(|e| Error::Crypto(format!("{where_}not a valid age recipient ({e}); it should look like `age1...`")));
+    }
+    if s.starts_with("ssh-") {
+        return age::ssh::Recipient::from_str(s)
+            .map(|r| Box::new(r) as Box<dyn age::Recipient + Send>)
+            .map_err(|_| Error::Crypto(format!("{where_}not a supported SSH public key; use ssh-ed25519 or ssh-rsa")));
+    }
+    Err(Error::Crypto(format!("{where_}unrecognised recipient; use an age key (`age1...`) or an SSH public key (`ssh-ed25519 ...`)")))
+}
+
+/// Refuses key and passphrase files that group or others can read.
+fn check_private(path: &Path, what: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(Error::io(path, "reading"))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Crypto(format!(
+            "{}: the {what} is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn read_passphrase(path: &Path) -> Result<SecretString> {
+    check_private(path, "passphrase file")?;
+    let text = std::fs::read_to_string(path).map_err(Error::io(path, "reading the passphrase file"))?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(Error::Crypto(format!("{}: the passphrase file is empty", path.display())));
+    }
+    Ok(SecretString::from(line.to_string()))
+}
+
+/// The keys that may open an archive.
+#[derive(Default)]
+pub struct Decryption {
+    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
+    passphrase: Option<SecretString>,
+    sources: Vec<PathBuf>,
+    /// Allow reading an archive that is not encrypted.
+    pub allow_plaintext: bool,
+}
+
+impl Decryption {
+    /// No keys: reads plaintext archives only.
+    pub fn plaintext() -> Decryption {
+        Decryption { allow_plaintext: true, ..Decryption::default() }
+    }
+
+    /// Adds the identities of an age identity file or an unencrypted SSH private key.
+    pub fn add_identity_file(&mut self, path: &Path) -> Result<()> {
+        check_private(path, "identity file")?;
+        let data = std::fs::read(path).map_err(Error::io(path, "reading the identity file"))?;
+        let text = String::from_utf8_lossy(&data);
+        if text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") || text.contains("-----BEGIN RSA PRIVATE KEY-----") {
+            let id = age::ssh::Identity::from_buffer(BufReader::new(&data[..]), Some(path.display().to_string()))
+                .map_err(|_| Error::Crypto(format!("{}: not a readable SSH private key", path.display())))?;
+            match id {
+                age::ssh::Identity::Unencrypted(_) => self.identities.push(Box::new(id)),
+                _ => {
+                    return Err(Error::Crypto(format!(
+                        "{}: passphrase-protected or unsupported SSH keys are not supported; decrypt it to an unprotected copy readable by root only",
+                        path.display()
+                    )))
+                }
+            }
+        } else {
+            let file = age::IdentityFile::from_buffer(BufReader::new(&data[..]))
+                .map_err(|_| Error::Crypto(format!("{}: not an age identity file (expected `AGE-SECRET-KEY-1...` lines)", path.display())))?;
+            let ids = file
+                .into_identities()
+                .map_err(|_| Error::Crypto(format!("{}: holds an identity this build cannot use", path.display())))?;
+            if ids.is_empty() {
+                return Err(Error::Crypto(format!("{}: holds no identity", path.display())));
+            }
+            self.identities.extend(ids);
+        }
+        self.sources.push(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Adds an age X25519 identity given as a string (`AGE-SECRET-KEY-1...`).
+    pub fn add_identity_str(&mut self, key: &str) -> Result<()> {
+        let id = age::x25519::Identity::from_str(key).map_err(|_| Error::Crypto("not a valid age identity".into()))?;
+        self.identities.push(Box::new(id));
+        Ok(())
+    }
+
+    /// Uses the passphrase in a file (first line).
+    pub fn set_passphrase_file(&mut self, path: &Path) -> Result<()> {
+        self.passphrase = Some(read_passphrase(path)?);
+        self.sources.push(path.to_path_buf());
+        Ok(())
+    }
+
+    pub fn set_passphrase(&mut self, passphrase: SecretString) {
+        self.passphrase = Some(passphrase);
+    }
+
+    fn describe(&self) -> String {
+        if self.sources.is_empty() {
+            "no identity or passphrase was given: pass --identity FILE or --passphrase-file FILE".into()
+        } else {
+            format!(
+                "none of the given keys opens it ({}); check that the archive was encrypted to this identity or passphrase",
+                self.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
+        }
+    }
+}
+
+/// What the first bytes of a stream say it is.
+enum Kind {
+    Age,
+    ArmoredAge,
+    Zstd,
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+fn sniff(buf: &[u8]) -> Option<Kind> {
+    if buf.starts_with(b"age-encryption.org/") {
+        Some(Kind::Age)
+    } else if buf.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----") {
+        Some(Kind::ArmoredAge)
+    } else if buf.starts_with(&ZSTD_MAGIC) {
+        Some(Kind::Zstd)
+    } else {
+        None
+    }
+}
+
+/// Opens the decrypted, decompressed tar stream of an archive.
+pub(crate) fn open_tar_stream<'a, R: Read + 'a>(input: R, keys: &Decryption) -> Result<Box<dyn Read + 'a>> {
+    let mut buf = BufReader::with_capacity(1 << 20, input);
+    let head = buf.fill_buf().map_err(|e| Error::Corrupt(format!("cannot read the archive: {e}")))?;
+    let compressed: Box<dyn Read + 'a> = match sniff(head) {
+        None if head.is_empty() => return Err(Error::Corrupt("the archive is empty".into())),
+        None => return Err(Error::Corrupt("not a hero-snap archive: neither age-encrypted nor zstd-compressed".into())),
+        Some(Kind::Zstd) => {
+            if !keys.allow_plaintext {
+                return Err(Error::Crypto("the archive is not encrypted; pass --allow-plaintext to read it anyway".into()));
+            }
+            Box::new(buf)
+        }
+        Some(kind) => {
+            let reader: Box<dyn BufRead + 'a> = match kind {
+                Kind::ArmoredAge => Box::new(BufReader::new(age::armor::ArmoredReader::new(buf))),
+                _ => Box::new(buf),
+            };
+            Box::new(decrypt(reader, keys)?)
+        }
+    };
+    let zstd = zstd::stream::read::Decoder::new(compressed).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
+    Ok(Box::new(zstd))
+}
+
+fn decrypt<'a, R: BufRead + 'a>(input: R, keys: &Decryption) -> Result<age::stream::StreamReader<R>> {
+    let dec = age::Decryptor::new_buffered(input).map_err(|e| match e {
+        age::DecryptError::Io(e) => Error::Corrupt(format!("cannot read the age header: {e}")),
+        other => Error::Corrupt(format!("damaged age header: {other}")),
+    })?;
+    let result = if dec.is_scrypt() {
+        let Some(pass) = &keys.passphrase else {
+            return Err(Error::Crypto("the archive is passphrase-encrypted: pass --passphrase-file FILE".into()));
+        };
+        let id = age::scrypt::Identity::new(pass.clone());
+        dec.decrypt(std::iter::once(&id as &dyn age::Identity))
+    } else {
+        if keys.identities.is_empty() {
+            return Err(Error::Crypto(format!("the archive is encrypted to recipients; {}", keys.describe())));
+        }
+        dec.decrypt(keys.identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+    };
+    result.map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys | age::DecryptError::DecryptionFailed => Error::Crypto(keys.describe()),
+        age::DecryptError::ExcessiveWork { required, target } => Error::Refused(format!(
+            "the passphrase's work factor ({required}) is far above this machine's ({target}); refusing what could be a resource-exhaustion attack"
+        )),
+        other => Error::Corrupt(format!("age: {other}")),
+    })
+}
+
+/// The encrypting (or not) end of the archive pipeline. `finish` must be called.
+pub(crate) enum EncryptedWriter<W: Write> {
+    Plain(W),
+    Age(age::stream::StreamWriter<W>),
+}
+
+impl<W: Write> EncryptedWriter<W> {
+    pub(crate) fn new(out: W, enc: &Encryption) -> Result<EncryptedWriter<W>> {
+        let encryptor = match enc {
+            Encryption::None => return Ok(EncryptedWriter::Plain(out)),
+            Encryption::Recipients(list) => {
+                if list.is_empty() {
+                    return Err(Error::Crypto("no recipient given: pass --recipient, --recipients-file or --passphrase-file (or --no-encrypt)".into()));
+                }
+                age::Encryptor::with_recipients(list.iter().map(|r| r.as_ref() as &dyn age::Recipient))
+                    .map_err(|e| Error::Crypto(format!("cannot encrypt to these recipients: {e}")))?
+            }
+            Encryption::Passphrase { passphrase, work_factor } => {
+                let mut r = age::scrypt::Recipient::new(passphrase.clone());
+                if let Some(n) = work_factor {
+                    r.set_work_factor(*n);
+                }
+                age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+                    .map_err(|e| Error::Crypto(format!("cannot encrypt with the passphrase: {e}")))?
+            }
+        };
+        let w = encryptor.wrap_output(out).map_err(|e| Error::Io { path: PathBuf::from("<archive>"), action: "writing the age header", source: e })?;
+        Ok(EncryptedWriter::Age(w))
+    }
+
+    pub(crate) fn finish(self) -> std::io::Result<W> {
+        match self {
+            EncryptedWriter::Plain(w) => Ok(w),
+            EncryptedWriter::Age(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for EncryptedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            EncryptedWriter::Plain(w) => w.write(buf),
+            EncryptedWriter::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            EncryptedWriter::Plain(w) => w.flush(),
+            EncryptedWriter::Age(w) => w.flush(),
+        }
+    }
+}

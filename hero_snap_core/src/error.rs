@@ -1,0 +1,83 @@
+//! One error type for the whole library. Every variant names the thing that went wrong
+//! (file, surface, service, archive member) and, where there is one, what to do about it.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong. The variant decides the CLI's exit code ([`Error::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The inventory file is malformed or breaks a validation rule.
+    #[error("{file}:{line}: {field}: {message}")]
+    Inventory { file: PathBuf, line: u64, field: String, message: String },
+
+    /// An I/O operation failed on a named path.
+    #[error("{path}: {action}: {source}")]
+    Io { path: PathBuf, action: &'static str, #[source] source: std::io::Error },
+
+    /// The archive stream is damaged, truncated, or its contents do not match the index.
+    #[error("archive is corrupt: {0}")]
+    Corrupt(String),
+
+    /// The archive is well-formed but holds something this build refuses to restore.
+    #[error("archive refused: {0}")]
+    Refused(String),
+
+    /// Keys, recipients, identities or passphrases are missing, unreadable or wrong.
+    #[error("encryption: {0}")]
+    Crypto(String),
+
+    /// The restore pre-flight found reasons not to restore; every one is listed.
+    #[error("pre-flight refused the restore:\n{}", .0.iter().map(|r| format!("  - {r}")).collect::<Vec<_>>().join("\n"))]
+    Preflight(Vec<crate::preflight::Refusal>),
+
+    /// Bad request from the caller (selection names nothing, conflicting options...).
+    #[error("{0}")]
+    Usage(String),
+
+    /// The run was cancelled through its [`crate::Cancel`] token.
+    #[error("cancelled")]
+    Cancelled,
+
+    /// A hook or external command failed.
+    #[error("{0}")]
+    Command(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, action, source }
+    }
+
+    /// The process exit code the CLI uses for this error (documented in docs/CLI.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Io { .. } | Error::Command(_) => 1,
+            Error::Usage(_) => 2,
+            Error::Corrupt(_) => 3,
+            Error::Preflight(_) => 4,
+            Error::Inventory { .. } => 5,
+            Error::Crypto(_) => 6,
+            Error::Refused(_) => 7,
+            Error::Cancelled => 130,
+        }
+    }
+
+    /// A short stable name of the error kind, for `--json` output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Inventory { .. } => "inventory",
+            Error::Io { .. } => "io",
+            Error::Corrupt(_) => "corrupt",
+            Error::Refused(_) => "refused",
+            Error::Crypto(_) => "crypto",
+            Error::Preflight(_) => "preflight",
+            Error::Usage(_) => "usage",
+            Error::Cancelled => "cancelled",
+            Error::Command(_) => "command",
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! # hero_snap_core
+//!
+//! Makes a Hero instance portable: one consistent snapshot of every service's state,
+//! streamed into one encrypted archive (tar + YAML manifest + zstd + age), restored whole,
+//! per service or per context, after a pre-flight that refuses what would not work.
+//!
+//! The data's way, one module each: [`inventory`] (what state exists, where) →
+//! [`backup`] (select, archive) → [`archive`] (the format: write, read, verify) →
+//! [`preflight`] (may this archive be restored here?) → [`restore`] (stage, verify, swap).
+//!
+//! ```no_run
+//! use hero_snap_core::{backup_to_file, inventory::Inventory, BackupOptions, Selection, Encryption,
+//!     Compression, NoProgress, Cancel};
+//! # fn main() -> hero_snap_core::Result<()> {
+//! let inv = Inventory::load("/etc/hero/inventory.yaml".as_ref())?;
+//! let recipients = Encryption::parse_recipients(&["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"])?;
+//! let opts = BackupOptions {
+//!     selection: Selection { contexts: vec!["geomind".into()], ..Selection::default() },
+//!     encryption: Encryption::Recipients(recipients),
+//!     compression: Compression::default(),
+//! };
+//! let report = backup_to_file(&inv, &opts, "/backups/geomind.hsnap".as_ref(), &NoProgress, &Cancel::new())?;
+//! println!("{} files, {} bytes", report.manifest.files, report.manifest.bytes);
+//! # Ok(()) }
+//! ```
+
+pub mod archive;
+pub mod backup;
+mod crypto;
+mod error;
+mod hooks;
+pub mod inventory;
+pub mod manifest;
+pub mod preflight;
+mod progress;
+pub mod restore;
+
+pub use archive::{inspect, verify, Compression, VerifyReport};
+pub use backup::{backup, backup_to_file, BackupOptions, BackupReport, Selection};
+pub use crypto::{Decryption, Encryption};
+pub use error::{Error, Result};
+pub use preflight::{preflight, Refusal, RestorePlan, RestoreSelection};
+pub use progress::{Cancel, Event, NoProgress, Progress};
+pub use restore::{recover, restore, RestoreOptions, RestoreReport};
+
+/// Test hook: when the environment variable `HERO_SNAP_FAILPOINT` names this point, the
+/// process kills itself with SIGKILL here (used by the crash tests; a no-op otherwise).
+pub(crate) fn failpoint(name: &str) {
+    if std::env::var_os("HERO_SNAP_FAILPOINT").is_some_and(|v| v == name) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}

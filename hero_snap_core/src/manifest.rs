@@ -1,0 +1,311 @@
+//! The two YAML members of an archive: the manifest (first: what is inside) and the index
+//! (last: what every byte must hash to). Both are documented in docs/FORMAT.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::inventory::{Class, Scope};
+
+/// The archive format this build writes; it reads this one and older.
+pub const ARCHIVE_FORMAT: u32 = 1;
+/// The tar member holding the manifest; always the first member.
+pub const MANIFEST_PATH: &str = "hero-snap/manifest.yaml";
+/// The tar member holding the index; always the last member.
+pub const INDEX_PATH: &str = "hero-snap/index.yaml";
+/// Prefix of every data member.
+pub const SERVICES_DIR: &str = "services";
+
+/// How consistent the archived state is across services and volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// One instant for every volume.
+    Atomic,
+    /// Each volume at its own instant.
+    PerVolume,
+    /// No filesystem snapshot: files copied while services were quiesced by their hooks.
+    QuiescedCopy,
+    /// Files copied from live directories with nothing frozen; only for tests and for
+    /// data that does not change.
+    Live,
+}
+
+/// A warning recorded in the manifest: a fallback, downgrade or skipped item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// Stable machine-readable code, e.g. `skipped-special-file`.
+    pub code: String,
+    pub message: String,
+}
+
+/// One archived (or deliberately left out) surface of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestSurface {
+    pub name: String,
+    pub scope: Scope,
+    pub class: Class,
+    /// The path layout on the source instance (`{context}` kept for per-context surfaces).
+    pub path: String,
+    /// Contexts whose copy of this surface is in the archive (per-context surfaces).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contexts: Vec<String>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A surface not in the archive, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub surface: String,
+    pub class: Class,
+    pub reason: String,
+}
+
+/// One service as archived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestService {
+    pub name: String,
+    pub version: String,
+    pub schema: u32,
+    /// Contexts of this service in the archive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contexts: Vec<String>,
+    pub surfaces: Vec<ManifestSurface>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+    /// Names of the secrets the service needs on the target; never their values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The first member of every archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub tool: String,
+    pub tool_version: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub instance: String,
+    /// Identifies the run (also in snapshot names and journals).
+    pub run_id: String,
+    pub consistency: Consistency,
+    /// Milliseconds the services were frozen (absent when nothing was frozen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_window_ms: Option<u64>,
+    /// What was asked for: the whole instance, or a selection.
+    pub selection: SelectionRecord,
+    pub services: Vec<ManifestService>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The selection a backup was made with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelectionRecord {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contexts: Vec<String>,
+    #[serde(default)]
+    pub include_derived: bool,
+}
+
+impl Manifest {
+    pub fn to_yaml(&self) -> Result<String> {
+        serde_saphyr::to_string(self).map_err(|e| Error::Corrupt(format!("cannot serialise the manifest: {e}")))
+    }
+
+    /// Parses a manifest; refuses a format newer than this build reads.
+    pub fn from_yaml(text: &str) -> Result<Manifest> {
+        // Read the format first so that a newer archive gets the right message even
+        // when the rest of its manifest has fields this build does not know.
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        let head: Head = serde_saphyr::from_str(text)
+            .map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))?;
+        if head.format > ARCHIVE_FORMAT {
+            return Err(Error::Refused(format!(
+                "archive format {} is newer than this build of hero-snap reads (format {ARCHIVE_FORMAT}); restore it with a newer hero-snap",
+                head.format
+            )));
+        }
+        serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ManifestService> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// One regular file's entry in the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexEntry {
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// The last member of every archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    pub format: u32,
+    /// BLAKE3 of the manifest member's bytes.
+    pub manifest_blake3: String,
+    /// Regular files (with content) in the archive.
+    pub files: u64,
+    /// All data members: files, directories, symlinks, hardlinks.
+    pub entries: u64,
+    pub bytes: u64,
+    /// Every regular file, in archive order.
+    pub index: Vec<IndexEntry>,
+}
+
+impl Index {
+    pub fn from_yaml(text: &str) -> Result<Index> {
+        serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{INDEX_PATH}: {}", first_line(&e.to_string()))))
+    }
+
+    /// Writes the index as YAML with one line per file, so that it can be produced from a
+    /// spill file without holding every entry in memory.
+    pub fn write_head(out: &mut impl std::io::Write, manifest_blake3: &str, files: u64, entries: u64, bytes: u64) -> std::io::Result<()> {
+        writeln!(out, "format: {ARCHIVE_FORMAT}")?;
+        writeln!(out, "manifest_blake3: \"{manifest_blake3}\"")?;
+        writeln!(out, "files: {files}")?;
+        writeln!(out, "entries: {entries}")?;
+        writeln!(out, "bytes: {bytes}")?;
+        if files == 0 {
+            writeln!(out, "index: []")
+        } else {
+            writeln!(out, "index:")
+        }
+    }
+
+    /// One index line; paths are written as JSON strings, which YAML reads as double-quoted scalars.
+    pub fn write_entry(out: &mut impl std::io::Write, path: &str, size: u64, hash: &blake3::Hash) -> std::io::Result<()> {
+        let quoted = serde_json::to_string(path).map_err(std::io::Error::other)?;
+        writeln!(out, "- {{path: {quoted}, size: {size}, blake3: \"{}\"}}", hash.to_hex())
+    }
+
+    pub fn to_yaml(&self) -> String {
+        let mut out = Vec::new();
+        Index::write_head(&mut out, &self.manifest_blake3, self.files, self.entries, self.bytes).expect("writing to a Vec");
+        for e in &self.index {
+            let quoted = serde_json::to_string(&e.path).expect("string");
+            out.extend_from_slice(format!("- {{path: {quoted}, size: {}, blake3: \"{}\"}}\n", e.size, e.blake3).as_bytes());
+        }
+        String::from_utf8(out).expect("utf-8")
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// Archive member path of a surface's root.
+pub fn surface_member_root(service: &str, surface: &str, context: Option<&str>) -> String {
+    match context {
+        None => format!("{SERVICES_DIR}/{service}/instance/{surface}"),
+        Some(ctx) => format!("{SERVICES_DIR}/{service}/contexts/{ctx}/{surface}"),
+    }
+}
+
+/// Which surface a data member belongs to, and its path inside that surface.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberKey {
+    pub service: String,
+    pub surface: String,
+    pub context: Option<String>,
+}
+
+/// Splits a data member path into its surface and the relative path inside it ("" for the
+/// surface root). Anything outside the documented layout is `None`.
+pub fn split_member(path: &str) -> Option<(MemberKey, &str)> {
+    let rest = path.strip_prefix(SERVICES_DIR)?.strip_prefix('/')?;
+    let (service, rest) = rest.split_once('/')?;
+    let (kind, rest) = rest.split_once('/')?;
+    let (context, rest) = match kind {
+        "instance" => (None, rest),
+        "contexts" => {
+            let (ctx, rest) = rest.split_once('/')?;
+            (Some(ctx.to_string()), rest)
+        }
+        _ => return None,
+    };
+    let rest = rest.trim_end_matches('/');
+    let (surface, inner) = match rest.split_once('/') {
+        Some((s, i)) => (s, i),
+        None => (rest, ""),
+    };
+    use crate::inventory::valid_name;
+    if !valid_name(service) || !valid_name(surface) || context.as_deref().is_some_and(|c| !valid_name(c)) {
+        return None;
+    }
+    Some((MemberKey { service: service.to_string(), surface: surface.to_string(), context }, inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn split_member_layout() {
+        let (k, inner) = split_member("services/hero_db/instance/data/a/b").unwrap();
+        assert_eq!((k.service.as_str(), k.surface.as_str(), k.context, inner), ("hero_db", "data", None, "a/b"));
+        let (k, inner) = split_member("services/hero_foundry/contexts/geomind/files/").unwrap();
+        assert_eq!((k.context.as_deref(), inner), (Some("geomind"), ""));
+        assert!(split_member("services/x/other/y").is_none());
+        assert!(split_member("etc/passwd").is_none());
+        assert!(split_member("services/../instance/y").is_none());
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9_-]{0,12}"
+    }
+
+    proptest! {
+        #[test]
+        fn manifest_round_trips(instance in name(), svc in name(), version in "[0-9]\\.[0-9]{1,3}\\.[0-9]", schema in 0u32..100,
+                                ctxs in proptest::collection::vec(name(), 0..4), files in any::<u64>(), bytes in any::<u64>(),
+                                freeze in proptest::option::of(0u64..100_000), warn in "[ -~]{0,40}") {
+            let m = Manifest {
+                format: ARCHIVE_FORMAT, tool: "hero-snap".into(), tool_version: "0.1.0".into(),
+                created: "2026-11-27T00:00:00Z".into(), instance, run_id: "r1".into(),
+                consistency: Consistency::Atomic, freeze_window_ms: freeze,
+                selection: SelectionRecord { services: vec![svc.clone()], contexts: ctxs.clone(), include_derived: true },
+                services: vec![ManifestService {
+                    name: svc, version, schema, contexts: ctxs.clone(),
+                    surfaces: vec![ManifestSurface { name: "files".into(), scope: Scope::Context, class: Class::Source,
+                        path: "/var/lib/x/{context}/files".into(), contexts: ctxs, files, bytes }],
+                    left_out: vec![LeftOut { surface: "idx".into(), class: Class::Derived, reason: "derived".into() }],
+                    secrets: vec!["KEY".into()], files, bytes }],
+                warnings: vec![Warning { code: "w".into(), message: warn }],
+                files, bytes,
+            };
+            let back = Manifest::from_yaml(&m.to_yaml().unwrap()).unwrap();
+            prop_assert_eq!(back, m);
+        }
+
+        #[test]
+        fn index_round_trips(paths in proptest::collection::vec("[^\u{0}]{1,40}", 0..20), sizes in proptest::collection::vec(any::<u64>(), 20)) {
+            let index = Index {
+                format: ARCHIVE_FORMAT,
+                manifest_blake3: blake3::hash(b"m").to_hex().to_string(),
+                files: paths.len() as u64, entries: 7, bytes: 42,
+                index: paths.iter().zip(&sizes).map(|(p, s)| IndexEntry { path: p.clone(), size: *s, blake3: blake3::hash(p.as_bytes()).to_hex().to_string() }).collect(),
+            };
+            let back = Index::from_yaml(&index.to_yaml()).unwrap();
+            prop_assert_eq!(back, index);
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Restore pre-flight: from the manifest alone, decide what a restore would write where,
+//! and refuse (listing every reason at once) what would not work.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::inventory::{Class, Command, Inventory, Scope, SecretStore};
+use crate::manifest::{Manifest, MemberKey, ARCHIVE_FORMAT};
+
+/// Options shared by pre-flight and restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreSelection {
+    /// Restore only these services (empty: all in the archive).
+    pub services: Vec<String>,
+    /// Restore only these contexts (empty: all); instance surfaces are then left alone.
+    pub contexts: Vec<String>,
+    /// Restore the one selected context under a new name.
+    pub rename_to: Option<String>,
+    /// Allow replacing data that already exists on the target.
+    pub replace: bool,
+}
+
+/// Why a restore is refused. The kind decides the exit code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Refusal {
+    FormatTooNew { archive: u32, supported: u32 },
+    UnknownService { service: String },
+    UnknownSurface { service: String, surface: String },
+    SchemaNewer { service: String, archive: u32, target: u32 },
+    NoMigration { service: String, archive: u32, target: u32 },
+    Collision { service: String, surface: String, context: Option<String>, path: PathBuf },
+    MissingSecrets { names: Vec<String> },
+    SecretStore { message: String },
+    NoSpace { path: PathBuf, needed: u64, available: u64 },
+    Selection { message: String },
+}
+
+impl Refusal {
+    /// Exit code of a pre-flight refused for this kind alone (docs/CLI.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Refusal::FormatTooNew { .. } => 10,
+            Refusal::UnknownService { .. } | Refusal::UnknownSurface { .. } => 11,
+            Refusal::SchemaNewer { .. } | Refusal::NoMigration { .. } => 12,
+            Refusal::Collision { .. } => 13,
+            Refusal::MissingSecrets { .. } | Refusal::SecretStore { .. } => 14,
+            Refusal::NoSpace { .. } => 15,
+            Refusal::Selection { .. } => 16,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::FormatTooNew { archive, supported } => write!(f, "archive format {archive} is newer than this build reads ({supported}); use a newer hero-snap"),
+            Refusal::UnknownService { service } => write!(f, "service `{service}` is in the archive but not in the target inventory; install it on the target, or leave it out with --service"),
+            Refusal::UnknownSurface { service, surface } => write!(f, "surface `{service}.{surface}` is in the archive but the target's `{service}` has no such surface; update the target inventory"),
+            Refusal::SchemaNewer { service, archive, target } => write!(f, "`{service}`: the archive's schema {archive} is newer than the target's {target}; upgrade `{service}` on the target first (downgrades are refused)"),
+            Refusal::NoMigration { service, archive, target } => write!(f, "`{service}`: the archive is at schema {archive}, the target at {target}, and the target declares no migration from schema {archive}"),
+            Refusal::Collision { service, surface, context, path } => match context {
+                Some(c) => write!(f, "context `{c}` already exists on the target ({service}.{surface} at {}); restore it under another name with --as NEW, or pass --replace", path.display()),
+                None => write!(f, "{service}.{surface} already holds data at {}; pass --replace to replace it", path.display()),
+            },
+            Refusal::MissingSecrets { names } => write!(f, "secrets missing on the target: {}; set them (e.g. `hero_proc secret set NAME`) before restoring", names.join(", ")),
+            Refusal::SecretStore { message } => write!(f, "cannot check the target's secrets: {message}"),
+            Refusal::NoSpace { path, needed, available } => write!(f, "{}: needs {} bytes with margin, {} available; free space or restore elsewhere", path.display(), needed, available),
+            Refusal::Selection { message } => f.write_str(message),
+        }
+    }
+}
+
+/// One surface copy the restore writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSurface {
+    pub service: String,
+    pub surface: String,
+    /// Context in the archive.
+    pub context: Option<String>,
+    /// Context on the target (differs with --as).
+    pub target_context: Option<String>,
+    pub path: PathBuf,
+    /// The target path exists already (and will be replaced).
+    pub exists: bool,
+    pub bytes: u64,
+}
+
+impl TargetSurface {
+    pub(crate) fn key(&self) -> MemberKey {
+        MemberKey { service: self.service.clone(), surface: self.surface.clone(), context: self.context.clone() }
+    }
+}
+
+/// A migration the restore runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedMigration {
+    pub service: String,
+    pub from: u32,
+    pub to: u32,
+    pub argv: Vec<String>,
+    #[serde(skip)]
+    pub command: Command,
+}
+
+/// What a restore would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestorePlan {
+    pub instance: String,
+    pub surfaces: Vec<TargetSurface>,
+    pub migrations: Vec<PlannedMigration>,
+    /// Derived surfaces not in the archive: they need rebuilding after the restore.
+    pub rebuild_pending: Vec<String>,
+    /// Services whose stop/start hooks run around the swap.
+    pub services: Vec<String>,
+}
+
+/// Checks a manifest against the target inventory. Returns the plan, or every refusal.
+pub fn preflight(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection) -> Result<RestorePlan> {
+    let mut refusals = Vec::new();
+    if manifest.format > ARCHIVE_FORMAT {
+        refusals.push(Refusal::FormatTooNew { archive: manifest.format, supported: ARCHIVE_FORMAT });
+        return Err(Error::Preflight(refusals));
+    }
+    for s in &sel.services {
+        if manifest.service(s).is_none() {
+            refusals.push(Refusal::Selection { message: format!("service `{s}` is not in the archive (it holds: {})",
+                manifest.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")) });
+        }
+    }
+    let archived_contexts: BTreeSet<&str> = manifest.services.iter().flat_map(|s| s.contexts.iter().map(String::as_str)).collect();
+    for c in &sel.contexts {
+        if !archived_contexts.contains(c.as_str()) {
+            refusals.push(Refusal::Selection { message: format!("context `{c}` is not in the archive (it holds: {})",
+                archived_contexts.iter().copied().collect::<Vec<_>>().join(", ")) });
+        }
+    }
+    if let Some(new) = &sel.rename_to {
+        if sel.contexts.len() != 1 {
+            refusals.push(Refusal::Selection { message: "--as renames one context: select exactly one with --context".into() });
+        }
+        if !crate::inventory::valid_name(new) {
+            refusals.push(Refusal::Selection { message: format!("`{new}` is not a valid context name") });
+        }
+    }
+
+    let mut plan = RestorePlan { instance: manifest.instance.clone(), surfaces: Vec::new(), migrations: Vec::new(), rebuild_pending: Vec::new(), services: Vec::new() };
+    let mut secrets_needed = BTreeSet::new();
+    for ms in &manifest.services {
+        if !sel.services.is_empty() && !sel.services.contains(&ms.name) {
+            continue;
+        }
+        let mut touched = false;
+        let Some(ts) = target.service(&ms.name) else {
+            // Only a refusal if the selection would restore something of it.
+            let wanted = ms.surfaces.iter().any(|s| surface_selected(s.scope, &s.contexts, sel));
+            if wanted {
+                refusals.push(Refusal::UnknownService { service: ms.name.clone() });
+            }
+            continue;
+        };
+        for s in &ms.surfaces {
+            if !surface_selected(s.scope, &s.contexts, sel) {
+                continue;
+            }
+            let Some(tsurf) = ts.surface(&s.name) else {
+                refusals.push(Refusal::UnknownSurface { service: ms.name.clone(), surface: s.name.clone() });
+                continue;
+            };
+            if tsurf.scope != s.scope {
+                refusals.push(Refusal::UnknownSurface { service: ms.name.clone(), surface: format!("{} (scope differs)", s.name) });
+                continue;
+            }
+            let copies: Vec<Option<String>> = match s.scope {
+                Scope::Instance => vec![None],
+                Scope::Context => s.contexts.iter().filter(|c| sel.contexts.is_empty() || sel.contexts.contains(c)).cloned().map(Some).collect(),
+            };
+            for ctx in copies {
+                let target_ctx = match (&ctx, &sel.rename_to) {
+                    (Some(_), Some(new)) => Some(new.clone()),
+                    (c, _) => c.clone(),
+                };
+                let path = tsurf.path_for(target_ctx.as_deref());
+                let exists = std::fs::symlink_metadata(&path).is_ok();
+                if exists && !sel.replace && !is_empty_dir(&path) {
+                    refusals.push(Refusal::Collision { service: ms.name.clone(), surface: s.name.clone(), context: target_ctx.clone(), path: path.clone() });
+                }
+                touched = true;
+                plan.surfaces.push(TargetSurface {
+                    service: ms.name.clone(),
+                    surface: s.name.clone(),
+                    context: ctx,
+                    target_context: target_ctx,
+                    path,
+                    exists,
+                    bytes: s.bytes / (s.contexts.len().max(1) as u64),
+                });
+            }
+        }
+        if !touched {
+            continue;
+        }
+        plan.services.push(ms.name.clone());
+        secrets_needed.extend(ts.secrets.iter().cloned());
+        if ms.schema > ts.schema {
+            refusals.push(Refusal::SchemaNewer { service: ms.name.clone(), archive: ms.schema, target: ts.schema });
+        } else if ms.schema < ts.schema {
+            // One step per schema: from the archive's up to the target's.
+            for from in ms.schema..ts.schema {
+                match ts.migrations.iter().find(|m| m.from == from) {
+                    Some(m) => plan.migrations.push(PlannedMigration { service: ms.name.clone(), from, to: from + 1, argv: m.run.argv.clone(), command: m.run.clone() }),
+                    None => {
+                        refusals.push(Refusal::NoMigration { service: ms.name.clone(), archive: ms.schema, target: ts.schema });
+                        break;
+                    }
+                }
+            }
+        }
+        for s in &ts.surfaces {
+            if s.class == Class::Derived && !ms.surfaces.iter().any(|a| a.name == s.name) {
+                plan.rebuild_pending.push(format!("{}.{}", ms.name, s.name));
+            }
+        }
+    }
+    if plan.surfaces.is_empty() && refusals.is_empty() {
+        refusals.push(Refusal::Selection { message: "the selection restores nothing from this archive".into() });
+    }
+
+    if !secrets_needed.is_empty() {
+        match secret_names(target) {
+            Ok(have) => {
+                let missing: Vec<String> = secrets_needed.iter().filter(|n| !have.contains(*n)).cloned().collect();
+                if !missing.is_empty() {
+                    refusals.push(Refusal::MissingSecrets { names: missing });
+                }
+            }
+            Err(message) => refusals.push(Refusal::SecretStore { message }),
+        }
+    }
+
+    for (path, needed, available) in space_shortfalls(&plan.surfaces) {
+        refusals.push(Refusal::NoSpace { path, needed, available });
+    }
+
+    if refusals.is_empty() {
+        Ok(plan)
+    } else {
+        Err(Error::Preflight(refusals))
+    }
+}
+
+fn surface_selected(scope: Scope, contexts: &[String], sel: &RestoreSelection) -> bool {
+    match scope {
+        Scope::Instance => sel.contexts.is_empty(),
+        Scope::Context => sel.contexts.is_empty() || contexts.iter().any(|c| sel.contexts.contains(c)),
+    }
+}
+
+fn is_empty_dir(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Secret names present in the target's secret store.
+fn secret_names(target: &Inventory) -> std::result::Result<BTreeSet<String>, String> {
+    let text = match &target.secret_store {
+        None => return Err(format!("the target inventory {} declares no `secret_store`; declare one (a command or a file listing secret names)", target.source.display())),
+        Some(SecretStore::File(path)) => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        Some(SecretStore::Command(cmd)) => crate::hooks::run_capture(cmd).map_err(|e| e.to_string())?,
+    };
+    Ok(text
+        .lines()
+        .map(|l| l.split('=').next().unwrap_or("").trim().to_string())
+        .filter(|n| !n.is_empty() && !n.starts_with('#'))
+        .collect())
+}
+
+/// Filesystems that would not hold what the restore writes: (path, needed, available).
+fn space_shortfalls(surfaces: &[TargetSurface]) -> Vec<(PathBuf, u64, u64)> {
+    // Group by the filesystem of the nearest existing ancestor.
+    let mut per_fs: BTreeMap<u64, (PathBuf, u64)> = BTreeMap::new();
+    for s in surfaces {
+        let mut probe = s.path.as_path();
+        while std::fs::metadata(probe).is_err() {
+            match probe.parent() {
+                Some(p) => probe = p,
+                None => break,
+            }
+        }
+        let Ok(meta) = std::fs::metadata(probe) else { continue };
+        let e = per_fs.entry(meta.dev()).or_insert((probe.to_path_buf(), 0));
+        e.1 += s.bytes;
+    }
+    let mut out = Vec::new();
+    for (_, (path, bytes)) in per_fs {
+        // 10% for metadata and block rounding, plus 64 MiB of head room.
+        let needed = bytes + bytes / 10 + (64 << 20);
+        if let Ok(st) = nix::sys::statvfs::statvfs(&path) {
+            let available = st.blocks_available() as u64 * st.fragment_size() as u64;
+            if available < needed {
+                out.push((path, needed, available));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,516 @@
+//! Transactional restore: pre-flight, extract into staging beside each target, verify
+//! everything against the index, then swap in with atomic renames; on any failure every
+//! swap is rolled back. A journal in the state directory lets `gc` finish or undo the
+//! restore of a process that died.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tar::EntryType;
+
+use crate::archive::read::{read_archive, Member, Visitor};
+use crate::archive::CountingReader;
+use crate::crypto::Decryption;
+use crate::error::{Error, Result};
+use crate::inventory::Inventory;
+use crate::manifest::{Manifest, MemberKey};
+use crate::preflight::{preflight, RestorePlan, RestoreSelection};
+use crate::progress::{Cancel, Event, Progress};
+
+/// Options of [`restore`].
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub selection: RestoreSelection,
+    /// Keep the replaced data beside the target (`.hero-snap-<run>.old/`) instead of deleting it.
+    pub keep_old: bool,
+    /// Where the journal goes; defaults to the inventory's `state_dir`, then /var/lib/hero-snap.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub manifest: Manifest,
+    pub plan: RestorePlan,
+    pub files: u64,
+    pub bytes: u64,
+    /// Replaced data kept with --keep-old.
+    pub kept_old: Vec<PathBuf>,
+    /// Derived surfaces still to be rebuilt (no rebuild hook, or it failed).
+    pub rebuild_pending: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub(crate) fn state_dir(target: &Inventory, opts: &RestoreOptions) -> PathBuf {
+    opts.state_dir.clone().or_else(|| target.state_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/hero-snap"))
+}
+
+/// One surface being restored: where it is staged, where it goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Swap {
+    target: PathBuf,
+    stage: PathBuf,
+    /// Where the replaced data is parked after the swap.
+    old: PathBuf,
+    had_old: bool,
+    /// Inode of the staged root, to tell after a crash whether the swap happened.
+    stage_ino: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Phase {
+    Extracting,
+    Swapping,
+    Committed,
+}
+
+/// The restore journal (state_dir/restore-<run>.json).
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    run_id: String,
+    pid: u32,
+    phase: Phase,
+    keep_old: bool,
+    /// Staging and parking directories this run created.
+    work_dirs: Vec<PathBuf>,
+    swaps: Vec<Swap>,
+}
+
+impl Journal {
+    fn path(dir: &Path, run: &str) -> PathBuf {
+        dir.join(format!("restore-{run}.json"))
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).map_err(Error::io(dir, "creating the state directory"))?;
+        let path = Journal::path(dir, &self.run_id);
+        let tmp = path.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(self).expect("journal serialises");
+        let f = fs::File::create(&tmp).map_err(Error::io(&tmp, "writing the journal"))?;
+        use std::io::Write;
+        (&f).write_all(&data).map_err(Error::io(&tmp, "writing the journal"))?;
+        f.sync_all().map_err(Error::io(&tmp, "syncing the journal"))?;
+        fs::rename(&tmp, &path).map_err(Error::io(&path, "writing the journal"))?;
+        sync_dir(dir);
+        Ok(())
+    }
+    fn remove(&self, dir: &Path) {
+        let _ = fs::remove_file(Journal::path(dir, &self.run_id));
+        sync_dir(dir);
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Streams an archive into the target instance, all or nothing.
+pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &RestoreOptions, progress: &dyn Progress, cancel: &Cancel) -> Result<RestoreReport> {
+    let state = state_dir(target, opts);
+    let run = crate::backup::run_id();
+    let mut ex = Extractor {
+        target,
+        opts,
+        run: run.clone(),
+        state: state.clone(),
+        progress,
+        plan: None,
+        stages: BTreeMap::new(),
+        journal: Journal { run_id: run.clone(), pid: std::process::id(), phase: Phase::Extracting, keep_old: opts.keep_old, work_dirs: Vec::new(), swaps: Vec::new() },
+        dirs: Vec::new(),
+        files: 0,
+        bytes: 0,
+    };
+    let outcome = read_archive(input, keys, &mut ex, cancel);
+    let outcome = match outcome.and_then(|o| ex.finish_extraction().map(|_| o)) {
+        Ok(o) => o,
+        Err(e) => {
+            ex.discard();
+            return Err(e);
+        }
+    };
+    let plan = ex.plan.take().expect("the manifest came first");
+    let mut warnings = Vec::new();
+
+    // Stop the affected services, swap, migrate; undo everything on a failure.
+    progress.event(&Event::Phase { phase: "swap".into() });
+    let mut stopped = Vec::new();
+    let result = (|| -> Result<()> {
+        for name in &plan.services {
+            let svc = target.service(name).expect("planned services exist");
+            if let Some(stop) = &svc.hooks.stop {
+                crate::hooks::run(stop, &[("service", name)])?;
+                stopped.push(name.clone());
+            }
+        }
+        cancel.check()?;
+        ex.journal.phase = Phase::Swapping;
+        ex.journal.save(&state)?;
+        for i in 0..ex.journal.swaps.len() {
+            swap_in(&mut ex.journal.swaps[i])?;
+            crate::failpoint("restore-between-swaps");
+        }
+        progress.event(&Event::Phase { phase: "migrate".into() });
+        for m in &plan.migrations {
+            let from = m.from.to_string();
+            let to = m.to.to_string();
+            crate::hooks::run(&m.command, &[("service", &m.service), ("from_schema", &from), ("to_schema", &to)])?;
+        }
+        if let (Some(new), Some(old)) = (&opts.selection.rename_to, opts.selection.contexts.first()) {
+            for name in &plan.services {
+                if let Some(rename) = &target.service(name).expect("planned").hooks.rename {
+                    crate::hooks::run(rename, &[("service", name), ("context", old), ("new_context", new)])?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let undo = rollback(&ex.journal);
+        ex.journal.remove(&state);
+        start_services(target, &stopped, &mut warnings);
+        return Err(match undo {
+            Ok(()) => Error::Command(format!("restore failed and was rolled back; the target is as it was: {e}")),
+            Err(u) => Error::Command(format!("restore failed ({e}) and the rollback failed too ({u}); run `hero-snap gc` and check the targets")),
+        });
+    }
+    ex.journal.phase = Phase::Committed;
+    ex.journal.save(&state)?;
+    crate::failpoint("restore-after-commit");
+    let kept_old = complete(&ex.journal);
+    ex.journal.remove(&state);
+    start_services(target, &stopped, &mut warnings);
+
+    let mut rebuild_pending = Vec::new();
+    let pending_services: BTreeSet<&str> = plan.rebuild_pending.iter().filter_map(|s| s.split('.').next()).collect();
+    for name in pending_services {
+        let svc = target.service(name).expect("planned");
+        let surfaces = plan.rebuild_pending.iter().filter(|s| s.starts_with(&format!("{name}."))).cloned();
+        match &svc.hooks.rebuild {
+            Some(cmd) => {
+                if let Err(e) = crate::hooks::run(cmd, &[("service", name)]) {
+                    warnings.push(format!("{name}: rebuild hook failed: {e}"));
+                    rebuild_pending.extend(surfaces);
+                }
+            }
+            None => rebuild_pending.extend(surfaces),
+        }
+    }
+    Ok(RestoreReport { manifest: outcome.manifest, plan, files: ex.files, bytes: ex.bytes, kept_old, rebuild_pending, warnings })
+}
+
+fn start_services(target: &Inventory, stopped: &[String], warnings: &mut Vec<String>) {
+    for name in stopped {
+        if let Some(start) = target.service(name).and_then(|s| s.hooks.start.as_ref()) {
+            if let Err(e) = crate::hooks::run(start, &[("service", name)]) {
+                warnings.push(format!("{name}: start hook failed: {e}"));
+            }
+        }
+    }
+}
+
+struct Stage {
+    root: PathBuf,
+}
+
+struct Extractor<'a> {
+    target: &'a Inventory,
+    opts: &'a RestoreOptions,
+    run: String,
+    state: PathBuf,
+    progress: &'a dyn Progress,
+    plan: Option<RestorePlan>,
+    stages: BTreeMap<MemberKey, Stage>,
+    journal: Journal,
+    /// Directories extracted, with their mtime, applied once their contents are in.
+    dirs: Vec<(PathBuf, i64)>,
+    files: u64,
+    bytes: u64,
+}
+
+impl Extractor<'_> {
+    fn work_dir(&mut self, parent: &Path, kind: &str) -> Result<PathBuf> {
+        let dir = parent.join(format!(".hero-snap-{}.{kind}", self.run));
+        if !self.journal.work_dirs.contains(&dir) {
+            self.journal.work_dirs.push(dir.clone());
+            self.journal.save(&self.state)?;
+            fs::create_dir_all(&dir).map_err(Error::io(&dir, "creating the staging directory"))?;
+        }
+        Ok(dir)
+    }
+
+    fn finish_extraction(&mut self) -> Result<()> {
+        // Deepest first, so that setting a parent's mtime comes after its children.
+        self.dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+        for (dir, mtime) in &self.dirs {
+            filetime::set_symlink_file_times(dir, filetime::FileTime::from_unix_time(*mtime, 0), filetime::FileTime::from_unix_time(*mtime, 0))
+                .map_err(Error::io(dir, "setting the mtime"))?;
+        }
+        for swap in &mut self.journal.swaps {
+            let meta = fs::symlink_metadata(&swap.stage).map_err(|_| {
+                Error::Corrupt(format!("the archive holds no data for {} (expected its root directory)", swap.target.display()))
+            })?;
+            swap.stage_ino = meta.ino();
+            let f = fs::File::open(&swap.stage).map_err(Error::io(&swap.stage, "opening"))?;
+            nix::unistd::syncfs(&f).map_err(|e| Error::io(&swap.stage, "syncing")(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything this restore created (before any swap).
+    fn discard(&mut self) {
+        for d in &self.journal.work_dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+        self.journal.remove(&self.state);
+    }
+}
+
+impl Visitor for Extractor<'_> {
+    fn manifest(&mut self, manifest: &Manifest) -> Result<()> {
+        let plan = preflight(manifest, self.target, &self.opts.selection)?;
+        self.progress.event(&Event::Totals { files: manifest.files, bytes: manifest.bytes });
+        self.progress.event(&Event::Phase { phase: "extract".into() });
+        for ts in &plan.surfaces {
+            let parent = ts.path.parent().ok_or_else(|| Error::Usage(format!("{}: cannot restore to /", ts.path.display())))?;
+            if !parent.exists() {
+                fs::create_dir_all(parent).map_err(Error::io(parent, "creating the target's parent directory"))?;
+            }
+            if ts.exists && fs::metadata(&ts.path).is_ok_and(|m| fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())) {
+                return Err(Error::Refused(format!(
+                    "{}: is a mount point; hero-snap swaps directories by rename and cannot replace a mount point (restore into a directory inside it)",
+                    ts.path.display())));
+            }
+            let leaf = ts.path.file_name().expect("surface paths have a last component").to_owned();
+            let stage = self.work_dir(parent, "stage")?.join(&leaf);
+            let old = parent.join(format!(".hero-snap-{}.old", self.run)).join(&leaf);
+            self.journal.swaps.push(Swap { target: ts.path.clone(), stage: stage.clone(), old, had_old: ts.exists, stage_ino: 0 });
+            self.stages.insert(ts.key(), Stage { root: stage });
+        }
+        self.journal.save(&self.state)?;
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    fn member<R: Read>(&mut self, m: Member<'_, '_, R>) -> Result<Option<(u64, blake3::Hash)>> {
+        let kind = m.entry.header().entry_type();
+        let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
+        let Some(stage) = self.stages.get(&m.key) else {
+            // Not selected: read through it, so the archive is still checked whole.
+            if !is_file {
+                return Ok(None);
+            }
+            let mut counter = CountingReader { inner: &mut *m.entry, count: 0 };
+            let h = crate::archive::write::hash_reader(&mut counter).map_err(|e| Error::Corrupt(format!("{}: {e}", m.path)))?;
+            return Ok(Some((counter.count, h)));
+        };
+        let dest = contained(&stage.root, m.inner).ok_or_else(|| Error::Refused(format!("member `{}`: unsafe path", m.path)))?;
+        check_parents(&stage.root, &dest, m.path)?;
+        if fs::symlink_metadata(&dest).is_ok() && kind != EntryType::Directory {
+            return Err(Error::Refused(format!("member `{}` appears twice", m.path)));
+        }
+        match kind {
+            EntryType::Link => {
+                let link = m.entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let (lkey, linner) = crate::manifest::split_member(&link)
+                    .filter(|(k, _)| *k == m.key)
+                    .ok_or_else(|| Error::Refused(format!("member `{}` is a hard link to `{link}`, outside its surface", m.path)))?;
+                let _ = lkey;
+                let src = contained(&stage.root, linner).ok_or_else(|| Error::Refused(format!("member `{}`: unsafe link target", m.path)))?;
+                if !fs::symlink_metadata(&src).is_ok_and(|md| md.is_file()) {
+                    return Err(Error::Refused(format!("member `{}` links to `{link}`, which is not a file extracted before it", m.path)));
+                }
+                fs::hard_link(&src, &dest).map_err(Error::io(&dest, "creating a hard link"))?;
+                Ok(None)
+            }
+            EntryType::Directory => {
+                let mtime = m.entry.header().mtime().unwrap_or(0) as i64;
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                self.dirs.push((dest, mtime));
+                Ok(None)
+            }
+            EntryType::Symlink => {
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                Ok(None)
+            }
+            _ => {
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                crate::failpoint("restore-extract-file");
+                // Hash what is on disk: the check covers the written bytes, not only the stream.
+                let mut f = fs::File::open(&dest).map_err(Error::io(&dest, "reading back"))?;
+                let mut counter = CountingReader { inner: &mut f, count: 0 };
+                let h = crate::archive::write::hash_reader(&mut counter).map_err(Error::io(&dest, "reading back"))?;
+                self.files += 1;
+                self.bytes += counter.count;
+                self.progress.event(&Event::Bytes { bytes: counter.count });
+                Ok(Some((counter.count, h)))
+            }
+        }
+    }
+}
+
+/// `root/inner` if `inner` has only plain components.
+fn contained(root: &Path, inner: &str) -> Option<PathBuf> {
+    if inner.is_empty() {
+        return Some(root.to_path_buf());
+    }
+    let rel = Path::new(inner);
+    if rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        Some(root.join(rel))
+    } else {
+        None
+    }
+}
+
+/// Every directory between the stage root and `dest` must be a real directory (not a
+/// symlink an earlier member planted to redirect writes).
+fn check_parents(root: &Path, dest: &Path, member: &str) -> Result<()> {
+    let mut p = dest.parent();
+    while let Some(dir) = p {
+        if !dir.starts_with(root) || dir == root.parent().unwrap_or(root) {
+            break;
+        }
+        match fs::symlink_metadata(dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => return Err(Error::Refused(format!("member `{member}` would be written through a symlink or file at {}", dir.display()))),
+            Err(_) => return Err(Error::Refused(format!("member `{member}` comes before its directory {}", dir.display()))),
+        }
+        p = dir.parent();
+    }
+    Ok(())
+}
+
+/// Puts the staged tree at the target; the replaced data goes to `old`.
+fn swap_in(s: &mut Swap) -> Result<()> {
+    if s.had_old {
+        let parked = s.old.parent().expect("old has a parent");
+        fs::create_dir_all(parked).map_err(Error::io(parked, "creating the parking directory"))?;
+        exchange(&s.stage, &s.target).map_err(Error::io(&s.target, "swapping in the restored data"))?;
+        fs::rename(&s.stage, &s.old).map_err(Error::io(&s.old, "parking the replaced data"))?;
+    } else {
+        fs::rename(&s.stage, &s.target).map_err(Error::io(&s.target, "moving the restored data into place"))?;
+    }
+    if let Some(p) = s.target.parent() {
+        sync_dir(p);
+    }
+    Ok(())
+}
+
+/// Undoes the swaps of a journal (in-process or after a crash). Works from what is on disk.
+fn rollback(j: &Journal) -> Result<()> {
+    let mut first_err = None;
+    for s in j.swaps.iter().rev() {
+        let swapped = fs::symlink_metadata(&s.target).is_ok_and(|m| m.ino() == s.stage_ino && s.stage_ino != 0);
+        let res = (|| -> Result<()> {
+            if !swapped {
+                return Ok(());
+            }
+            if s.had_old {
+                if fs::symlink_metadata(&s.old).is_ok() {
+                    exchange(&s.old, &s.target).map_err(Error::io(&s.target, "putting the old data back"))?;
+                } else {
+                    // Crashed between the exchange and the parking rename: the old data is at `stage`.
+                    exchange(&s.stage, &s.target).map_err(Error::io(&s.target, "putting the old data back"))?;
+                }
+            } else {
+                fs::remove_dir_all(&s.target).map_err(Error::io(&s.target, "removing restored data"))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            first_err.get_or_insert(e);
+        }
+    }
+    for d in &j.work_dirs {
+        let _ = fs::remove_dir_all(d);
+        let old = d.with_extension("old");
+        let _ = fs::remove_dir_all(old);
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// After commit: delete (or keep) the replaced data, remove the work directories.
+fn complete(j: &Journal) -> Vec<PathBuf> {
+    let mut kept = Vec::new();
+    for s in &j.swaps {
+        if s.had_old && fs::symlink_metadata(&s.old).is_ok() {
+            if j.keep_old {
+                kept.push(s.old.clone());
+            } else {
+                let _ = fs::remove_dir_all(&s.old);
+            }
+        }
+    }
+    for d in &j.work_dirs {
+        let _ = fs::remove_dir_all(d);
+        if !j.keep_old {
+            let _ = fs::remove_dir(d.with_extension("old"));
+        }
+    }
+    kept
+}
+
+/// What `gc` did with the journal of one dead run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    pub run_id: String,
+    /// `rolled-back` or `completed`.
+    pub action: String,
+}
+
+/// Finishes or undoes the restores of dead processes found in `state_dir`.
+pub fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(state_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(state_dir, "listing the state directory")(e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("restore-") && name.ends_with(".json")) {
+            continue;
+        }
+        let path = entry.path();
+        let text = fs::read_to_string(&path).map_err(Error::io(&path, "reading the journal"))?;
+        let j: Journal = serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+        if process_alive(j.pid) && j.pid != std::process::id() {
+            continue;
+        }
+        let action = match j.phase {
+            Phase::Extracting | Phase::Swapping => {
+                rollback(&j)?;
+                "rolled-back"
+            }
+            Phase::Committed => {
+                complete(&j);
+                "completed"
+            }
+        };
+        j.remove(state_dir);
+        out.push(Recovered { run_id: j.run_id, action: action.into() });
+    }
+    Ok(out)
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A journal written by a process that still runs belongs to that process.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Atomically exchanges two paths (renameat2 RENAME_EXCHANGE): neither is ever missing.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both are valid NUL-terminated paths; the call has no other memory effects.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
