@@ -331,7 +331,19 @@ impl Visitor for Extractor<'_> {
             }
             EntryType::Directory => {
                 let mtime = m.entry.header().mtime().unwrap_or(0) as i64;
+                // The tar crate applies PAX xattrs to files only; directories get theirs here.
+                let mut xattrs = Vec::new();
+                if let Ok(Some(exts)) = m.entry.pax_extensions() {
+                    for ext in exts.flatten() {
+                        if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                            xattrs.push((String::from_utf8_lossy(name).into_owned(), ext.value_bytes().to_vec()));
+                        }
+                    }
+                }
                 m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                for (name, value) in xattrs {
+                    xattr::set(&dest, &name, &value).map_err(Error::io(&dest, "setting extended attributes"))?;
+                }
                 self.dirs.push((dest, mtime));
                 Ok(None)
             }

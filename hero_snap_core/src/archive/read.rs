@@ -83,6 +83,11 @@ pub(crate) trait Visitor {
 pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut impl Visitor, cancel: &Cancel) -> Result<ReadOutcome> {
     let stream = open_tar_stream(input, keys)?;
     let mut archive = tar::Archive::new(stream);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(false);
     let mut entries = archive.entries().map_err(corrupt)?;
     let mut first = entries
         .next()
@@ -114,6 +119,10 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut im
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse | EntryType::Directory | EntryType::Symlink | EntryType::Link => {}
             other => return Err(Error::Refused(format!("member `{path}` has type {other:?}; only files, directories and links are restored"))),
         }
+        let mode = entry.header().mode().unwrap_or(0);
+        if kind != EntryType::Directory && mode & 0o6000 != 0 {
+            return Err(Error::Refused(format!("member `{path}` is setuid or setgid (mode {mode:o}); hero-snap does not restore such files")));
+        }
         data_members += 1;
         let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
         let hash = visitor.member(Member { entry: &mut entry, path: &path, key, inner })?;
@@ -127,6 +136,9 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut im
         let name = extra.ok().map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned()).unwrap_or_default();
         return Err(Error::Refused(format!("member `{name}` follows the index; the index must be the last member")));
     }
+    drop(entries);
+    // Read to the end so that zstd checks its frame checksum and age its last chunk.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(|e| Error::Corrupt(format!("after the index: {e}")))?;
     check_index(&index, &manifest_hash, &seen, data_members)?;
     Ok(ReadOutcome { manifest, index })
 }

@@ -51,6 +51,8 @@ impl<W: Write> ArchiveWriter<W> {
         let enc = EncryptedWriter::new(out, enc)?;
         let mut z = zstd::stream::write::Encoder::new(enc, comp.level)
             .map_err(|e| Error::Usage(format!("zstd level {}: {e}", comp.level)))?;
+        // A checksum per frame: a flipped byte is caught even where tar ignores content (padding).
+        z.include_checksum(true).map_err(|e| Error::Usage(format!("zstd: {e}")))?;
         if comp.threads > 0 {
             z.multithread(comp.threads).map_err(|e| Error::Usage(format!("zstd threads: {e}")))?;
         }
@@ -131,6 +133,11 @@ impl<W: Write> ArchiveWriter<W> {
                     return Ok(());
                 }
                 self.hardlinks.insert(key, member.to_string());
+            }
+            if meta.permissions().mode() & 0o6000 != 0 {
+                return Err(Error::Refused(format!(
+                    "{}: is setuid or setgid; service state should not hold such files, and a restore would refuse it (clear the bit with chmod u-s,g-s)",
+                    path.display())));
             }
             self.xattrs(path)?;
             self.write_file(path, member, progress)?;
