@@ -1,0 +1,161 @@
+//! The archive reader's promises, through the library: `inspect` reads only the head;
+//! every flipped byte and every truncation is caught by `verify`.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use hero_snap_core::inventory::Inventory;
+use hero_snap_core::{backup, inspect, verify, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress, Selection};
+
+fn instance(root: &Path) -> Inventory {
+    let text = r#"format: 1
+instance: checks
+services:
+  hero_db:
+    version: "1"
+    schema: 1
+    surfaces:
+      - {name: data, path: /data, scope: instance, class: source}
+  hero_foundry:
+    version: "1"
+    schema: 1
+    surfaces:
+      - {name: files, path: "/ctx/{context}/files", scope: context, class: source}
+"#;
+    Inventory::parse(text, Path::new("checks.yaml")).unwrap().rerooted(root)
+}
+
+fn random_file(path: &Path, len: u64, seed: &str) {
+    let mut xof = blake3::Hasher::new().update(seed.as_bytes()).finalize_xof();
+    let mut f = std::io::BufWriter::new(fs::File::create(path).unwrap());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+fn make_archive(root: &Path, enc: Encryption) -> Vec<u8> {
+    fs::create_dir_all(root.join("data/sub")).unwrap();
+    random_file(&root.join("data/dump.rdb"), 120_000, "a");
+    fs::write(root.join("data/sub/small.txt"), "small file\n".repeat(50)).unwrap();
+    fs::write(root.join("data/empty"), "").unwrap();
+    for c in ["geomind", "default"] {
+        fs::create_dir_all(root.join(format!("ctx/{c}/files"))).unwrap();
+        random_file(&root.join(format!("ctx/{c}/files/blob")), 30_000, c);
+        fs::write(root.join(format!("ctx/{c}/files/notes.md")), format!("# {c}\n").repeat(200)).unwrap();
+    }
+    let opts = BackupOptions { selection: Selection::default(), encryption: enc, compression: Compression { level: 3, threads: 0 } };
+    let (_, out) = backup(&instance(root), &opts, Vec::new(), &NoProgress, &Cancel::new()).unwrap();
+    out
+}
+
+/// Deterministic positions (xorshift), so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn check_all_damage_caught(archive: &[u8], keys: &Decryption, flips: usize, truncations: usize) {
+    verify(archive, keys, &NoProgress, &Cancel::new()).expect("the intact archive verifies");
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut caught = 0;
+    for i in 0..flips {
+        let mut bad = archive.to_vec();
+        let pos = (rng.next() % bad.len() as u64) as usize;
+        let bit = 1u8 << (rng.next() % 8);
+        bad[pos] ^= bit;
+        match verify(&bad[..], keys, &NoProgress, &Cancel::new()) {
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                assert!(matches!(e, Error::Corrupt(_) | Error::Refused(_) | Error::Crypto(_)), "flip {i} at {pos}: unexpected error kind {e:?}");
+                caught += 1;
+            }
+            Ok(_) => panic!("flip {i}: bit {bit:#x} at byte {pos} of {} went unnoticed", archive.len()),
+        }
+    }
+    for i in 0..truncations {
+        let len = (rng.next() % archive.len() as u64) as usize;
+        match verify(&archive[..len], keys, &NoProgress, &Cancel::new()) {
+            Err(_) => caught += 1,
+            Ok(_) => panic!("truncation {i} to {len} of {} bytes went unnoticed", archive.len()),
+        }
+    }
+    assert_eq!(caught, flips + truncations);
+}
+
+#[test]
+fn every_flip_and_truncation_is_caught_encrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = age::x25519::Identity::generate();
+    let archive = make_archive(dir.path(), Encryption::Recipients(vec![Box::new(id.to_public())]));
+    let mut keys = Decryption::default();
+    use age::secrecy::ExposeSecret;
+    keys.add_identity_str(id.to_string().expose_secret()).unwrap();
+    check_all_damage_caught(&archive, &keys, 600, 100);
+}
+
+#[test]
+fn every_flip_and_truncation_is_caught_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = make_archive(dir.path(), Encryption::None);
+    check_all_damage_caught(&archive, &Decryption::plaintext(), 600, 100);
+}
+
+#[test]
+fn verify_names_the_damaged_file() {
+    // Rewrite one file's content inside a plaintext archive (recompressing it), keeping
+    // the index: verify must name that file.
+    let dir = tempfile::tempdir().unwrap();
+    let archive = make_archive(dir.path(), Encryption::None);
+    let mut tar = Vec::new();
+    zstd::stream::read::Decoder::new(&archive[..]).unwrap().read_to_end(&mut tar).unwrap();
+    let needle = b"small file\n";
+    let pos = tar.windows(needle.len()).position(|w| w == needle).unwrap();
+    tar[pos] = b'S';
+    let bad = zstd::encode_all(&tar[..], 3).unwrap();
+    let err = verify(&bad[..], &Decryption::plaintext(), &NoProgress, &Cancel::new()).unwrap_err();
+    assert!(err.to_string().contains("services/hero_db/instance/data/sub/small.txt"), "{err}");
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn inspect_reads_only_the_head_of_a_1_gib_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("data")).unwrap();
+    fs::create_dir_all(root.join("ctx/default/files")).unwrap();
+    random_file(&root.join("data/big.bin"), 1 << 30, "big");
+    let path = dir.path().join("big.hsnap");
+    let opts = BackupOptions { selection: Selection::default(), encryption: Encryption::None, compression: Compression { level: 1, threads: 2 } };
+    let out = std::io::BufWriter::new(fs::File::create(&path).unwrap());
+    let (report, out) = backup(&instance(&root), &opts, out, &NoProgress, &Cancel::new()).unwrap();
+    drop(out);
+    fs::remove_file(root.join("data/big.bin")).unwrap();
+    assert!(report.archive_bytes >= 1 << 30, "the archive should be over 1 GiB, is {}", report.archive_bytes);
+    let mut counter = CountingReader { inner: fs::File::open(&path).unwrap(), count: 0 };
+    let manifest = inspect(&mut counter, &Decryption::plaintext()).unwrap();
+    assert_eq!(manifest.instance, "checks");
+    assert!(counter.count <= 4 << 20, "inspect read {} bytes of a {} byte archive", counter.count, report.archive_bytes);
+}
