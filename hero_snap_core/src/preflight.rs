@@ -201,6 +201,12 @@ pub fn preflight(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection
                 });
             }
         }
+        // Derived surfaces the archive left out must be rebuilt on the target.
+        for s in &ts.surfaces {
+            if s.class == Class::Derived && ms.left_out.iter().any(|l| l.surface == s.name) {
+                plan.rebuild_pending.push(format!("{}.{}", ms.name, s.name));
+            }
+        }
         if !touched {
             continue;
         }
@@ -218,11 +224,6 @@ pub fn preflight(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection
                         break;
                     }
                 }
-            }
-        }
-        for s in &ts.surfaces {
-            if s.class == Class::Derived && !ms.surfaces.iter().any(|a| a.name == s.name) {
-                plan.rebuild_pending.push(format!("{}.{}", ms.name, s.name));
             }
         }
     }

@@ -78,6 +78,13 @@ struct Journal {
     keep_old: bool,
     /// Staging and parking directories this run created.
     work_dirs: Vec<PathBuf>,
+    /// Missing parents of targets this run created (topmost first).
+    #[serde(default)]
+    created_dirs: Vec<PathBuf>,
+    /// Modification times (seconds, nanoseconds) of the existing directories this run adds
+    /// entries to, put back when the run is undone, so that "as it was" is exact.
+    #[serde(default)]
+    parent_times: Vec<(PathBuf, i64, u32)>,
     swaps: Vec<Swap>,
 }
 
@@ -122,7 +129,16 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
         progress,
         plan: None,
         stages: BTreeMap::new(),
-        journal: Journal { run_id: run.clone(), pid: std::process::id(), phase: Phase::Extracting, keep_old: opts.keep_old, work_dirs: Vec::new(), swaps: Vec::new() },
+        journal: Journal {
+            run_id: run.clone(),
+            pid: std::process::id(),
+            phase: Phase::Extracting,
+            keep_old: opts.keep_old,
+            work_dirs: Vec::new(),
+            created_dirs: Vec::new(),
+            parent_times: Vec::new(),
+            swaps: Vec::new(),
+        },
         dirs: Vec::new(),
         files: 0,
         bytes: 0,
@@ -265,10 +281,31 @@ impl Extractor<'_> {
 
     /// Removes everything this restore created (before any swap).
     fn discard(&mut self) {
-        for d in &self.journal.work_dirs {
-            let _ = fs::remove_dir_all(d);
-        }
+        undo_dirs(&self.journal);
         self.journal.remove(&self.state);
+    }
+
+    /// Makes sure `parent` exists, recording what is created and which existing directory changes.
+    fn prepare_parent(&mut self, parent: &Path) -> Result<()> {
+        let mut existing = parent;
+        while fs::symlink_metadata(existing).is_err() {
+            existing = existing.parent().expect("/ exists");
+        }
+        for dir in [existing, parent] {
+            if let Ok(md) = fs::symlink_metadata(dir) {
+                if !self.journal.parent_times.iter().any(|(p, _, _)| p == dir) {
+                    self.journal.parent_times.push((dir.to_path_buf(), md.mtime(), md.mtime_nsec() as u32));
+                }
+            }
+        }
+        if existing != parent {
+            let rest = parent.strip_prefix(existing).expect("ancestor");
+            let top = existing.join(rest.components().next().expect("non-empty"));
+            self.journal.created_dirs.push(top);
+            self.journal.save(&self.state)?;
+            fs::create_dir_all(parent).map_err(Error::io(parent, "creating the target's parent directory"))?;
+        }
+        Ok(())
     }
 }
 
@@ -279,9 +316,7 @@ impl Visitor for Extractor<'_> {
         self.progress.event(&Event::Phase { phase: "extract".into() });
         for ts in &plan.surfaces {
             let parent = ts.path.parent().ok_or_else(|| Error::Usage(format!("{}: cannot restore to /", ts.path.display())))?;
-            if !parent.exists() {
-                fs::create_dir_all(parent).map_err(Error::io(parent, "creating the target's parent directory"))?;
-            }
+            self.prepare_parent(parent)?;
             if ts.exists && fs::metadata(&ts.path).is_ok_and(|m| fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())) {
                 return Err(Error::Refused(format!(
                     "{}: is a mount point; hero-snap swaps directories by rename and cannot replace a mount point (restore into a directory inside it)",
@@ -439,12 +474,29 @@ fn rollback(j: &Journal) -> Result<()> {
             first_err.get_or_insert(e);
         }
     }
+    undo_dirs(j);
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Removes the run's work directories and the parents it created, and puts back the
+/// modification times of the directories it touched.
+fn undo_dirs(j: &Journal) {
     for d in &j.work_dirs {
         let _ = fs::remove_dir_all(d);
-        let old = d.with_extension("old");
-        let _ = fs::remove_dir_all(old);
+        let _ = fs::remove_dir_all(d.with_extension("old"));
     }
-    first_err.map_or(Ok(()), Err)
+    for top in j.created_dirs.iter().rev() {
+        // Only empty directories: anything else in there is not ours to delete.
+        for e in walkdir::WalkDir::new(top).contents_first(true).into_iter().flatten() {
+            if e.file_type().is_dir() {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
+    for (dir, secs, nanos) in j.parent_times.iter().rev() {
+        let t = filetime::FileTime::from_unix_time(*secs, *nanos);
+        let _ = filetime::set_file_mtime(dir, t);
+    }
 }
 
 /// After commit: delete (or keep) the replaced data, remove the work directories.

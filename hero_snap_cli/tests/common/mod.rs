@@ -30,6 +30,9 @@ pub struct Node {
 /// Describes the tree under `root`, keyed by relative path ("" is the root).
 pub fn tree(root: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
+    if fs::symlink_metadata(root).is_err() {
+        return out; // an absent tree is the empty tree
+    }
     let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
         let entry = entry.unwrap();

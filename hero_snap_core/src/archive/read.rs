@@ -2,6 +2,8 @@
 //! regular file's BLAKE3 checked against the index.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tar::EntryType;
 
@@ -82,6 +84,8 @@ pub(crate) trait Visitor {
 /// index last, every file's size and hash, the manifest's hash, the counts.
 pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut impl Visitor, cancel: &Cancel) -> Result<ReadOutcome> {
     let stream = open_tar_stream(input, keys)?;
+    let stream_failed = Arc::new(AtomicBool::new(false));
+    let stream = FailureFlag { inner: stream, failed: stream_failed.clone() };
     let mut archive = tar::Archive::new(stream);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -125,7 +129,11 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut im
         }
         data_members += 1;
         let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
-        let hash = visitor.member(Member { entry: &mut entry, path: &path, key, inner })?;
+        let hash = visitor.member(Member { entry: &mut entry, path: &path, key, inner }).map_err(|e| match e {
+            // An I/O error while the archive stream failed is the archive's fault, not the target's.
+            Error::Io { .. } if stream_failed.load(Ordering::SeqCst) => Error::Corrupt(format!("{path}: {e}")),
+            other => other,
+        })?;
         if is_file {
             let (size, hash) = hash.expect("visitors hash every regular file");
             seen.push((path, size, hash));
@@ -168,4 +176,16 @@ fn check_index(index: &Index, manifest_hash: &blake3::Hash, seen: &[(String, u64
         return Err(Error::Corrupt("the index's counts do not match the archive's members".into()));
     }
     Ok(())
+}
+
+/// Remembers whether reading the archive stream ever failed.
+struct FailureFlag<R> {
+    inner: R,
+    failed: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for FailureFlag<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| self.failed.store(true, Ordering::SeqCst))
+    }
 }
