@@ -27,6 +27,8 @@ struct Cli {
 enum Cmd {
     /// Show the state-surface table: services, surfaces, paths, scope, class, contexts, sizes.
     Inventory(InstanceArgs),
+    /// Show how a backup would run: volumes, snapshot backends, consistency. Changes nothing.
+    Plan(PlanArgs),
     /// Archive the instance (or a selection) into one encrypted file.
     Backup(BackupArgs),
     /// Print an archive's manifest (reads only the head of the archive).
@@ -79,6 +81,18 @@ struct SelectArgs {
 }
 
 #[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    instance: InstanceArgs,
+    #[command(flatten)]
+    select: SelectArgs,
+    #[arg(long)]
+    include_derived: bool,
+    #[arg(long)]
+    allow_live: bool,
+}
+
+#[derive(Args)]
 struct BackupArgs {
     #[command(flatten)]
     instance: InstanceArgs,
@@ -87,6 +101,13 @@ struct BackupArgs {
     /// Also archive derived surfaces (indexes, embeddings).
     #[arg(long)]
     include_derived: bool,
+    /// Accept reading surfaces that have neither snapshots nor quiesce hooks in place
+    /// (a torn copy is possible; the manifest says `consistency: live`).
+    #[arg(long)]
+    allow_live: bool,
+    /// Longest the services may stay frozen, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    freeze_deadline_ms: u64,
     /// Archive file to write, or `-` for standard output.
     #[arg(long)]
     to: PathBuf,
@@ -245,6 +266,28 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
         }
+        Cmd::Plan(args) => {
+            let inv = args.instance.load()?;
+            let sel = Selection { services: args.select.services, contexts: args.select.contexts, include_derived: args.include_derived };
+            let plan = hero_snap_core::plan(&inv, &sel, args.allow_live)?;
+            if json {
+                print_json("plan", &plan);
+            } else {
+                println!("consistency: {:?}", plan.consistency);
+                for n in &plan.notes {
+                    println!("  {n}");
+                }
+                for v in &plan.volumes {
+                    println!("volume {} ({} on {}, {})", v.id, v.mount.fstype, v.mount.mount_point.display(), v.mount.source);
+                    for s in &v.surfaces {
+                        println!("  {s}");
+                    }
+                }
+                for n in &plan.nested_mounts {
+                    println!("warning: {n}");
+                }
+            }
+        }
         Cmd::Backup(args) => {
             let inv = args.instance.load()?;
             let encryption = if args.no_encrypt {
@@ -275,6 +318,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 selection: Selection { services: args.select.services, contexts: args.select.contexts, include_derived: args.include_derived },
                 encryption,
                 compression,
+                allow_live: args.allow_live,
+                freeze_deadline: std::time::Duration::from_millis(args.freeze_deadline_ms),
+                state_dir: args.instance.state_dir.clone(),
             };
             let bar = Bar::new(json);
             let report = if args.to == Path::new("-") {
@@ -367,7 +413,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 Some(d) => d.clone(),
                 None => args.load().ok().and_then(|i| i.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/hero-snap")),
             };
-            let done = hero_snap_core::recover(&dir)?;
+            let done = hero_snap_core::gc(&dir)?;
             if json {
                 print_json("gc", &done);
             } else if done.is_empty() {

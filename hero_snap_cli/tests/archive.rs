@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 const ONE_SURFACE: &str = r#"format: 1
 instance: meta
+state_dir: /var/lib/hero-snap
 services:
   svc:
     version: "1"
@@ -78,7 +79,7 @@ fn round_trip_keeps_types_and_metadata() {
     build_tricky_tree(&data);
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
     ok(&["verify", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
 
     let dst = Instance::with_inventory(&[], ONE_SURFACE);
@@ -128,7 +129,7 @@ fn stock_tools_read_the_archive() {
     let src = Instance::new(&["default", "geomind"]);
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
     let script = format!("age -d -i {} {} | zstd -d | tar -tf -", key.display(), archive.display());
     let out = Command::new("bash").args(["-o", "pipefail", "-c", &script]).stderr(Stdio::inherit()).output().unwrap();
     assert!(out.status.success(), "age | zstd | tar failed");
@@ -146,11 +147,11 @@ fn stock_tools_read_the_archive() {
 fn plaintext_needs_explicit_flags() {
     let src = Instance::new(&["default"]);
     let archive = src.dir.path().join("p.hsnap");
-    let out = run_strings(&src.args(&["backup", "--to", archive.to_str().unwrap()]));
+    let out = run_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--no-encrypt"), "{}", stderr(&out));
     assert!(!archive.exists());
-    ok_strings(&src.args(&["backup", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
+    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
     let out = run(&["verify", "--from", archive.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6));
     assert!(stderr(&out).contains("--allow-plaintext"));
@@ -164,12 +165,12 @@ fn passphrase_and_ssh_recipients() {
     fs::write(&pass, "correct horse battery staple\n").unwrap();
     fs::set_permissions(&pass, fs::Permissions::from_mode(0o644)).unwrap();
     let archive = src.dir.path().join("pw.hsnap");
-    let out = run_strings(&src.args(&["backup", "--to", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
+    let out = run_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(6), "a passphrase file readable by others is refused");
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     fs::set_permissions(&pass, fs::Permissions::from_mode(0o600)).unwrap();
     let mut cmd = bin();
-    cmd.env("HERO_SNAP_SCRYPT_WORK_FACTOR", "10").args(src.args(&["backup", "--to", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
+    cmd.env("HERO_SNAP_SCRYPT_WORK_FACTOR", "10").args(src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
     assert!(cmd.output().unwrap().status.success());
     ok(&["verify", "--from", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]);
 
@@ -179,7 +180,7 @@ fn passphrase_and_ssh_recipients() {
     assert!(st.success());
     let pubkey = fs::read_to_string(k.with_extension("pub")).unwrap();
     let archive = src.dir.path().join("ssh.hsnap");
-    ok_strings(&src.args(&["backup", "--to", archive.to_str().unwrap(), "-r", pubkey.trim()]));
+    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", pubkey.trim()]));
     ok(&["verify", "--from", archive.to_str().unwrap(), "-i", k.to_str().unwrap()]);
     // a wrong identity gives a clear error
     let (other, _) = age_key(&src.dir.path().join("..").canonicalize().unwrap().join(src.dir.path().file_name().unwrap()));
@@ -192,7 +193,7 @@ fn passphrase_and_ssh_recipients() {
 fn stdout_and_stdin_streams() {
     let src = Instance::new(&["default"]);
     let (key, recipient) = age_key(src.dir.path());
-    let out = ok_strings(&src.args(&["backup", "--to", "-", "-r", &recipient]));
+    let out = ok_strings(&src.args(&["backup", "--allow-live", "--to", "-", "-r", &recipient]));
     assert!(out.stdout.starts_with(b"age-encryption.org/v1"));
     let mut cmd = bin();
     cmd.args(["inspect", "--from", "-", "-i", key.to_str().unwrap(), "--json"]).write_stdin(out.stdout.clone());
@@ -216,7 +217,7 @@ fn failed_backup_leaves_no_partial_archive() {
     // The surface holds a file whose name is not UTF-8: the backup refuses it.
     use std::os::unix::ffi::OsStrExt;
     fs::write(src.path("var/lib/hero/hero_db/data").join(std::ffi::OsStr::from_bytes(b"bad\xffname")), "x").unwrap();
-    let out = run_strings(&src.args(&["backup", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
+    let out = run_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("not valid UTF-8"));
     let left: Vec<_> = fs::read_dir(archive.parent().unwrap()).unwrap().collect();

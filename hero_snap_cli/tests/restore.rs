@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 fn backup(inst: &Instance, extra: &[&str]) -> (PathBuf, PathBuf) {
     let (key, recipient) = age_key(inst.dir.path());
     let archive = inst.dir.path().join("a.hsnap");
-    let mut args = vec!["backup", "--to", archive.to_str().unwrap(), "-r", &recipient];
+    let mut args = vec!["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient];
     args.extend_from_slice(extra);
     ok_strings(&inst.args(&args));
     (archive, key)
@@ -47,7 +47,9 @@ fn per_context_export_into_bare_and_existing_instances() {
     // Bare instance B: everything is created, with the archived ownership and modes.
     let b = Instance::new(&[]);
     ok_strings(&restore_args(&b, &archive, &key, &[]));
-    assert_same_tree(&ctx_dir(&a, "geomind"), &ctx_dir(&b, "geomind"));
+    for s in ["files", "git"] {
+        assert_same_tree(&ctx_dir(&a, "geomind").join(s), &ctx_dir(&b, "geomind").join(s));
+    }
     assert!(!ctx_dir(&b, "default").exists() && !b.path("var/lib/hero/hero_db").exists());
     assert!(leftovers(&b.root).is_empty());
 
@@ -65,7 +67,9 @@ fn per_context_export_into_bare_and_existing_instances() {
         .chain([c.path("var/lib/hero/hero_db"), c.path("var/lib/hero/hero_indexer")])
         .map(|p| { let h = tree_hash(&p); (p, h) }).collect();
     ok_strings(&restore_args(&c, &archive, &key, &["--context", "geomind", "--as", "geomind2"]));
-    assert_same_tree(&ctx_dir(&a, "geomind"), &ctx_dir(&c, "geomind2"));
+    for s in ["files", "git"] {
+        assert_same_tree(&ctx_dir(&a, "geomind").join(s), &ctx_dir(&c, "geomind2").join(s));
+    }
     for (p, h) in others {
         assert_eq!(tree_hash(&p), h, "{} changed", p.display());
     }

@@ -13,7 +13,7 @@ use crate::crypto::Encryption;
 use crate::error::{Error, Result};
 use crate::inventory::{Class, Inventory, Scope, Surface};
 use crate::manifest::{
-    surface_member_root, Consistency, LeftOut, Manifest, ManifestService, ManifestSurface, SelectionRecord, Warning, ARCHIVE_FORMAT,
+    surface_member_root, LeftOut, Manifest, ManifestService, ManifestSurface, SelectionRecord, Warning, ARCHIVE_FORMAT,
 };
 use crate::progress::{Cancel, Event, Progress};
 
@@ -38,6 +38,27 @@ pub struct BackupOptions {
     pub selection: Selection,
     pub encryption: Encryption,
     pub compression: Compression,
+    /// Accept reading surfaces in place when they have neither a snapshot-capable
+    /// filesystem nor quiesce hooks (the manifest then says `consistency: live`).
+    pub allow_live: bool,
+    /// Longest the services may stay frozen; past it the watchdog thaws them and the run fails.
+    pub freeze_deadline: std::time::Duration,
+    /// Journals and locks; defaults to the inventory's `state_dir`, then /var/lib/hero-snap.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl BackupOptions {
+    /// Whole instance, default compression and deadline.
+    pub fn new(encryption: Encryption) -> BackupOptions {
+        BackupOptions {
+            selection: Selection::default(),
+            encryption,
+            compression: Compression::default(),
+            allow_live: false,
+            freeze_deadline: std::time::Duration::from_secs(10),
+            state_dir: None,
+        }
+    }
 }
 
 /// What a backup archived, per service and surface.
@@ -163,24 +184,23 @@ fn manifest_surface(s: &Surface) -> ManifestSurface {
     ManifestSurface { name: s.name.clone(), scope: s.scope, class: s.class, path: s.path.display().to_string(), contexts: Vec::new(), files: 0, bytes: 0 }
 }
 
-/// The reading side of a backup: where each job's data is read from. Live directories
-/// for now; the snapshot engine supplies frozen views through the same path.
-pub(crate) struct Source {
-    pub consistency: Consistency,
-    pub freeze_window_ms: Option<u64>,
-    pub warnings: Vec<Warning>,
-}
-
 /// Writes an archive of the selected surfaces to `out` and returns it with the report.
 pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
-    let (jobs, mut services, mut warnings) = select(inv, &opts.selection)?;
-    let source = Source { consistency: Consistency::Live, freeze_window_ms: None, warnings: Vec::new() };
-    warnings.extend(source.warnings.iter().cloned());
+    let (mut jobs, mut services, mut warnings) = select(inv, &opts.selection)?;
+    let placement = crate::plan::place(inv, &mut jobs, opts.allow_live)?;
+    let state = opts.state_dir.clone().or_else(|| inv.state_dir.clone()).unwrap_or_else(|| PathBuf::from(crate::DEFAULT_STATE_DIR));
+    let run = run_id();
+    let frozen = crate::freeze::freeze(inv, &jobs, &placement, &crate::freeze::FreezeOptions { state: &state, run: &run, deadline: opts.freeze_deadline }, progress)?;
+    warnings.extend(frozen.warnings.iter().cloned());
+    for w in &frozen.warnings {
+        progress.event(&Event::Warning { warning: w.clone() });
+    }
+    let views: Vec<PathBuf> = jobs.iter().map(|j| frozen.view(&j.path)).collect();
 
     progress.event(&Event::Phase { phase: "scan".into() });
     let (mut files, mut bytes) = (0, 0);
-    for job in &jobs {
-        let (f, b) = count_tree(&job.path, cancel)?;
+    for (job, view) in jobs.iter().zip(&views) {
+        let (f, b) = count_tree(view, cancel)?;
         let svc = services.iter_mut().find(|s| s.name == job.service).expect("selected service");
         svc.files += f;
         svc.bytes += b;
@@ -198,9 +218,9 @@ pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress:
         tool_version: env!("CARGO_PKG_VERSION").into(),
         created: now_rfc3339(),
         instance: inv.instance.clone(),
-        run_id: run_id(),
-        consistency: source.consistency,
-        freeze_window_ms: source.freeze_window_ms,
+        run_id: run.clone(),
+        consistency: frozen.consistency,
+        freeze_window_ms: frozen.freeze_window_ms,
         selection: opts.selection.record(),
         services,
         warnings: warnings.clone(),
@@ -211,13 +231,17 @@ pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress:
     let mut writer = ArchiveWriter::new(counted, &opts.encryption, opts.compression)?;
     writer.write_manifest(&manifest)?;
     progress.event(&Event::Phase { phase: "archive".into() });
-    for job in &jobs {
+    for (job, view) in jobs.iter().zip(&views) {
         progress.event(&Event::Surface { service: job.service.clone(), surface: job.surface.clone(), context: job.context.clone() });
         let member = surface_member_root(&job.service, &job.surface, job.context.as_deref());
-        writer.write_tree(&job.path, &member, progress, cancel)?;
+        writer.write_tree(view, &member, progress, cancel)?;
     }
-    let late_warnings = std::mem::take(&mut writer.warnings);
+    // A snapshot that went bad while it was read (LVM overflow) fails the run before the
+    // archive is finished, so no archive of it is ever published.
+    frozen.check()?;
+    let mut late_warnings = std::mem::take(&mut writer.warnings);
     let (counted, _totals) = writer.finish()?;
+    late_warnings.extend(frozen.release()?);
     let mut manifest = manifest;
     // Warnings found while archiving cannot go back into the manifest (it is already
     // written); they are in the report and the event stream.

@@ -59,6 +59,31 @@ impl Class {
     }
 }
 
+/// The snapshot mechanism of a surface's volume; detected from the mount table unless the
+/// inventory sets `snapshot:` on the surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotBackend {
+    Btrfs,
+    Zfs,
+    Lvm,
+    Reflink,
+    /// No snapshot: read in place (needs quiesce hooks, or --allow-live).
+    None,
+}
+
+impl SnapshotBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotBackend::Btrfs => "btrfs",
+            SnapshotBackend::Zfs => "zfs",
+            SnapshotBackend::Lvm => "lvm",
+            SnapshotBackend::Reflink => "reflink",
+            SnapshotBackend::None => "none",
+        }
+    }
+}
+
 /// An external command: argv (no shell), with a timeout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +181,8 @@ pub struct Surface {
     pub path: PathBuf,
     pub scope: Scope,
     pub class: Class,
+    /// Forced snapshot backend (`None`: detected).
+    pub snapshot: Option<SnapshotBackend>,
 }
 
 impl Surface {
@@ -266,6 +293,8 @@ struct FileSurface {
     path: Spanned<String>,
     scope: Spanned<String>,
     class: Spanned<String>,
+    #[serde(default)]
+    snapshot: Option<SnapshotBackend>,
     #[serde(default)]
     #[allow(dead_code)] // documentation for humans; kept so the field is accepted
     description: Option<String>,
@@ -440,7 +469,7 @@ impl Inventory {
                     }
                 }
                 claimed.push((path.clone(), svc_name.clone(), s.name.value.clone(), pline));
-                surfaces.push(Surface { name: s.name.value, path, scope, class });
+                surfaces.push(Surface { name: s.name.value, path, scope, class, snapshot: s.snapshot });
             }
             let mut migrations: Vec<Migration> = Vec::new();
             for m in svc.migrations {
@@ -579,7 +608,7 @@ mod tests {
 
     #[test]
     fn path_for_context() {
-        let s = Surface { name: "f".into(), path: "/v/{context}/files".into(), scope: Scope::Context, class: Class::Source };
+        let s = Surface { name: "f".into(), path: "/v/{context}/files".into(), scope: Scope::Context, class: Class::Source, snapshot: None };
         assert_eq!(s.path_for(Some("geomind")), PathBuf::from("/v/geomind/files"));
         assert_eq!(s.context_layout(), Some((PathBuf::from("/v"), PathBuf::from("files"))));
     }

@@ -10,15 +10,12 @@
 //!
 //! ```no_run
 //! use hero_snap_core::{backup_to_file, inventory::Inventory, BackupOptions, Selection, Encryption,
-//!     Compression, NoProgress, Cancel};
+//!     NoProgress, Cancel};
 //! # fn main() -> hero_snap_core::Result<()> {
 //! let inv = Inventory::load("/etc/hero/inventory.yaml".as_ref())?;
 //! let recipients = Encryption::parse_recipients(&["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"])?;
-//! let opts = BackupOptions {
-//!     selection: Selection { contexts: vec!["geomind".into()], ..Selection::default() },
-//!     encryption: Encryption::Recipients(recipients),
-//!     compression: Compression::default(),
-//! };
+//! let mut opts = BackupOptions::new(Encryption::Recipients(recipients));
+//! opts.selection = Selection { contexts: vec!["geomind".into()], ..Selection::default() };
 //! let report = backup_to_file(&inv, &opts, "/backups/geomind.hsnap".as_ref(), &NoProgress, &Cancel::new())?;
 //! println!("{} files, {} bytes", report.manifest.files, report.manifest.bytes);
 //! # Ok(()) }
@@ -28,12 +25,43 @@ pub mod archive;
 pub mod backup;
 mod crypto;
 mod error;
+mod freeze;
 mod hooks;
 pub mod inventory;
 pub mod manifest;
+pub mod plan;
 pub mod preflight;
 mod progress;
 pub mod restore;
+mod snapshot;
+
+/// Where journals and locks go when neither the caller nor the inventory says.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hero-snap";
+
+/// What `gc` completed: one entry per dead run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recovered {
+    pub run_id: String,
+    /// `backup-cleaned`, `rolled-back` or `completed`.
+    pub action: String,
+}
+
+/// Completes the journals of dead runs in `state_dir`: thaws what a backup froze, runs its
+/// post hooks, removes its snapshots; rolls back or completes an interrupted restore.
+pub fn gc(state_dir: &std::path::Path) -> Result<Vec<Recovered>> {
+    let mut out: Vec<Recovered> = freeze::recover(state_dir)?
+        .into_iter()
+        .map(|r| Recovered { run_id: r.run_id, action: "backup-cleaned".into() })
+        .collect();
+    out.extend(restore::recover(state_dir)?);
+    Ok(out)
+}
+
+/// The plan a backup of `selection` would follow: volumes, backends, consistency.
+pub fn plan(inv: &inventory::Inventory, selection: &Selection, allow_live: bool) -> Result<plan::Plan> {
+    let (mut jobs, _, _) = backup::select(inv, selection)?;
+    Ok(plan::place(inv, &mut jobs, allow_live)?.plan)
+}
 
 pub use archive::{inspect, verify, Compression, VerifyReport};
 pub use backup::{backup, backup_to_file, BackupOptions, BackupReport, Selection};
@@ -41,7 +69,7 @@ pub use crypto::{Decryption, Encryption};
 pub use error::{Error, Result};
 pub use preflight::{preflight, Refusal, RestorePlan, RestoreSelection};
 pub use progress::{Cancel, Event, NoProgress, Progress};
-pub use restore::{recover, restore, RestoreOptions, RestoreReport};
+pub use restore::{restore, RestoreOptions, RestoreReport};
 
 /// Test hook: when the environment variable `HERO_SNAP_FAILPOINT` names this point, the
 /// process kills itself with SIGKILL here (used by the crash tests; a no-op otherwise).

@@ -190,21 +190,38 @@ impl Index {
         }
     }
 
-    /// One index line; paths are written as JSON strings, which YAML reads as double-quoted scalars.
+    /// One index line: a flow mapping with the path as a YAML double-quoted scalar.
     pub fn write_entry(out: &mut impl std::io::Write, path: &str, size: u64, hash: &blake3::Hash) -> std::io::Result<()> {
-        let quoted = serde_json::to_string(path).map_err(std::io::Error::other)?;
-        writeln!(out, "- {{path: {quoted}, size: {size}, blake3: \"{}\"}}", hash.to_hex())
+        writeln!(out, "- {{path: {}, size: {size}, blake3: \"{}\"}}", yaml_quote(path), hash.to_hex())
     }
 
     pub fn to_yaml(&self) -> String {
         let mut out = Vec::new();
         Index::write_head(&mut out, &self.manifest_blake3, self.files, self.entries, self.bytes).expect("writing to a Vec");
         for e in &self.index {
-            let quoted = serde_json::to_string(&e.path).expect("string");
-            out.extend_from_slice(format!("- {{path: {quoted}, size: {}, blake3: \"{}\"}}\n", e.size, e.blake3).as_bytes());
+            out.extend_from_slice(format!("- {{path: {}, size: {}, blake3: \"{}\"}}\n", yaml_quote(&e.path), e.size, e.blake3).as_bytes());
         }
         String::from_utf8(out).expect("utf-8")
     }
+}
+
+/// A YAML double-quoted scalar on one line: quote and backslash escaped, and every
+/// character YAML does not allow raw (controls, DEL, C1, BOM) written as a \u or \U escape.
+fn yaml_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        let printable = matches!(c as u32, 0x20..=0x7e | 0xa0..=0xd7ff | 0xe000..=0xfffd | 0x10000..=0x10ffff) && c != '\u{feff}';
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if printable => out.push(c),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn first_line(s: &str) -> String {

@@ -46,7 +46,7 @@ pub struct RestoreReport {
 }
 
 pub(crate) fn state_dir(target: &Inventory, opts: &RestoreOptions) -> PathBuf {
-    opts.state_dir.clone().or_else(|| target.state_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/hero-snap"))
+    opts.state_dir.clone().or_else(|| target.state_dir.clone()).unwrap_or_else(|| PathBuf::from(crate::DEFAULT_STATE_DIR))
 }
 
 /// One surface being restored: where it is staged, where it goes.
@@ -520,16 +520,10 @@ fn complete(j: &Journal) -> Vec<PathBuf> {
     kept
 }
 
-/// What `gc` did with the journal of one dead run.
-#[derive(Debug, Clone, Serialize)]
-pub struct Recovered {
-    pub run_id: String,
-    /// `rolled-back` or `completed`.
-    pub action: String,
-}
+use crate::Recovered;
 
 /// Finishes or undoes the restores of dead processes found in `state_dir`.
-pub fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
+pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
     let entries = match fs::read_dir(state_dir) {
         Ok(e) => e,

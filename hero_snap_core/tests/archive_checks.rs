@@ -6,11 +6,12 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use hero_snap_core::inventory::Inventory;
-use hero_snap_core::{backup, inspect, verify, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress, Selection};
+use hero_snap_core::{backup, inspect, verify, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
 
 fn instance(root: &Path) -> Inventory {
     let text = r#"format: 1
 instance: checks
+state_dir: /state
 services:
   hero_db:
     version: "1"
@@ -50,7 +51,9 @@ fn make_archive(root: &Path, enc: Encryption) -> Vec<u8> {
         random_file(&root.join(format!("ctx/{c}/files/blob")), 30_000, c);
         fs::write(root.join(format!("ctx/{c}/files/notes.md")), format!("# {c}\n").repeat(200)).unwrap();
     }
-    let opts = BackupOptions { selection: Selection::default(), encryption: enc, compression: Compression { level: 3, threads: 0 } };
+    let mut opts = BackupOptions::new(enc);
+    opts.compression = Compression { level: 3, threads: 0 };
+    opts.allow_live = true;
     let (_, out) = backup(&instance(root), &opts, Vec::new(), &NoProgress, &Cancel::new()).unwrap();
     out
 }
@@ -148,7 +151,9 @@ fn inspect_reads_only_the_head_of_a_1_gib_archive() {
     fs::create_dir_all(root.join("ctx/default/files")).unwrap();
     random_file(&root.join("data/big.bin"), 1 << 30, "big");
     let path = dir.path().join("big.hsnap");
-    let opts = BackupOptions { selection: Selection::default(), encryption: Encryption::None, compression: Compression { level: 1, threads: 2 } };
+    let mut opts = BackupOptions::new(Encryption::None);
+    opts.compression = Compression { level: 1, threads: 2 };
+    opts.allow_live = true;
     let out = std::io::BufWriter::new(fs::File::create(&path).unwrap());
     let (report, out) = backup(&instance(&root), &opts, out, &NoProgress, &Cancel::new()).unwrap();
     drop(out);

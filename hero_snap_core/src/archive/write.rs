@@ -280,8 +280,13 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
 }
 
 /// A file walk in a stable order that never follows symlinks.
-pub(crate) fn walk(root: &Path) -> walkdir::IntoIter {
-    walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter()
+/// Names starting with `.hero-snap-` are hero-snap's own (snapshots, staging) and skipped.
+pub(crate) fn walk(root: &Path) -> impl Iterator<Item = walkdir::Result<walkdir::DirEntry>> {
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with(crate::snapshot::RESERVED_PREFIX))
 }
 
 fn walk_error(root: &Path, e: walkdir::Error) -> Error {

@@ -1,0 +1,451 @@
+//! Freeze: quiesce the services, snapshot every volume within one window, thaw.
+//!
+//! Order: journal → watchdog → pre hooks (parallel) → freeze cgroups/units → syncfs →
+//! snapshots → thaw → post hooks. The journal (in the state directory, never on a frozen
+//! volume) names everything to undo; the watchdog — a small bash process in its own
+//! session — thaws and runs the post hooks if hero-snap dies (even by SIGKILL) or the
+//! freeze deadline passes. `gc` (and the start of every run) completes the journals of
+//! dead runs. decisions/D-01-state-snapshot-contract.md is the contract.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backup::Job;
+use crate::error::{Error, Result};
+use crate::inventory::{Command, Inventory, OnError};
+use crate::manifest::{Consistency, Warning};
+use crate::plan::Placement;
+use crate::progress::{Event, Progress};
+use crate::snapshot::Taken;
+
+/// A cgroup whose processes are frozen: v2 (`cgroup.freeze`) or the v1 freezer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Cgroup {
+    pub dir: PathBuf,
+    pub v2: bool,
+}
+
+impl Cgroup {
+    /// Finds a declared cgroup under the cgroup2 mount, else under the v1 freezer.
+    pub(crate) fn resolve(name: &str) -> Result<Cgroup> {
+        let rel = name.trim_start_matches('/');
+        let mounts = crate::plan::read_mounts()?;
+        for m in mounts.iter().filter(|m| m.fstype == "cgroup2") {
+            let dir = m.mount_point.join(rel);
+            if dir.join("cgroup.freeze").exists() {
+                return Ok(Cgroup { dir, v2: true });
+            }
+        }
+        for m in mounts.iter().filter(|m| m.fstype == "cgroup" && m.mount_point.file_name().is_some_and(|f| f.to_string_lossy().contains("freezer"))) {
+            let dir = m.mount_point.join(rel);
+            if dir.join("freezer.state").exists() {
+                return Ok(Cgroup { dir, v2: false });
+            }
+        }
+        Err(Error::Refused(format!("cgroup `{name}` not found under the cgroup2 mount or the v1 freezer; fix `quiesce.cgroup` in the inventory")))
+    }
+
+    fn set(&self, frozen: bool) -> Result<()> {
+        let (file, value) = if self.v2 { ("cgroup.freeze", if frozen { "1" } else { "0" }) } else { ("freezer.state", if frozen { "FROZEN" } else { "THAWED" }) };
+        let path = self.dir.join(file);
+        fs::write(&path, value).map_err(Error::io(&path, if frozen { "freezing" } else { "thawing" }))
+    }
+
+    fn is_frozen(&self) -> bool {
+        if self.v2 {
+            fs::read_to_string(self.dir.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l.trim() == "frozen 1"))
+        } else {
+            fs::read_to_string(self.dir.join("freezer.state")).is_ok_and(|t| t.trim() == "FROZEN")
+        }
+    }
+
+    fn freeze(&self, timeout: Duration) -> Result<()> {
+        self.set(true)?;
+        let until = Instant::now() + timeout;
+        while !self.is_frozen() {
+            if Instant::now() > until {
+                return Err(Error::Command(format!("{}: the processes did not freeze within {} ms", self.dir.display(), timeout.as_millis())));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+}
+
+/// The backup journal: what to undo if this run dies.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    run_id: String,
+    pid: u32,
+    cgroups: Vec<Cgroup>,
+    units: Vec<String>,
+    /// (service, post hook): run when the service's pre-hook marker exists.
+    posts: Vec<(String, Command)>,
+    snapshots: Vec<Taken>,
+}
+
+fn journal_path(state: &Path, run: &str) -> PathBuf {
+    state.join(format!("backup-{run}.json"))
+}
+
+fn marker(state: &Path, run: &str, service: &str) -> PathBuf {
+    state.join(format!("backup-{run}.pre-{service}"))
+}
+
+fn save(state: &Path, j: &Journal) -> Result<()> {
+    let path = journal_path(state, &j.run_id);
+    let tmp = path.with_extension("tmp");
+    let f = fs::File::create(&tmp).map_err(Error::io(&tmp, "writing the journal"))?;
+    serde_json::to_writer_pretty(&f, j).map_err(|e| Error::io(&tmp, "writing the journal")(e.into()))?;
+    f.sync_all().map_err(Error::io(&tmp, "syncing the journal"))?;
+    fs::rename(&tmp, &path).map_err(Error::io(&path, "writing the journal"))?;
+    Ok(())
+}
+
+/// A lock that keeps two runs apart (flock on state_dir/lock, holding the owner's pid).
+pub(crate) struct Lock {
+    _file: nix::fcntl::Flock<fs::File>,
+}
+
+impl Lock {
+    pub(crate) fn acquire(state: &Path, warnings: &mut Vec<Warning>) -> Result<Lock> {
+        fs::create_dir_all(state).map_err(Error::io(state, "creating the state directory"))?;
+        let path = state.join("lock");
+        let previous = fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<i32>().ok());
+        let file = fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(Error::io(&path, "opening the lock"))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, _)| {
+            Error::Refused(format!(
+                "another hero-snap run holds {} (pid {}); wait for it to finish",
+                path.display(),
+                previous.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            ))
+        })?;
+        if let Some(pid) = previous.filter(|p| *p != std::process::id() as i32) {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                warnings.push(Warning { code: "stale-lock".into(), message: format!("took over the lock of dead run pid {pid}") });
+            }
+        }
+        let mut f: &fs::File = &lock;
+        f.set_len(0).map_err(Error::io(&path, "writing the lock"))?;
+        write!(f, "{}", std::process::id()).map_err(Error::io(&path, "writing the lock"))?;
+        Ok(Lock { _file: lock })
+    }
+}
+
+/// The frozen views of one run; `release` removes the snapshots (Drop does it too).
+pub(crate) struct Frozen {
+    pub consistency: Consistency,
+    pub freeze_window_ms: Option<u64>,
+    pub warnings: Vec<Warning>,
+    taken: Vec<Taken>,
+    state: PathBuf,
+    run: String,
+    /// Quiesced copy: the post hooks run at release.
+    deferred_posts: Vec<(String, Command)>,
+    watchdog: Option<Child>,
+    released: bool,
+    _lock: Lock,
+}
+
+impl Frozen {
+    /// Where the job's data is read: in its snapshot, or in place.
+    pub(crate) fn view(&self, live: &Path) -> PathBuf {
+        self.taken.iter().find_map(|t| t.view(live)).unwrap_or_else(|| live.to_path_buf())
+    }
+
+    /// Checks that no snapshot became invalid while it was read.
+    pub(crate) fn check(&self) -> Result<()> {
+        self.taken.iter().try_for_each(Taken::still_valid)
+    }
+
+    pub(crate) fn release(mut self) -> Result<Vec<Warning>> {
+        self.released = true;
+        let mut warnings = Vec::new();
+        run_posts(&self.state, &self.run, &self.deferred_posts, &mut warnings);
+        finish_watchdog(self.watchdog.take());
+        let mut first_err = None;
+        for t in &self.taken {
+            if let Err(e) = t.remove() {
+                first_err.get_or_insert(e);
+            }
+        }
+        if first_err.is_none() {
+            let _ = fs::remove_file(journal_path(&self.state, &self.run));
+        }
+        first_err.map_or(Ok(warnings), Err)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.released {
+            let mut w = Vec::new();
+            run_posts(&self.state, &self.run, &self.deferred_posts, &mut w);
+            finish_watchdog(self.watchdog.take());
+            if self.taken.iter().all(|t| t.remove().is_ok()) {
+                let _ = fs::remove_file(journal_path(&self.state, &self.run));
+            }
+        }
+    }
+}
+
+fn finish_watchdog(child: Option<Child>) {
+    if let Some(mut child) = child {
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"done\n");
+        }
+        let _ = child.wait();
+    }
+}
+
+fn run_posts(state: &Path, run: &str, posts: &[(String, Command)], warnings: &mut Vec<Warning>) {
+    for (svc, cmd) in posts {
+        let m = marker(state, run, svc);
+        if fs::remove_file(&m).is_ok() {
+            if let Err(e) = crate::hooks::run(cmd, &[("service", svc)]) {
+                warnings.push(Warning { code: "post-hook-failed".into(), message: format!("{svc}: {e}") });
+            }
+        }
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The watchdog: waits for "done" on stdin; on EOF (hero-snap died) or the deadline it
+/// thaws everything and runs the post hooks whose pre hooks ran.
+fn spawn_watchdog(state: &Path, j: &Journal, deadline: Option<Duration>) -> Result<Child> {
+    let mut s = String::from("set -u\n");
+    match deadline {
+        Some(d) => s.push_str(&format!("if IFS= read -r -t {} line && [ \"$line\" = done ]; then exit 0; fi\n", d.as_secs_f64().max(0.1))),
+        None => s.push_str("if IFS= read -r line && [ \"$line\" = done ]; then exit 0; fi\n"),
+    }
+    s.push_str(&format!("echo \"$(date -Is) watchdog: thawing run {}\" >> {}\n", j.run_id, shell_quote(&state.join("watchdog.log").to_string_lossy())));
+    for c in &j.cgroups {
+        let (file, v) = if c.v2 { ("cgroup.freeze", "0") } else { ("freezer.state", "THAWED") };
+        s.push_str(&format!("echo {v} > {} 2>/dev/null\n", shell_quote(&c.dir.join(file).to_string_lossy())));
+    }
+    for u in &j.units {
+        s.push_str(&format!("systemctl thaw {} 2>/dev/null\n", shell_quote(u)));
+    }
+    for (svc, cmd) in &j.posts {
+        let m = shell_quote(&marker(state, &j.run_id, svc).to_string_lossy());
+        let argv: Vec<String> = cmd.argv.iter().map(|a| shell_quote(&a.replace("{service}", svc))).collect();
+        s.push_str(&format!("if rm {m} 2>/dev/null; then timeout {} {} </dev/null >/dev/null 2>&1; fi\n", cmd.timeout_secs, argv.join(" ")));
+    }
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c").arg(s).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    // Own session: a Ctrl-C to hero-snap's process group must not kill the watchdog.
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| Error::Command(format!("cannot start the watchdog (bash): {e}")))
+}
+
+/// Options of the freeze window.
+pub(crate) struct FreezeOptions<'a> {
+    pub state: &'a Path,
+    pub run: &'a str,
+    /// Longest the services may stay frozen; the watchdog thaws them at this deadline.
+    pub deadline: Duration,
+}
+
+/// Quiesces, snapshots and thaws. Returns the frozen views, or an error with everything undone.
+pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts: &FreezeOptions, progress: &dyn Progress) -> Result<Frozen> {
+    let mut warnings: Vec<Warning> = Vec::new();
+    let lock = Lock::acquire(opts.state, &mut warnings)?;
+    for r in recover(opts.state)? {
+        warnings.push(Warning { code: "recovered-dead-run".into(), message: format!("completed the journal of dead run {}", r.run_id) });
+    }
+    let plan = &placement.plan;
+    for note in &plan.notes {
+        if plan.consistency != Consistency::Atomic {
+            warnings.push(Warning { code: format!("consistency-{}", serde_json::to_value(plan.consistency).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()), message: note.clone() });
+        }
+    }
+    for n in &plan.nested_mounts {
+        warnings.push(Warning { code: "nested-mount".into(), message: n.clone() });
+    }
+    let services: BTreeSet<&str> = jobs.iter().map(|j| j.service.as_str()).collect();
+    let hooks_only = plan.consistency == Consistency::QuiescedCopy;
+    let mut cgroups = Vec::new();
+    let mut units = Vec::new();
+    let mut pres: Vec<(String, Command, OnError)> = Vec::new();
+    let mut posts = Vec::new();
+    for name in &services {
+        let q = &inv.service(name).expect("jobs come from the inventory").quiesce;
+        if let Some(pre) = &q.pre {
+            pres.push((name.to_string(), pre.clone(), q.on_error));
+            if let Some(post) = &q.post {
+                posts.push((name.to_string(), post.clone()));
+            }
+        }
+        if !hooks_only {
+            if let Some(cg) = &q.cgroup {
+                cgroups.push(Cgroup::resolve(cg)?);
+            }
+            if let Some(u) = &q.unit {
+                units.push(u.clone());
+            }
+        }
+    }
+    // Planned snapshots, journaled before anything is created.
+    let mut planned = Vec::new();
+    for (i, vol) in plan.volumes.iter().enumerate() {
+        let lives: Vec<PathBuf> = jobs.iter().zip(&placement.job_volume).filter(|(_, v)| **v == i).map(|(j, _)| j.path.clone()).collect();
+        if let Some(t) = Taken::plan(vol, &lives, opts.run, i, opts.state) {
+            planned.push(t);
+        }
+    }
+    let planned = Taken::merge_zfs(planned);
+    let journal = Journal { run_id: opts.run.to_string(), pid: std::process::id(), cgroups: cgroups.clone(), units: units.clone(), posts: posts.clone(), snapshots: planned.clone() };
+    save(opts.state, &journal)?;
+    let mut frozen = Frozen {
+        consistency: plan.consistency,
+        freeze_window_ms: None,
+        warnings: Vec::new(),
+        taken: planned,
+        state: opts.state.to_path_buf(),
+        run: opts.run.to_string(),
+        deferred_posts: Vec::new(),
+        watchdog: None,
+        released: false,
+        _lock: lock,
+    };
+    frozen.watchdog = Some(spawn_watchdog(opts.state, &journal, if hooks_only { None } else { Some(opts.deadline) })?);
+
+    progress.event(&Event::Phase { phase: "quiesce".into() });
+    // Pre hooks in parallel; a marker per hook that ran tells who needs a post hook.
+    let results: Vec<(String, OnError, Result<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pres
+            .iter()
+            .map(|(svc, cmd, on_error)| {
+                let m = marker(opts.state, opts.run, svc);
+                scope.spawn(move || {
+                    let _ = fs::write(&m, b"");
+                    (svc.clone(), *on_error, crate::hooks::run(cmd, &[("service", svc)]))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("hook thread")).collect()
+    });
+    for (svc, on_error, res) in results {
+        if let Err(e) = res {
+            match on_error {
+                OnError::Abort => {
+                    let mut w = Vec::new();
+                    run_posts(opts.state, opts.run, &posts, &mut w);
+                    return Err(Error::Command(format!("pre-freeze hook of `{svc}` failed, backup aborted (on_error: abort): {e}")));
+                }
+                OnError::Warn => warnings.push(Warning { code: "pre-hook-failed".into(), message: format!("{svc}: {e}; continuing (on_error: warn)") }),
+            }
+        }
+    }
+
+    progress.event(&Event::Phase { phase: "freeze".into() });
+    let start = Instant::now();
+    let result = (|| -> Result<()> {
+        for c in &cgroups {
+            c.freeze(opts.deadline / 4)?;
+        }
+        for u in &units {
+            crate::snapshot::tool(&["systemctl", "freeze", u])?;
+        }
+        crate::failpoint("backup-frozen");
+        for vol in &plan.volumes {
+            if let Ok(f) = fs::File::open(&vol.mount.mount_point) {
+                let _ = nix::unistd::syncfs(&f);
+            }
+        }
+        for t in &frozen.taken {
+            t.take()?;
+        }
+        Ok(())
+    })();
+    let mut thaw_err = None;
+    for c in &cgroups {
+        if let Err(e) = c.set(false) {
+            thaw_err.get_or_insert(e);
+        }
+    }
+    for u in &units {
+        if let Err(e) = crate::snapshot::tool(&["systemctl", "thaw", u]) {
+            thaw_err.get_or_insert(e);
+        }
+    }
+    let window = start.elapsed();
+    if hooks_only {
+        frozen.deferred_posts = posts;
+    } else {
+        run_posts(opts.state, opts.run, &posts, &mut warnings);
+        finish_watchdog(frozen.watchdog.take());
+    }
+    result?;
+    if let Some(e) = thaw_err {
+        return Err(e);
+    }
+    if !hooks_only && window > opts.deadline {
+        return Err(Error::Command(format!(
+            "the freeze window took {} ms, past the {} ms deadline: the watchdog thawed the services and the snapshot is not trusted",
+            window.as_millis(),
+            opts.deadline.as_millis()
+        )));
+    }
+    if !cgroups.is_empty() || !units.is_empty() {
+        frozen.freeze_window_ms = Some(window.as_millis() as u64);
+    }
+    for t in &frozen.taken {
+        t.open()?;
+    }
+    frozen.warnings = warnings;
+    Ok(frozen)
+}
+
+/// What `recover` did for one dead backup run.
+pub(crate) struct RecoveredBackup {
+    pub run_id: String,
+}
+
+/// Completes the backup journals of dead runs: thaw, post hooks, remove snapshots.
+pub(crate) fn recover(state: &Path) -> Result<Vec<RecoveredBackup>> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(state) else { return Ok(out) };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("backup-") && name.ends_with(".json")) {
+            continue;
+        }
+        let path = entry.path();
+        let text = fs::read_to_string(&path).map_err(Error::io(&path, "reading the journal"))?;
+        let j: Journal = serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
+        if j.pid != std::process::id() && nix::sys::signal::kill(nix::unistd::Pid::from_raw(j.pid as i32), None).is_ok() {
+            continue;
+        }
+        for c in &j.cgroups {
+            let _ = c.set(false);
+        }
+        for u in &j.units {
+            let _ = crate::snapshot::tool(&["systemctl", "thaw", u]);
+        }
+        let mut w = Vec::new();
+        run_posts(state, &j.run_id, &j.posts, &mut w);
+        for t in &j.snapshots {
+            t.remove()?;
+        }
+        let _ = fs::remove_file(&path);
+        out.push(RecoveredBackup { run_id: j.run_id });
+    }
+    Ok(out)
+}

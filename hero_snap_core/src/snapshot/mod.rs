@@ -1,0 +1,126 @@
+//! Snapshot backends, one per file behind one small interface: `take` a volume's snapshot
+//! (inside the freeze window), find a live path's `view` in it, `remove` it. A snapshot is
+//! described by a [`Taken`] value that is journaled *before* it is created, so that `gc`
+//! can remove what a dead run left, whatever point it died at.
+
+pub(crate) mod btrfs;
+pub(crate) mod lvm;
+pub(crate) mod reflink;
+pub(crate) mod zfs;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::inventory::SnapshotBackend;
+use crate::plan::Volume;
+
+/// Prefix of every name hero-snap creates on a filesystem; the archiver never reads them.
+pub const RESERVED_PREFIX: &str = ".hero-snap-";
+
+/// One snapshot of one volume (or, for ZFS, of every dataset of one pool).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub(crate) enum Taken {
+    Btrfs(btrfs::Snapshot),
+    Reflink(reflink::Copies),
+    Lvm(lvm::Snapshot),
+    Zfs(zfs::Snapshot),
+}
+
+impl Taken {
+    /// Names what will be created for `vol` in run `run` (the `n`th volume), before creating it.
+    pub(crate) fn plan(vol: &Volume, live_paths: &[PathBuf], run: &str, n: usize, state_dir: &Path) -> Option<Taken> {
+        match vol.backend {
+            SnapshotBackend::Btrfs => Some(Taken::Btrfs(btrfs::Snapshot::plan(vol, run, n))),
+            SnapshotBackend::Reflink => Some(Taken::Reflink(reflink::Copies::plan(vol, live_paths, run, n))),
+            SnapshotBackend::Lvm => Some(Taken::Lvm(lvm::Snapshot::plan(vol, run, n, state_dir))),
+            SnapshotBackend::Zfs => Some(Taken::Zfs(zfs::Snapshot::plan(vol, run))),
+            SnapshotBackend::None => None,
+        }
+    }
+
+    /// Creates the snapshot. Runs while services are frozen: must not take long.
+    pub(crate) fn take(&self) -> Result<()> {
+        match self {
+            Taken::Btrfs(s) => s.take(),
+            Taken::Reflink(c) => c.take(),
+            Taken::Lvm(s) => s.take(),
+            Taken::Zfs(s) => s.take(),
+        }
+    }
+
+    /// Makes the snapshot readable (mounts, activations), after the services are thawed.
+    pub(crate) fn open(&self) -> Result<()> {
+        match self {
+            Taken::Lvm(s) => s.open(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the live path `live` can be read in the snapshot.
+    pub(crate) fn view(&self, live: &Path) -> Option<PathBuf> {
+        match self {
+            Taken::Btrfs(s) => s.view(live),
+            Taken::Reflink(c) => c.view(live),
+            Taken::Lvm(s) => s.view(live),
+            Taken::Zfs(s) => s.view(live),
+        }
+    }
+
+    /// A check after reading: e.g. a classic LVM snapshot must not have overflowed.
+    pub(crate) fn still_valid(&self) -> Result<()> {
+        match self {
+            Taken::Lvm(s) => s.still_valid(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the snapshot; succeeds if it is already gone.
+    pub(crate) fn remove(&self) -> Result<()> {
+        match self {
+            Taken::Btrfs(s) => s.remove(),
+            Taken::Reflink(c) => c.remove(),
+            Taken::Lvm(s) => s.remove(),
+            Taken::Zfs(s) => s.remove(),
+        }
+    }
+
+    /// Merges ZFS snapshots of the same pool into one command (atomic within a pool).
+    pub(crate) fn merge_zfs(list: Vec<Taken>) -> Vec<Taken> {
+        let mut out: Vec<Taken> = Vec::new();
+        for t in list {
+            if let Taken::Zfs(z) = &t {
+                if let Some(Taken::Zfs(prev)) = out.iter_mut().find(|o| matches!(o, Taken::Zfs(p) if p.pool() == z.pool())) {
+                    prev.datasets.extend(z.datasets.iter().cloned());
+                    continue;
+                }
+            }
+            out.push(t);
+        }
+        out
+    }
+}
+
+/// Runs an external tool and returns its stdout; the error names the program and its stderr.
+pub(crate) fn tool(argv: &[&str]) -> Result<String> {
+    let out = duct::cmd(argv[0], &argv[1..])
+        .env("LC_ALL", "C")
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .stdin_null()
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .map_err(|e| crate::Error::Command(format!("`{}`: cannot run it: {e} (is it installed?)", argv[0])))?;
+    if !out.status.success() {
+        return Err(crate::Error::Command(format!(
+            "`{}` failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
