@@ -372,6 +372,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         for t in &frozen.taken {
             t.take()?;
         }
+        crate::failpoint("backup-snapshotted");
         Ok(())
     })();
     let mut thaw_err = None;

@@ -156,55 +156,63 @@ pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Resu
         job_volume.push(i);
     }
 
-    // Consistency: one instant for all only if every snapshot is taken while every
-    // writer is held still, or if there is a single snapshot (one ZFS command counts as one).
-    let quiesced = |svc: &str| inv.service(svc).is_some_and(|s| s.quiesce.pre.is_some() || s.quiesce.cgroup.is_some() || s.quiesce.unit.is_some());
-    let copied: Vec<&Volume> = volumes.iter().filter(|v| v.backend == SnapshotBackend::None).collect();
-    let unquiesced_copy: Vec<String> = copied.iter().flat_map(|v| v.services.iter()).filter(|s| !quiesced(s)).cloned().collect();
-    let snapshot_units = {
-        let mut pools: Vec<String> = Vec::new();
-        let mut n = 0;
-        for v in volumes.iter().filter(|v| v.backend != SnapshotBackend::None) {
-            if v.backend == SnapshotBackend::Zfs {
-                let pool = v.unit.split('/').next().unwrap_or("").to_string();
-                if pools.contains(&pool) {
-                    continue;
-                }
-                pools.push(pool);
+    // Consistency. A service held still (cgroup, unit or pre hook) does not change during
+    // the freeze window, so it agrees with any instant inside it. The run is atomic when the
+    // services that are not held still sit on at most one atomic snapshot unit (a btrfs
+    // subvolume, an LVM LV, a ZFS pool). Copies (reflink, or none) are not instantaneous:
+    // the services they read must be held still, else the copy may be torn.
+    let frozen = |svc: &str| inv.service(svc).is_some_and(|s| s.quiesce.pre.is_some() || s.quiesce.cgroup.is_some() || s.quiesce.unit.is_some());
+    let hooked = |svc: &str| inv.service(svc).is_some_and(|s| s.quiesce.pre.is_some());
+    let mut torn: Vec<String> = Vec::new();
+    let mut in_place: Vec<&Volume> = Vec::new();
+    let mut loose_units: Vec<String> = Vec::new();
+    for v in &volumes {
+        match v.backend {
+            SnapshotBackend::None => {
+                in_place.push(v);
+                // Read after the window: only pre/post hooks keep the service still that long.
+                torn.extend(v.services.iter().filter(|s| !hooked(s)).cloned());
             }
-            n += 1;
+            SnapshotBackend::Reflink => torn.extend(v.services.iter().filter(|s| !frozen(s)).cloned()),
+            backend => {
+                if v.services.iter().any(|s| !frozen(s)) {
+                    let unit = if backend == SnapshotBackend::Zfs { format!("zfs:{}", v.unit.split('/').next().unwrap_or("")) } else { v.id.clone() };
+                    if !loose_units.contains(&unit) {
+                        loose_units.push(unit);
+                    }
+                }
+            }
         }
-        n
-    };
-    let all_quiesced = volumes.iter().flat_map(|v| v.services.iter()).all(|s| quiesced(s));
-    let consistency = if !unquiesced_copy.is_empty() {
+    }
+    torn.sort();
+    torn.dedup();
+    let consistency = if !torn.is_empty() {
         if !allow_live {
             return Err(Error::Refused(format!(
-                "{} on a filesystem without snapshots ({}) and without quiesce hooks: the copy would be torn. \
-                 Put the data on btrfs, XFS (reflink), LVM or ZFS, declare quiesce hooks, or pass --allow-live to accept a live copy",
-                unquiesced_copy.join(", "),
-                copied.iter().map(|v| format!("{} {}", v.mount.fstype, v.mount.mount_point.display())).collect::<Vec<_>>().join(", ")
+                "{} would be copied while running: no atomic snapshot (btrfs, LVM, ZFS) holds it and nothing quiesces it. \
+                 Declare `quiesce` (cgroup, unit or pre/post hooks) for it, move it to btrfs, LVM or ZFS, or pass --allow-live to accept a possibly torn copy",
+                torn.join(", ")
             )));
         }
-        notes.push(format!("LIVE COPY: {} read while running, without snapshot or quiesce (--allow-live)", unquiesced_copy.join(", ")));
+        notes.push(format!("LIVE COPY: {} read while running (--allow-live); the archive may hold a torn state", torn.join(", ")));
         Consistency::Live
-    } else if !copied.is_empty() {
+    } else if !in_place.is_empty() {
         notes.push(format!(
-            "QUIESCED COPY: no snapshot-capable filesystem under {}; services stay quiesced by their hooks while they are copied",
-            copied.iter().map(|v| v.mount.mount_point.display().to_string()).collect::<Vec<_>>().join(", ")
+            "QUIESCED COPY: no snapshot under {}; its services stay paused by their hooks while they are read",
+            in_place.iter().map(|v| v.mount.mount_point.display().to_string()).collect::<Vec<_>>().join(", ")
         ));
         Consistency::QuiescedCopy
-    } else if snapshot_units <= 1 {
-        notes.push("one snapshot instant covers every surface".into());
-        Consistency::Atomic
-    } else if all_quiesced {
-        notes.push(format!("{snapshot_units} snapshots taken while every service is frozen: one instant"));
+    } else if loose_units.len() <= 1 {
+        notes.push(match loose_units.first() {
+            Some(u) => format!("atomic: services not held still are all on one snapshot unit ({u}); the others are frozen during the window"),
+            None => "atomic: every service is held still during the freeze window".into(),
+        });
         Consistency::Atomic
     } else {
-        let loose: Vec<&String> = volumes.iter().flat_map(|v| v.services.iter()).filter(|s| !quiesced(s)).collect();
         notes.push(format!(
-            "PER-VOLUME: {snapshot_units} snapshots, and {} declare no quiesce (cgroup, unit or hooks), so each volume has its own instant",
-            loose.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            "PER-VOLUME: services that declare no quiesce are spread over {} snapshot units ({}); each has its own instant. Declare quiesce cgroups to get one instant",
+            loose_units.len(),
+            loose_units.join(", ")
         ));
         Consistency::PerVolume
     };

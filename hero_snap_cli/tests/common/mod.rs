@@ -2,6 +2,8 @@
 //! instances laid out in temporary directories, and the CLI.
 #![allow(dead_code)]
 
+pub mod loopfs;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

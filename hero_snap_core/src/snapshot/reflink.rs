@@ -26,8 +26,7 @@ impl Copies {
     pub(crate) fn take(&self) -> Result<()> {
         std::fs::create_dir_all(&self.staging).map_err(Error::io(&self.staging, "creating the reflink staging directory"))?;
         for (live, copy) in &self.copies {
-            super::tool(&["cp", "-a", "--reflink=always", "--no-target-directory", &live.to_string_lossy(), &copy.to_string_lossy()])
-                .map_err(|e| Error::Command(format!("reflink copy of {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", live.display())))?;
+            copy_tree(live, copy)?;
         }
         Ok(())
     }
@@ -43,4 +42,38 @@ impl Copies {
             Err(e) => Err(Error::io(&self.staging, "removing the reflink copies")(e)),
         }
     }
+}
+
+/// Copies the entries of `live` into a new directory `copy` with reflinks, skipping
+/// hero-snap's own names (the staging directory may sit inside `live` when the surface is
+/// the filesystem's root), then gives `copy` the attributes of `live`.
+fn copy_tree(live: &Path, copy: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::create_dir(copy).map_err(Error::io(copy, "creating the reflink copy"))?;
+    let mut entries: Vec<PathBuf> = Vec::new();
+    for e in std::fs::read_dir(live).map_err(Error::io(live, "listing"))? {
+        let e = e.map_err(Error::io(live, "listing"))?;
+        if !e.file_name().to_string_lossy().starts_with(super::RESERVED_PREFIX) {
+            entries.push(e.path());
+        }
+    }
+    if !entries.is_empty() {
+        let mut argv: Vec<String> = vec!["cp".into(), "-a".into(), "--reflink=always".into(), "-t".into(), copy.to_string_lossy().into_owned()];
+        argv.extend(entries.iter().map(|p| p.to_string_lossy().into_owned()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        super::tool(&argv).map_err(|e| Error::Command(format!("reflink copy of {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", live.display())))?;
+    }
+    let meta = std::fs::symlink_metadata(live).map_err(Error::io(live, "reading"))?;
+    std::fs::set_permissions(copy, std::fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(Error::io(copy, "setting the mode"))?;
+    std::os::unix::fs::chown(copy, Some(meta.uid()), Some(meta.gid())).map_err(Error::io(copy, "setting the owner"))?;
+    if let Ok(names) = xattr::list(live) {
+        for name in names {
+            if let Ok(Some(v)) = xattr::get(live, &name) {
+                xattr::set(copy, &name, &v).map_err(Error::io(copy, "copying extended attributes"))?;
+            }
+        }
+    }
+    let mtime = filetime::FileTime::from_last_modification_time(&meta);
+    filetime::set_file_mtime(copy, mtime).map_err(Error::io(copy, "setting the mtime"))?;
+    Ok(())
 }
