@@ -139,6 +139,13 @@ impl Lock {
     }
 }
 
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // A clean exit leaves no pid behind, so only a dead run's lock reads as stale.
+        let _ = self._file.set_len(0);
+    }
+}
+
 /// The frozen views of one run; `release` removes the snapshots (Drop does it too).
 pub(crate) struct Frozen {
     pub consistency: Consistency,

@@ -224,8 +224,9 @@ fn detect(m: &Mount) -> SnapshotBackend {
     match m.fstype.as_str() {
         "btrfs" => SnapshotBackend::Btrfs,
         "zfs" => SnapshotBackend::Zfs,
-        "xfs" => SnapshotBackend::Reflink,
+        // An LV snapshot is one instant; prefer it to reflink copies for XFS on LVM.
         _ if crate::snapshot::lvm::lv_name(&m.source).is_ok() => SnapshotBackend::Lvm,
+        "xfs" => SnapshotBackend::Reflink,
         _ => SnapshotBackend::None,
     }
 }

@@ -75,8 +75,10 @@ impl Snapshot {
 
     pub(crate) fn open(&self) -> Result<()> {
         let lv = format!("{}/{}", self.vg(), self.name);
-        // Thin snapshots are created with activation skip.
-        super::tool(&["lvchange", "-ay", "-K", &lv])?;
+        // Thin snapshots are created with activation skip; classic ones are active already.
+        if self.is_thin_origin()? {
+            super::tool(&["lvchange", "-ay", "-K", &lv])?;
+        }
         std::fs::create_dir_all(&self.mount).map_err(Error::io(&self.mount, "creating the snapshot mount point"))?;
         let opts = match self.fstype.as_str() {
             "xfs" => "ro,nouuid,norecovery",
