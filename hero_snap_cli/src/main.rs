@@ -86,8 +86,10 @@ struct PlanArgs {
     instance: InstanceArgs,
     #[command(flatten)]
     select: SelectArgs,
+    /// Plan with derived surfaces included.
     #[arg(long)]
     include_derived: bool,
+    /// Accept surfaces that would be copied while running (the plan then says `live`).
     #[arg(long)]
     allow_live: bool,
 }
@@ -118,7 +120,7 @@ struct BackupArgs {
     #[arg(long = "recipients-file", short = 'R')]
     recipients_files: Vec<PathBuf>,
     /// Encrypt with the passphrase in this file (mode 600).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["recipients", "recipients_files"])]
     passphrase_file: Option<PathBuf>,
     /// Write a plaintext archive (not encrypted).
     #[arg(long, conflicts_with_all = ["recipients", "recipients_files", "passphrase_file"])]

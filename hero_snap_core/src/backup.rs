@@ -154,7 +154,7 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<
                     found.into_iter().filter(|c| sel.contexts.is_empty() || sel.contexts.contains(c)).map(Some).collect()
                 }
             };
-            let mut msurf = manifest_surface(surface);
+            let mut msurf = manifest_surface(surface, inv.root.as_deref());
             for ctx in contexts {
                 if let Some(c) = &ctx {
                     svc_contexts.insert(c.clone());
@@ -180,8 +180,13 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<
     Ok((jobs, services, warnings))
 }
 
-fn manifest_surface(s: &Surface) -> ManifestSurface {
-    ManifestSurface { name: s.name.clone(), scope: s.scope, class: s.class, path: s.path.display().to_string(), contexts: Vec::new(), files: 0, bytes: 0 }
+/// The manifest records the inventory's layout, not where --root placed it on this machine.
+fn manifest_surface(s: &Surface, root: Option<&Path>) -> ManifestSurface {
+    let path = match root.and_then(|r| s.path.strip_prefix(r).ok()) {
+        Some(rel) => Path::new("/").join(rel),
+        None => s.path.clone(),
+    };
+    ManifestSurface { name: s.name.clone(), scope: s.scope, class: s.class, path: path.display().to_string(), contexts: Vec::new(), files: 0, bytes: 0 }
 }
 
 /// Writes an archive of the selected surfaces to `out` and returns it with the report.

@@ -251,6 +251,8 @@ pub struct Inventory {
     pub secret_store: Option<SecretStore>,
     /// Where hero-snap keeps journals and locks; must not be on a frozen volume.
     pub state_dir: Option<PathBuf>,
+    /// Set by [`Inventory::rerooted`]: the directory every path was placed under.
+    pub root: Option<PathBuf>,
     pub services: Vec<Service>,
 }
 
@@ -512,6 +514,7 @@ impl Inventory {
             contexts,
             secret_store: file.secret_store,
             state_dir,
+            root: None,
             services,
         })
     }
@@ -525,6 +528,7 @@ impl Inventory {
     pub fn rerooted(&self, root: &Path) -> Inventory {
         let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
         let mut inv = self.clone();
+        inv.root = Some(root.to_path_buf());
         for svc in &mut inv.services {
             for s in &mut svc.surfaces {
                 s.path = under(&s.path);

@@ -120,6 +120,9 @@ fn sync_dir(dir: &Path) {
 /// Streams an archive into the target instance, all or nothing.
 pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &RestoreOptions, progress: &dyn Progress, cancel: &Cancel) -> Result<RestoreReport> {
     let state = state_dir(target, opts);
+    // One run at a time per state directory: a backup's snapshots or another restore's swaps.
+    let mut lock_warnings = Vec::new();
+    let _lock = crate::freeze::Lock::acquire(&state, &mut lock_warnings)?;
     let run = crate::backup::run_id();
     let mut ex = Extractor {
         target,
