@@ -34,7 +34,23 @@ fn ctx_dir(inst: &Instance, ctx: &str) -> PathBuf {
 
 #[test]
 fn per_context_export_into_bare_and_existing_instances() {
-    let a = Instance::new(&["default", "geomind", "threefold"]);
+    per_context_export(None);
+}
+
+#[test]
+fn per_context_export_on_btrfs_and_xfs() {
+    // Source on btrfs, targets on XFS: staging and swaps on real loop filesystems.
+    let b = common::loopfs::LoopFs::new("btrfs", 512);
+    let x = common::loopfs::LoopFs::new("xfs", 512);
+    per_context_export(Some((&b.mount, &x.mount)));
+}
+
+fn per_context_export(on: Option<(&Path, &Path)>) {
+    let make = |ctx: &[&str], source: bool| match on {
+        None => Instance::new(ctx),
+        Some((src, dst)) => Instance::in_dir(ctx, INVENTORY, if source { src } else { dst }),
+    };
+    let a = make(&["default", "geomind", "threefold"], true);
     let (archive, key) = backup(&a, &["--context", "geomind"]);
 
     // The per-context archive holds geomind only, and no instance-scoped data.
@@ -45,7 +61,7 @@ fn per_context_export_into_bare_and_existing_instances() {
     assert_eq!(m["result"]["services"][0]["contexts"], serde_json::json!(["geomind"]));
 
     // Bare instance B: everything is created, with the archived ownership and modes.
-    let b = Instance::new(&[]);
+    let b = make(&[], false);
     ok_strings(&restore_args(&b, &archive, &key, &[]));
     for s in ["files", "git"] {
         assert_same_tree(&ctx_dir(&a, "geomind").join(s), &ctx_dir(&b, "geomind").join(s));
@@ -54,7 +70,7 @@ fn per_context_export_into_bare_and_existing_instances() {
     assert!(leftovers(&b.root).is_empty());
 
     // Instance C already has geomind (with other data): refused, C unchanged.
-    let c = Instance::new(&["default", "geomind", "incubaid"]);
+    let c = make(&["default", "geomind", "incubaid"], false);
     fs::write(ctx_dir(&c, "geomind").join("files/only-in-c.txt"), "C's own geomind").unwrap();
     let before = tree_hash(&c.path("var/lib/hero"));
     let out = run_strings(&restore_args(&c, &archive, &key, &[]));

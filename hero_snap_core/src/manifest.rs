@@ -286,6 +286,12 @@ mod tests {
         assert!(split_member("services/../instance/y").is_none());
     }
 
+    #[test]
+    fn a_newer_format_is_refused_by_name() {
+        let err = Manifest::from_yaml("format: 2\nsomething_new: true\n").unwrap_err();
+        assert!(matches!(&err, Error::Refused(m) if m.contains("archive format 2 is newer")), "{err}");
+    }
+
     fn name() -> impl Strategy<Value = String> {
         "[a-z][a-z0-9_-]{0,12}"
     }

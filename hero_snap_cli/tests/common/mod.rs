@@ -172,7 +172,12 @@ impl Instance {
     }
 
     pub fn with_inventory(contexts: &[&str], inventory: &str) -> Instance {
-        let dir = tempfile::tempdir().unwrap();
+        Instance::in_dir(contexts, inventory, &std::env::temp_dir())
+    }
+
+    /// An instance whose files live under `base` (e.g. a loop-device filesystem).
+    pub fn in_dir(contexts: &[&str], inventory: &str, base: &Path) -> Instance {
+        let dir = tempfile::tempdir_in(base).unwrap();
         let inv = dir.path().join("inventory.yaml");
         fs::write(&inv, inventory).unwrap();
         let root = dir.path().join("root");
