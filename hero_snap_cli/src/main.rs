@@ -49,10 +49,10 @@ struct InstanceArgs {
     #[arg(long, short = 'c', env = "HERO_SNAP_CONFIG", default_value = "/etc/hero-snap/inventory.yaml")]
     config: PathBuf,
     /// Place every inventory path under this directory (a mounted disk, a test tree).
-    #[arg(long)]
+    #[arg(long, env = "HERO_SNAP_ROOT")]
     root: Option<PathBuf>,
     /// Directory for journals and locks (default: the inventory's state_dir, else /var/lib/hero-snap).
-    #[arg(long)]
+    #[arg(long, env = "HERO_SNAP_STATE_DIR")]
     state_dir: Option<PathBuf>,
 }
 
@@ -117,7 +117,7 @@ struct BackupArgs {
     #[arg(long = "recipient", short = 'r')]
     recipients: Vec<String>,
     /// Encrypt to the recipients listed in this file (repeatable).
-    #[arg(long = "recipients-file", short = 'R')]
+    #[arg(long = "recipients-file", short = 'R', env = "HERO_SNAP_RECIPIENTS_FILE")]
     recipients_files: Vec<PathBuf>,
     /// Encrypt with the passphrase in this file (mode 600).
     #[arg(long, conflicts_with_all = ["recipients", "recipients_files"])]
@@ -136,7 +136,7 @@ struct BackupArgs {
 #[derive(Args)]
 struct KeyArgs {
     /// age identity file or unencrypted SSH private key (repeatable; mode 600).
-    #[arg(long = "identity", short = 'i')]
+    #[arg(long = "identity", short = 'i', env = "HERO_SNAP_IDENTITY")]
     identities: Vec<PathBuf>,
     /// File holding the archive's passphrase (mode 600).
     #[arg(long)]
