@@ -1,0 +1,80 @@
+//! Runs every command of docs/DEPLOYMENT.md, in order, on a demo instance. `sh systemd`
+//! blocks run only where systemd is the init; elsewhere the units they install are checked
+//! with `systemd-analyze verify`.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::Command;
+
+/// The doc's code blocks: (info string, body).
+fn blocks(doc: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(String, String)> = None;
+    for line in doc.lines() {
+        match (&mut cur, line.strip_prefix("```")) {
+            (None, Some(info)) => cur = Some((info.trim().to_string(), String::new())),
+            (Some(_), Some("")) => out.push(cur.take().unwrap()),
+            (Some((_, body)), _) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    assert!(cur.is_none(), "unclosed code block");
+    out
+}
+
+#[test]
+fn every_runbook_command_runs() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(repo.join("docs/DEPLOYMENT.md")).unwrap();
+    let all = blocks(&doc);
+    let systemd_is_init = Path::new("/run/systemd/system").exists();
+    let mut script = String::from("set -euo pipefail\n");
+    let mut ran = 0;
+    for (info, body) in &all {
+        match info.as_str() {
+            "sh" => {
+                script.push_str(body);
+                ran += body.lines().filter(|l| !l.trim().is_empty()).count();
+            }
+            "sh systemd" if systemd_is_init => script.push_str(body),
+            "sh systemd" => {
+                let units: Vec<&str> = body.split_whitespace().filter(|w| w.starts_with("contrib/systemd/")).collect();
+                assert!(!units.is_empty());
+                let st = Command::new("systemd-analyze").arg("verify").args(&units).current_dir(repo).status().unwrap();
+                assert!(st.success(), "systemd-analyze verify {units:?}");
+            }
+            other => panic!("code block `{other}` in DEPLOYMENT.md is neither run nor checked"),
+        }
+    }
+    assert!(ran >= 20, "only {ran} commands found");
+
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let st = Command::new(repo.join("fixtures/demo/make-instance")).arg(&root).args(["default", "geomind"]).status().unwrap();
+    assert!(st.success());
+    let bin_dir = assert_cmd::cargo::cargo_bin("hero-snap").parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(repo)
+        .env("PATH", path)
+        .env("HERO_SNAP_CONFIG", repo.join("fixtures/demo/inventory.yaml"))
+        .env("HERO_SNAP_ROOT", &root)
+        .env("BACKUPS", work.path().join("backups"))
+        .env("OFFSITE", work.path().join("offsite"))
+        .env("KEYS", work.path().join("keys"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the runbook failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    // What the runbook promises happened.
+    assert!(root.join("var/lib/hero/hero_collab/contexts/geomind-moved/collab.db").exists());
+    assert!(work.path().join("offsite/hero-first.hsnap").exists());
+    let pf = std::fs::read_to_string(work.path().join("backups/preflight.json")).unwrap();
+    assert!(pf.contains("\"kind\":\"collision\""), "{pf}");
+}
