@@ -246,7 +246,12 @@ fn spawn_watchdog(state: &Path, j: &Journal, deadline: Option<Duration>) -> Resu
     for (svc, cmd) in &j.posts {
         let m = shell_quote(&marker(state, &j.run_id, svc).to_string_lossy());
         let argv: Vec<String> = cmd.argv.iter().map(|a| shell_quote(&a.replace("{service}", svc))).collect();
-        s.push_str(&format!("if rm {m} 2>/dev/null; then timeout {} {} </dev/null >/dev/null 2>&1; fi\n", cmd.timeout_secs, argv.join(" ")));
+        s.push_str(&format!(
+            "if rm {m} 2>/dev/null; then HERO_SNAP_SERVICE={} timeout {} {} </dev/null >/dev/null 2>&1; fi\n",
+            shell_quote(svc),
+            cmd.timeout_secs,
+            argv.join(" ")
+        ));
     }
     let mut cmd = std::process::Command::new("bash");
     cmd.arg("-c").arg(s).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());

@@ -152,6 +152,9 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut im
 }
 
 fn check_index(index: &Index, manifest_hash: &blake3::Hash, seen: &[(String, u64, blake3::Hash)], data_members: u64) -> Result<()> {
+    if index.format > crate::manifest::ARCHIVE_FORMAT {
+        return Err(Error::Refused(format!("{INDEX_PATH}: index format {} is newer than this build reads", index.format)));
+    }
     if index.manifest_blake3 != manifest_hash.to_hex().as_str() {
         return Err(Error::Corrupt(format!("{MANIFEST_PATH}: its BLAKE3 does not match the index")));
     }
