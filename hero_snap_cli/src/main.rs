@@ -80,22 +80,9 @@ struct SelectArgs {
     contexts: Vec<String>,
 }
 
+/// What a backup covers: shared by `plan` and `backup`.
 #[derive(Args)]
 struct PlanArgs {
-    #[command(flatten)]
-    instance: InstanceArgs,
-    #[command(flatten)]
-    select: SelectArgs,
-    /// Plan with derived surfaces included.
-    #[arg(long)]
-    include_derived: bool,
-    /// Accept surfaces that would be copied while running (the plan then says `live`).
-    #[arg(long)]
-    allow_live: bool,
-}
-
-#[derive(Args)]
-struct BackupArgs {
     #[command(flatten)]
     instance: InstanceArgs,
     #[command(flatten)]
@@ -107,6 +94,18 @@ struct BackupArgs {
     /// (a torn copy is possible; the manifest says `consistency: live`).
     #[arg(long)]
     allow_live: bool,
+}
+
+impl PlanArgs {
+    fn selection(&self) -> Selection {
+        Selection { services: self.select.services.clone(), contexts: self.select.contexts.clone(), include_derived: self.include_derived }
+    }
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    scope: PlanArgs,
     /// Longest the services may stay frozen, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     freeze_deadline_ms: u64,
@@ -270,8 +269,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Cmd::Plan(args) => {
             let inv = args.instance.load()?;
-            let sel = Selection { services: args.select.services, contexts: args.select.contexts, include_derived: args.include_derived };
-            let plan = hero_snap_core::plan(&inv, &sel, args.allow_live)?;
+            let plan = hero_snap_core::plan(&inv, &args.selection(), args.allow_live)?;
             if json {
                 print_json("plan", &plan);
             } else {
@@ -291,7 +289,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Cmd::Backup(args) => {
-            let inv = args.instance.load()?;
+            let inv = args.scope.instance.load()?;
             let encryption = if args.no_encrypt {
                 Encryption::None
             } else if let Some(p) = &args.passphrase_file {
@@ -317,12 +315,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 compression.threads = t;
             }
             let opts = BackupOptions {
-                selection: Selection { services: args.select.services, contexts: args.select.contexts, include_derived: args.include_derived },
+                selection: args.scope.selection(),
                 encryption,
                 compression,
-                allow_live: args.allow_live,
+                allow_live: args.scope.allow_live,
                 freeze_deadline: std::time::Duration::from_millis(args.freeze_deadline_ms),
-                state_dir: args.instance.state_dir.clone(),
+                state_dir: args.scope.instance.state_dir.clone(),
             };
             let bar = Bar::new(json);
             let report = if args.to == Path::new("-") {

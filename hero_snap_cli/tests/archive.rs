@@ -183,7 +183,8 @@ fn passphrase_and_ssh_recipients() {
     ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", pubkey.trim()]));
     ok(&["verify", "--from", archive.to_str().unwrap(), "-i", k.to_str().unwrap()]);
     // a wrong identity gives a clear error
-    let (other, _) = age_key(&src.dir.path().join("..").canonicalize().unwrap().join(src.dir.path().file_name().unwrap()));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (other, _) = age_key(elsewhere.path());
     let out = run(&["verify", "--from", archive.to_str().unwrap(), "-i", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6));
     assert!(stderr(&out).contains("none of the given keys opens it"), "{}", stderr(&out));

@@ -91,22 +91,8 @@ struct Journal {
     snapshots: Vec<Taken>,
 }
 
-fn journal_path(state: &Path, run: &str) -> PathBuf {
-    state.join(format!("backup-{run}.json"))
-}
-
 fn marker(state: &Path, run: &str, service: &str) -> PathBuf {
     state.join(format!("backup-{run}.pre-{service}"))
-}
-
-fn save(state: &Path, j: &Journal) -> Result<()> {
-    let path = journal_path(state, &j.run_id);
-    let tmp = path.with_extension("tmp");
-    let f = fs::File::create(&tmp).map_err(Error::io(&tmp, "writing the journal"))?;
-    serde_json::to_writer_pretty(&f, j).map_err(|e| Error::io(&tmp, "writing the journal")(e.into()))?;
-    f.sync_all().map_err(Error::io(&tmp, "syncing the journal"))?;
-    fs::rename(&tmp, &path).map_err(Error::io(&path, "writing the journal"))?;
-    Ok(())
 }
 
 /// A lock that keeps two runs apart (flock on state_dir/lock, holding the owner's pid).
@@ -128,7 +114,7 @@ impl Lock {
             ))
         })?;
         if let Some(pid) = previous.filter(|p| *p != std::process::id() as i32) {
-            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+            if !crate::journal::process_alive(pid as u32) {
                 warnings.push(Warning { code: "stale-lock".into(), message: format!("took over the lock of dead run pid {pid}") });
             }
         }
@@ -184,7 +170,7 @@ impl Frozen {
             }
         }
         if first_err.is_none() {
-            let _ = fs::remove_file(journal_path(&self.state, &self.run));
+            crate::journal::remove(&self.state, "backup", &self.run);
         }
         first_err.map_or(Ok(warnings), Err)
     }
@@ -197,7 +183,7 @@ impl Drop for Frozen {
             run_posts(&self.state, &self.run, &self.deferred_posts, &mut w);
             finish_watchdog(self.watchdog.take());
             if self.taken.iter().all(|t| t.remove().is_ok()) {
-                let _ = fs::remove_file(journal_path(&self.state, &self.run));
+                crate::journal::remove(&self.state, "backup", &self.run);
             }
         }
     }
@@ -279,7 +265,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
     let mut warnings: Vec<Warning> = Vec::new();
     let lock = Lock::acquire(opts.state, &mut warnings)?;
     for r in recover(opts.state)? {
-        warnings.push(Warning { code: "recovered-dead-run".into(), message: format!("completed the journal of dead run {}", r.run_id) });
+        warnings.push(Warning { code: "recovered-dead-run".into(), message: format!("completed the journal of dead run {} ({})", r.run_id, r.action) });
     }
     let plan = &placement.plan;
     for note in &plan.notes {
@@ -323,7 +309,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
     }
     let planned = Taken::merge_zfs(planned);
     let journal = Journal { run_id: opts.run.to_string(), pid: std::process::id(), cgroups: cgroups.clone(), units: units.clone(), posts: posts.clone(), snapshots: planned.clone() };
-    save(opts.state, &journal)?;
+    crate::journal::save(opts.state, "backup", opts.run, &journal)?;
     let mut frozen = Frozen {
         consistency: plan.consistency,
         freeze_window_ms: None,
@@ -426,26 +412,10 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
     Ok(frozen)
 }
 
-/// What `recover` did for one dead backup run.
-pub(crate) struct RecoveredBackup {
-    pub run_id: String,
-}
-
 /// Completes the backup journals of dead runs: thaw, post hooks, remove snapshots.
-pub(crate) fn recover(state: &Path) -> Result<Vec<RecoveredBackup>> {
+pub(crate) fn recover(state: &Path) -> Result<Vec<crate::Recovered>> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(state) else { return Ok(out) };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("backup-") && name.ends_with(".json")) {
-            continue;
-        }
-        let path = entry.path();
-        let text = fs::read_to_string(&path).map_err(Error::io(&path, "reading the journal"))?;
-        let j: Journal = serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
-        if j.pid != std::process::id() && nix::sys::signal::kill(nix::unistd::Pid::from_raw(j.pid as i32), None).is_ok() {
-            continue;
-        }
+    for (path, j) in crate::journal::dead::<Journal>(state, "backup", |j| j.pid)? {
         for c in &j.cgroups {
             let _ = c.set(false);
         }
@@ -458,7 +428,7 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<RecoveredBackup>> {
             t.remove()?;
         }
         let _ = fs::remove_file(&path);
-        out.push(RecoveredBackup { run_id: j.run_id });
+        out.push(crate::Recovered { run_id: j.run_id, action: "backup-cleaned".into() });
     }
     Ok(out)
 }

@@ -27,6 +27,7 @@ mod crypto;
 mod error;
 mod freeze;
 mod hooks;
+mod journal;
 pub mod inventory;
 pub mod manifest;
 pub mod plan;
@@ -49,10 +50,7 @@ pub struct Recovered {
 /// Completes the journals of dead runs in `state_dir`: thaws what a backup froze, runs its
 /// post hooks, removes its snapshots; rolls back or completes an interrupted restore.
 pub fn gc(state_dir: &std::path::Path) -> Result<Vec<Recovered>> {
-    let mut out: Vec<Recovered> = freeze::recover(state_dir)?
-        .into_iter()
-        .map(|r| Recovered { run_id: r.run_id, action: "backup-cleaned".into() })
-        .collect();
+    let mut out = freeze::recover(state_dir)?;
     out.extend(restore::recover(state_dir)?);
     Ok(out)
 }

@@ -89,25 +89,11 @@ struct Journal {
 }
 
 impl Journal {
-    fn path(dir: &Path, run: &str) -> PathBuf {
-        dir.join(format!("restore-{run}.json"))
-    }
     fn save(&self, dir: &Path) -> Result<()> {
-        fs::create_dir_all(dir).map_err(Error::io(dir, "creating the state directory"))?;
-        let path = Journal::path(dir, &self.run_id);
-        let tmp = path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(self).expect("journal serialises");
-        let f = fs::File::create(&tmp).map_err(Error::io(&tmp, "writing the journal"))?;
-        use std::io::Write;
-        (&f).write_all(&data).map_err(Error::io(&tmp, "writing the journal"))?;
-        f.sync_all().map_err(Error::io(&tmp, "syncing the journal"))?;
-        fs::rename(&tmp, &path).map_err(Error::io(&path, "writing the journal"))?;
-        sync_dir(dir);
-        Ok(())
+        crate::journal::save(dir, "restore", &self.run_id, self)
     }
     fn remove(&self, dir: &Path) {
-        let _ = fs::remove_file(Journal::path(dir, &self.run_id));
-        sync_dir(dir);
+        crate::journal::remove(dir, "restore", &self.run_id);
     }
 }
 
@@ -356,10 +342,9 @@ impl Visitor for Extractor<'_> {
         match kind {
             EntryType::Link => {
                 let link = m.entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-                let (lkey, linner) = crate::manifest::split_member(&link)
+                let (_, linner) = crate::manifest::split_member(&link)
                     .filter(|(k, _)| *k == m.key)
                     .ok_or_else(|| Error::Refused(format!("member `{}` is a hard link to `{link}`, outside its surface", m.path)))?;
-                let _ = lkey;
                 let src = contained(&stage.root, linner).ok_or_else(|| Error::Refused(format!("member `{}`: unsafe link target", m.path)))?;
                 if !fs::symlink_metadata(&src).is_ok_and(|md| md.is_file()) {
                     return Err(Error::Refused(format!("member `{}` links to `{link}`, which is not a file extracted before it", m.path)));
@@ -528,22 +513,7 @@ use crate::Recovered;
 /// Finishes or undoes the restores of dead processes found in `state_dir`.
 pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
-    let entries = match fs::read_dir(state_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(Error::io(state_dir, "listing the state directory")(e)),
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("restore-") && name.ends_with(".json")) {
-            continue;
-        }
-        let path = entry.path();
-        let text = fs::read_to_string(&path).map_err(Error::io(&path, "reading the journal"))?;
-        let j: Journal = serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
-        if process_alive(j.pid) && j.pid != std::process::id() {
-            continue;
-        }
+    for (_, j) in crate::journal::dead::<Journal>(state_dir, "restore", |j| j.pid)? {
         let action = match j.phase {
             Phase::Extracting | Phase::Swapping => {
                 rollback(&j)?;
@@ -558,11 +528,6 @@ pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
         out.push(Recovered { run_id: j.run_id, action: action.into() });
     }
     Ok(out)
-}
-
-fn process_alive(pid: u32) -> bool {
-    // A journal written by a process that still runs belongs to that process.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
 /// Atomically exchanges two paths (renameat2 RENAME_EXCHANGE): neither is ever missing.
