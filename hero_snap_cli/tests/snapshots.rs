@@ -187,8 +187,11 @@ fn inspect_json(archive: &Path, key: &Path) -> serde_json::Value {
 }
 
 fn atomic_under_load(kind: &str) {
+    atomic_under_load_in(kind, TestCgroup::new(&format!("{kind}-a")), TestCgroup::new(&format!("{kind}-b")));
+}
+
+fn atomic_under_load_in(kind: &str, cg_a: TestCgroup, cg_b: TestCgroup) {
     let s = setup(kind);
-    let (cg_a, cg_b) = (TestCgroup::new(&format!("{kind}-a")), TestCgroup::new(&format!("{kind}-b")));
     s.write_inventory(&inventory(&cg_a.name, &cg_b.name, ""));
     let plan = ok_strings(&s.args(&["plan", "--json"]));
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
@@ -221,6 +224,42 @@ fn atomic_under_load(kind: &str) {
         let subvols = s._fs.last().unwrap().subvolumes();
         assert_eq!(subvols.len(), if kind == "btrfs" { 2 } else { 1 }, "snapshots left: {subvols:?}");
     }
+}
+
+/// The v1 freezer path (hybrid hosts): the same lockstep check, and a run stopped while
+/// the v1 cgroups are frozen is thawed by the watchdog when the freeze deadline passes.
+#[test]
+fn v1_freezer_atomic_under_load_and_thawed_at_the_deadline() {
+    atomic_under_load_in("btrfs", TestCgroup::new_v1("v1-a"), TestCgroup::new_v1("v1-b"));
+    let s = setup("btrfs");
+    let (cg_a, cg_b) = (TestCgroup::new_v1("v1-kill-a"), TestCgroup::new_v1("v1-kill-b"));
+    s.write_inventory(&inventory(&cg_a.name, &cg_b.name, ""));
+    let _writers = Writers::start(&s.root, &cg_a, &cg_b);
+    let archive = s.dir.path().join("k.hsnap");
+    // Stopped (not killed) inside the freeze window: the v1 cgroups are frozen, and the
+    // watchdog thaws them when the freeze deadline passes.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hero-snap"));
+    cmd.env("HERO_SNAP_FAILPOINT", "backup-frozen:stop")
+        .args(s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap(), "--freeze-deadline-ms", "1500"]))
+        .stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stat = format!("/proc/{}/stat", child.id());
+    let until = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&stat).unwrap_or_default().contains(") T ") {
+        assert!(Instant::now() < until, "hero-snap never reached the freeze window");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(cg_a.frozen() && cg_b.frozen(), "the v1 freezer cgroups are not frozen inside the freeze window");
+    let until = Instant::now() + Duration::from_secs(10);
+    while cg_a.frozen() || cg_b.frozen() {
+        assert!(Instant::now() < until, "v1 cgroups still frozen long after the freeze deadline");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!archive.exists());
+    ok_strings(&s.args(&["gc"]));
+    assert_eq!(s._fs[0].subvolumes().len(), 2, "snapshots left: {:?}", s._fs[0].subvolumes());
 }
 
 #[test]

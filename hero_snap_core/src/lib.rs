@@ -71,8 +71,15 @@ pub use restore::{restore, RestoreOptions, RestoreReport};
 
 /// Test hook: when the environment variable `HERO_SNAP_FAILPOINT` names this point, the
 /// process kills itself with SIGKILL here (used by the crash tests; a no-op otherwise).
+/// `NAME:stop` stops it with SIGSTOP instead, so a test can look at the frozen state and
+/// let the freeze deadline expire.
 pub(crate) fn failpoint(name: &str) {
-    if std::env::var_os("HERO_SNAP_FAILPOINT").is_some_and(|v| v == name) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    use nix::sys::signal::{raise, Signal};
+    let Some(v) = std::env::var_os("HERO_SNAP_FAILPOINT") else { return };
+    let v = v.to_string_lossy();
+    if v == name {
+        let _ = raise(Signal::SIGKILL);
+    } else if v.strip_suffix(":stop") == Some(name) {
+        let _ = raise(Signal::SIGSTOP);
     }
 }

@@ -74,21 +74,24 @@ impl Drop for LoopFs {
     }
 }
 
-/// A cgroup v2 directory for test processes; its processes are killed on drop.
+/// A cgroup for test processes (v2, or the v1 freezer hierarchy); its processes are
+/// killed on drop.
 pub struct TestCgroup {
     pub dir: PathBuf,
-    /// Path relative to the cgroup2 mount, as an inventory names it.
+    /// Path relative to the cgroup mount, as an inventory names it.
     pub name: String,
+    v2: bool,
+}
+
+fn mount_of(fstype_and_source: &str, option: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines()
+        .find(|l| l.contains(fstype_and_source) && l.split(' ').next_back().is_some_and(|o| o.split(',').any(|x| x == option) || option.is_empty()))
+        .map(|l| PathBuf::from(l.split(' ').nth(4).unwrap()))
 }
 
 pub fn cgroup2_mount() -> PathBuf {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for line in text.lines() {
-        if line.contains(" - cgroup2 ") {
-            return PathBuf::from(line.split(' ').nth(4).unwrap());
-        }
-    }
-    panic!("no cgroup2 mount")
+    mount_of(" - cgroup2 ", "").expect("no cgroup2 mount")
 }
 
 impl TestCgroup {
@@ -96,7 +99,16 @@ impl TestCgroup {
         let name = format!("hero-snap-test-{}-{label}", std::process::id());
         let dir = cgroup2_mount().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
-        TestCgroup { dir, name }
+        TestCgroup { dir, name, v2: true }
+    }
+
+    /// A cgroup in the v1 freezer hierarchy (hybrid hosts mount it beside cgroup2).
+    pub fn new_v1(label: &str) -> TestCgroup {
+        let mount = mount_of(" - cgroup ", "freezer").expect("no v1 freezer hierarchy mounted on this host");
+        let name = format!("hero-snap-test-{}-{label}", std::process::id());
+        let dir = mount.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestCgroup { dir, name, v2: false }
     }
 
     pub fn add(&self, pid: u32) {
@@ -104,14 +116,25 @@ impl TestCgroup {
     }
 
     pub fn frozen(&self) -> bool {
-        std::fs::read_to_string(self.dir.join("cgroup.events")).unwrap().lines().any(|l| l == "frozen 1")
+        if self.v2 {
+            std::fs::read_to_string(self.dir.join("cgroup.events")).unwrap().lines().any(|l| l == "frozen 1")
+        } else {
+            std::fs::read_to_string(self.dir.join("freezer.state")).unwrap().trim() != "THAWED"
+        }
     }
 }
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::write(self.dir.join("cgroup.freeze"), "0");
-        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        if self.v2 {
+            let _ = std::fs::write(self.dir.join("cgroup.freeze"), "0");
+            let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        } else {
+            let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+            for pid in std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
         for _ in 0..100 {
             if std::fs::remove_dir(&self.dir).is_ok() {
                 return;
