@@ -108,32 +108,14 @@ struct Writers {
     relay: Option<std::thread::JoinHandle<()>>,
 }
 
-const WRITER: &str = r#"
-import os, sys
-path, role = sys.argv[1], sys.argv[2]
-f = open(path, "a", buffering=1)
-n = 0
-while True:
-    if role == "b":
-        line = sys.stdin.readline()
-        if not line:
-            break
-        n = int(line)
-        f.write("%d\n" % n); f.flush()
-        sys.stdout.write("%d\n" % n); sys.stdout.flush()
-    else:
-        n += 1
-        f.write("%d\n" % n); f.flush()
-        sys.stdout.write("%d\n" % n); sys.stdout.flush()
-        if not sys.stdin.readline():
-            break
-"#;
+/// The lockstep writer, shared with the guest tests (scripts/guest-tests.sh).
+const WRITER: &str = include_str!("../../scripts/lockstep-writer.py");
 
 impl Writers {
     fn start(root: &Path, cg_a: &TestCgroup, cg_b: &TestCgroup) -> Writers {
-        let mut a = Command::new("python3").args(["-c", WRITER, root.join("a/log").to_str().unwrap(), "a"])
+        let mut a = Command::new("/usr/bin/python3").args(["-c", WRITER, root.join("a/log").to_str().unwrap(), "a"])
             .stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        let mut b = Command::new("python3").args(["-c", WRITER, root.join("b/log").to_str().unwrap(), "b"])
+        let mut b = Command::new("/usr/bin/python3").args(["-c", WRITER, root.join("b/log").to_str().unwrap(), "b"])
             .stdin(Stdio::from(a.stdout.take().unwrap())).stdout(Stdio::piped()).spawn().unwrap();
         cg_a.add(a.id());
         cg_b.add(b.id());
