@@ -105,7 +105,16 @@ impl Taken {
 
 /// Runs an external tool and returns its stdout; the error names the program and its stderr.
 pub(crate) fn tool(argv: &[&str]) -> Result<String> {
-    let out = duct::cmd(argv[0], &argv[1..])
+    tool_in(None, argv)
+}
+
+/// [`tool`], run in the directory `cwd`.
+pub(crate) fn tool_in(cwd: Option<&std::path::Path>, argv: &[&str]) -> Result<String> {
+    let mut cmd = duct::cmd(argv[0], &argv[1..]);
+    if let Some(dir) = cwd {
+        cmd = cmd.dir(dir);
+    }
+    let out = cmd
         .env("LC_ALL", "C")
         .env("LVM_SUPPRESS_FD_WARNINGS", "1")
         .stdin_null()

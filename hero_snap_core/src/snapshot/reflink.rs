@@ -19,13 +19,40 @@ pub(crate) struct Copies {
 impl Copies {
     pub(crate) fn plan(vol: &Volume, live_paths: &[PathBuf], run: &str, n: usize) -> Copies {
         let staging = vol.mount.mount_point.join(format!("{}{run}.reflink-{n}", super::RESERVED_PREFIX));
-        let copies = live_paths.iter().enumerate().map(|(i, p)| (p.clone(), staging.join(i.to_string()))).collect();
+        // A copy sits at its path below the mount point under the staging directory, as
+        // `cp --parents`, run in the mount point, puts it.
+        let mount = &vol.mount.mount_point;
+        // A surface that is the mount point itself is the volume's only surface (surfaces
+        // never overlap), so its copy can take a fixed name.
+        let copies = live_paths
+            .iter()
+            .map(|p| match p.strip_prefix(mount) {
+                Ok(rel) if rel.as_os_str().is_empty() => (p.clone(), staging.join("mount-root")),
+                Ok(rel) => (p.clone(), staging.join(rel)),
+                Err(_) => (p.clone(), staging.join(p.strip_prefix("/").unwrap_or(p))),
+            })
+            .collect();
         Copies { staging, copies }
     }
 
+    /// Runs inside the freeze window: one `cp` for all the volume's surfaces (a process per
+    /// surface costs milliseconds each), except a surface that holds the staging directory
+    /// itself, which is copied entry by entry.
     pub(crate) fn take(&self) -> Result<()> {
         std::fs::create_dir_all(&self.staging).map_err(Error::io(&self.staging, "creating the reflink staging directory"))?;
-        for (live, copy) in &self.copies {
+        let (holding, plain): (Vec<_>, Vec<_>) = self.copies.iter().partition(|(live, _)| self.staging.starts_with(live));
+        if !plain.is_empty() {
+            let mut argv: Vec<String> = ["cp", "-a", "--reflink=always", "--parents", "-t"].map(String::from).to_vec();
+            argv.push(self.staging.to_string_lossy().into_owned());
+            let mount = self.staging.parent().expect("the staging directory is in the mount point");
+            argv.extend(plain.iter().map(|(live, _)| live.strip_prefix(mount).unwrap_or(live).to_string_lossy().into_owned()));
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            super::tool_in(Some(mount), &argv).map_err(|e| Error::Command(format!("reflink copy on {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", self.staging.display())))?;
+        }
+        for (live, copy) in holding {
+            if let Some(parent) = copy.parent() {
+                std::fs::create_dir_all(parent).map_err(Error::io(parent, "creating the reflink staging directory"))?;
+            }
             copy_tree(live, copy)?;
         }
         Ok(())
