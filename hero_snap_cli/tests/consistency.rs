@@ -226,7 +226,7 @@ fn counts(redis: &Redis, root: &Path, ctx: &str) -> (u64, u64, u64) {
 /// The last line of stdout as JSON (the CLI may print progress lines before the result).
 fn last_json(out: &std::process::Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+    let line = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
