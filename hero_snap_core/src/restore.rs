@@ -129,6 +129,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
             swaps: Vec::new(),
         },
         dirs: Vec::new(),
+        checked_parent: None,
         files: 0,
         bytes: 0,
     };
@@ -235,6 +236,8 @@ struct Extractor<'a> {
     journal: Journal,
     /// Directories extracted, with their mtime, applied once their contents are in.
     dirs: Vec<(PathBuf, i64)>,
+    /// The last directory whose parents `check_parents` accepted.
+    checked_parent: Option<PathBuf>,
     files: u64,
     bytes: u64,
 }
@@ -335,7 +338,12 @@ impl Visitor for Extractor<'_> {
             return Ok(Some((counter.count, h)));
         };
         let dest = contained(&stage.root, m.inner).ok_or_else(|| Error::Refused(format!("member `{}`: unsafe path", m.path)))?;
-        check_parents(&stage.root, &dest, m.path)?;
+        // Files of one directory come one after another: check the chain of parents once
+        // per directory. A checked directory stays one: no later member may replace it.
+        if self.checked_parent.as_deref() != dest.parent() {
+            check_parents(&stage.root, &dest, m.path)?;
+            self.checked_parent = dest.parent().map(Path::to_path_buf);
+        }
         if fs::symlink_metadata(&dest).is_ok() && kind != EntryType::Directory {
             return Err(Error::Refused(format!("member `{}` appears twice", m.path)));
         }
