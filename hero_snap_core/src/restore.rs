@@ -129,6 +129,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
             swaps: Vec::new(),
         },
         dirs: Vec::new(),
+        checked_parent: None,
         files: 0,
         bytes: 0,
     };
@@ -235,6 +236,8 @@ struct Extractor<'a> {
     journal: Journal,
     /// Directories extracted, with their mtime, applied once their contents are in.
     dirs: Vec<(PathBuf, i64)>,
+    /// The last directory whose parents `check_parents` accepted.
+    checked_parent: Option<PathBuf>,
     files: u64,
     bytes: u64,
 }
@@ -335,7 +338,12 @@ impl Visitor for Extractor<'_> {
             return Ok(Some((counter.count, h)));
         };
         let dest = contained(&stage.root, m.inner).ok_or_else(|| Error::Refused(format!("member `{}`: unsafe path", m.path)))?;
-        check_parents(&stage.root, &dest, m.path)?;
+        // Files of one directory come one after another: check the chain of parents once
+        // per directory. A checked directory stays one: no later member may replace it.
+        if self.checked_parent.as_deref() != dest.parent() {
+            check_parents(&stage.root, &dest, m.path)?;
+            self.checked_parent = dest.parent().map(Path::to_path_buf);
+        }
         if fs::symlink_metadata(&dest).is_ok() && kind != EntryType::Directory {
             return Err(Error::Refused(format!("member `{}` appears twice", m.path)));
         }
@@ -374,21 +382,89 @@ impl Visitor for Extractor<'_> {
                 m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
                 Ok(None)
             }
-            _ => {
+            EntryType::GNUSparse => {
+                // The tar crate places the sparse map's holes; hash the logical content back from disk.
                 m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
                 crate::failpoint("restore-extract-file");
-                // Hash what is on disk: the check covers the written bytes, not only the stream.
                 let mut f = fs::File::open(&dest).map_err(Error::io(&dest, "reading back"))?;
                 let mut counter = CountingReader { inner: &mut f, count: 0 };
                 let h = crate::archive::write::hash_reader(&mut counter).map_err(Error::io(&dest, "reading back"))?;
-                self.files += 1;
-                self.bytes += counter.count;
+                self.extracted(counter.count);
                 self.progress.event(&Event::Bytes { bytes: counter.count });
                 Ok(Some((counter.count, h)))
+            }
+            _ => {
+                let (size, h) = extract_file(m.entry, &dest, self.progress)?;
+                crate::failpoint("restore-extract-file");
+                self.extracted(size);
+                Ok(Some((size, h)))
             }
         }
     }
 }
+
+impl Extractor<'_> {
+    fn extracted(&mut self, bytes: u64) {
+        self.files += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// Writes a regular file member to `dest` (a new file) and hashes the bytes as they are
+/// written, then applies its owner, mode, mtime and extended attributes as the tar crate
+/// would. The hash covers exactly what went to the file; `read_archive` checks it against
+/// the index before anything is swapped in.
+fn extract_file<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path, progress: &dyn Progress) -> Result<(u64, blake3::Hash)> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let header = entry.header().clone();
+    let size = entry.size();
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(Error::io(dest, "creating"))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; EXTRACT_BUFFER.min(size.max(1) as usize)];
+    let mut written = 0u64;
+    let mut pending = 0u64;
+    loop {
+        let n = entry.read(&mut buf).map_err(|e| Error::Corrupt(format!("{}: {e}", dest.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(Error::io(dest, "writing"))?;
+        written += n as u64;
+        pending += n as u64;
+        if pending >= 1 << 22 {
+            progress.event(&Event::Bytes { bytes: pending });
+            pending = 0;
+        }
+    }
+    if pending > 0 {
+        progress.event(&Event::Bytes { bytes: pending });
+    }
+    if written != size {
+        return Err(Error::Corrupt(format!("{}: the archive ends inside this file ({written} of {size} bytes)", dest.display())));
+    }
+    let mtime = filetime::FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0);
+    filetime::set_file_handle_times(&file, Some(mtime), Some(mtime)).map_err(Error::io(dest, "setting the mtime"))?;
+    let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
+    let owner = |id: u64| u32::try_from(id).map_err(|_| Error::Corrupt(format!("{}: owner id {id} is out of range", dest.display())));
+    std::os::unix::fs::fchown(&file, Some(owner(uid)?), Some(owner(gid)?)).map_err(Error::io(dest, "setting the owner"))?;
+    // After the owner: chown clears set-id bits (which the reader refuses anyway).
+    let mode = header.mode().unwrap_or(0o600) & 0o7777;
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io(dest, "setting the mode"))?;
+    if let Ok(Some(exts)) = entry.pax_extensions() {
+        for ext in exts.flatten() {
+            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                use std::os::unix::ffi::OsStrExt;
+                xattr::set(dest, std::ffi::OsStr::from_bytes(name), ext.value_bytes()).map_err(Error::io(dest, "setting extended attributes"))?;
+            }
+        }
+    }
+    Ok((written, hasher.finalize()))
+}
+
+/// Write size for extracted files: large writes keep the syscall count low.
+const EXTRACT_BUFFER: usize = 1 << 20;
 
 /// `root/inner` if `inner` has only plain components.
 fn contained(root: &Path, inner: &str) -> Option<PathBuf> {

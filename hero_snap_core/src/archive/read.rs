@@ -1,15 +1,15 @@
 //! Reading an archive: age → zstd → tar, the manifest first, the index last, and every
 //! regular file's BLAKE3 checked against the index.
 
-use std::io::Read;
+use std::io::{self, BufRead, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc;
 
 use tar::EntryType;
 
 use crate::crypto::{open_tar_stream, Decryption};
 use crate::error::{Error, Result};
-use crate::manifest::{split_member, Index, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
+use crate::manifest::{split_member, IndexEntry, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
 use crate::progress::Cancel;
 
 /// Largest manifest accepted (a manifest is a few KiB; anything huge is hostile).
@@ -69,7 +69,8 @@ pub(crate) struct Member<'a, 'b, R: Read> {
 /// What reading the whole archive found.
 pub(crate) struct ReadOutcome {
     pub manifest: Manifest,
-    pub index: Index,
+    /// The index's totals (its entries were checked as they were read, never kept).
+    pub index: IndexHead,
 }
 
 /// Receives the manifest once, then every data member. A regular file's visitor returns
@@ -82,10 +83,107 @@ pub(crate) trait Visitor {
 
 /// Reads the whole archive, calling `visitor`, and checks it end to end: manifest first,
 /// index last, every file's size and hash, the manifest's hash, the counts.
-pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut impl Visitor, cancel: &Cancel) -> Result<ReadOutcome> {
-    let stream = open_tar_stream(input, keys)?;
-    let stream_failed = Arc::new(AtomicBool::new(false));
-    let stream = FailureFlag { inner: stream, failed: stream_failed.clone() };
+///
+/// Two stages run at once: the calling thread decrypts and decompresses (it owns `input`,
+/// which need not be `Send`, e.g. a locked stdin), a scoped thread parses the tar stream
+/// and runs the visitor (writing files, hashing). They hand over [`CHUNK`]-sized buffers.
+pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut (impl Visitor + Send), cancel: &Cancel) -> Result<ReadOutcome> {
+    let mut stream = open_tar_stream(input, keys)?;
+    let stream_failed = AtomicBool::new(false);
+    let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let failed = &stream_failed;
+        let parser = scope.spawn(move || {
+            let chunks = ChunkReader { full: full_rx, empty: empty_tx, chunk: Vec::new(), pos: 0, done: false };
+            read_tar(chunks, visitor, cancel, failed)
+            // Dropping the reader here stops the decoder below if the parser gave up early.
+        });
+        decode_into(&mut stream, &full_tx, &empty_rx, &stream_failed);
+        drop(full_tx);
+        parser.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Size of the buffers the decoding thread hands to the parser.
+const CHUNK: usize = 1 << 20;
+/// Chunks queued between the stages (bounds the memory of the pipeline).
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Reads the decoded stream into chunks until its end, an error (sent on, and flagged), or
+/// the parser hanging up.
+fn decode_into(stream: &mut dyn Read, full: &mpsc::SyncSender<io::Result<Vec<u8>>>, empty: &mpsc::Receiver<Vec<u8>>, failed: &AtomicBool) {
+    loop {
+        let mut chunk = empty.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
+        let mut len = 0;
+        let mut error = None;
+        while len < CHUNK {
+            match stream.read(&mut chunk[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        chunk.truncate(len);
+        let end = len < CHUNK;
+        if len > 0 && full.send(Ok(chunk)).is_err() {
+            return;
+        }
+        if let Some(e) = error {
+            failed.store(true, Ordering::SeqCst);
+            let _ = full.send(Err(e));
+            return;
+        }
+        if end {
+            return;
+        }
+    }
+}
+
+/// The parser's side of the pipeline: a `Read` over the chunks, returning the used ones.
+struct ChunkReader {
+    full: mpsc::Receiver<io::Result<Vec<u8>>>,
+    empty: mpsc::Sender<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.full.recv() {
+                Ok(Ok(next)) => {
+                    let used = std::mem::replace(&mut self.chunk, next);
+                    let _ = self.empty.send(used);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    self.chunk.clear();
+                    self.pos = 0;
+                    // Later reads see the end; the error itself is reported once, here.
+                    return Err(e);
+                }
+                Err(_) => self.done = true,
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stream_failed: &AtomicBool) -> Result<ReadOutcome> {
     let mut archive = tar::Archive::new(stream);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -101,8 +199,9 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut im
     drop(first);
     visitor.manifest(&manifest)?;
 
-    // (path, size, hash) of every regular file seen, in archive order.
-    let mut seen: Vec<(String, u64, blake3::Hash)> = Vec::new();
+    // (path, size, hash) of every regular file seen, in archive order, spilled to a file:
+    // memory stays flat however many files the archive holds.
+    let mut seen = SeenFiles::new()?;
     let mut data_members = 0u64;
     let mut index = None;
     for entry in entries.by_ref() {
@@ -111,8 +210,7 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut im
         let path = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|_| Error::Refused("a member name is not UTF-8".into()))?;
         if path == INDEX_PATH {
-            let text = read_limited(&mut entry, INDEX_LIMIT, INDEX_PATH)?;
-            index = Some(Index::from_yaml(&text)?);
+            index = Some(check_index(&mut entry, &manifest_hash, std::mem::replace(&mut seen, SeenFiles::empty()), data_members)?);
             break;
         }
         let (key, inner) = split_member(&path).ok_or_else(|| {
@@ -136,7 +234,7 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut im
         })?;
         if is_file {
             let (size, hash) = hash.expect("visitors hash every regular file");
-            seen.push((path, size, hash));
+            seen.push(&path, size, &hash)?;
         }
     }
     let index = index.ok_or_else(|| Error::Corrupt("the archive ends before hero-snap/index.yaml: it is truncated".into()))?;
@@ -147,48 +245,168 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut im
     drop(entries);
     // Read to the end so that zstd checks its frame checksum and age its last chunk.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(|e| Error::Corrupt(format!("after the index: {e}")))?;
-    check_index(&index, &manifest_hash, &seen, data_members)?;
     Ok(ReadOutcome { manifest, index })
 }
 
-fn check_index(index: &Index, manifest_hash: &blake3::Hash, seen: &[(String, u64, blake3::Hash)], data_members: u64) -> Result<()> {
-    if index.format > crate::manifest::ARCHIVE_FORMAT {
-        return Err(Error::Refused(format!("{INDEX_PATH}: index format {} is newer than this build reads", index.format)));
+/// The index's fields before its entries.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IndexHead {
+    #[allow(dead_code)]
+    pub format: u32,
+    manifest_blake3: String,
+    pub files: u64,
+    pub entries: u64,
+    pub bytes: u64,
+    /// `[]` when there are no files; empty (null) when entry lines follow.
+    index: Option<Vec<IndexEntry>>,
+}
+
+/// Longest index line accepted: a member path of 4 KiB, fully escaped, and the rest.
+const INDEX_LINE_LIMIT: u64 = 64 << 10;
+
+/// Reads the index member line by line (its exact text form, docs/FORMAT.md section 4)
+/// and checks it against the files read, in step, holding one entry at a time.
+fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest_hash: &blake3::Hash, seen: SeenFiles, data_members: u64) -> Result<IndexHead> {
+    if entry.header().entry_type() != EntryType::Regular || entry.size() > INDEX_LIMIT {
+        return Err(Error::Refused(format!("{INDEX_PATH}: not a regular member of at most {INDEX_LIMIT} bytes")));
     }
-    if index.manifest_blake3 != manifest_hash.to_hex().as_str() {
+    let mut text = io::BufReader::with_capacity(1 << 16, entry.take(INDEX_LIMIT));
+    let mut line = String::new();
+    let mut next_line = |line: &mut String| -> Result<bool> {
+        line.clear();
+        let n = (&mut text).take(INDEX_LINE_LIMIT).read_line(line).map_err(|e| Error::Corrupt(format!("{INDEX_PATH}: {e}")))?;
+        if n as u64 == INDEX_LINE_LIMIT && !line.ends_with('\n') {
+            return Err(Error::Corrupt(format!("{INDEX_PATH}: a line is longer than {INDEX_LINE_LIMIT} bytes")));
+        }
+        Ok(n > 0)
+    };
+    let mut head = String::new();
+    loop {
+        if !next_line(&mut line)? {
+            return Err(Error::Corrupt(format!("{INDEX_PATH}: ends before its `index:` line")));
+        }
+        head.push_str(&line);
+        if line.starts_with("index:") {
+            break;
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    let yaml_err = |e: serde_saphyr::Error| Error::Corrupt(format!("{INDEX_PATH}: {}", e.to_string().lines().next().unwrap_or("")));
+    let format: Format = serde_saphyr::from_str(&head).map_err(yaml_err)?;
+    if format.format > crate::manifest::ARCHIVE_FORMAT {
+        return Err(Error::Refused(format!("{INDEX_PATH}: index format {} is newer than this build reads", format.format)));
+    }
+    let head: IndexHead = serde_saphyr::from_str(&head).map_err(yaml_err)?;
+    if head.manifest_blake3 != manifest_hash.to_hex().as_str() {
         return Err(Error::Corrupt(format!("{MANIFEST_PATH}: its BLAKE3 does not match the index")));
     }
-    for (i, (path, size, hash)) in seen.iter().enumerate() {
-        let Some(want) = index.index.get(i) else {
-            return Err(Error::Corrupt(format!("{path}: not listed in the index")));
+    let mut seen = seen.into_reader()?;
+    let (mut files, mut bytes) = (0u64, 0u64);
+    while next_line(&mut line)? {
+        if head.index.is_some() {
+            return Err(Error::Corrupt(format!("{INDEX_PATH}: entries follow `index: []`")));
+        }
+        let want = parse_index_line(line.trim_end_matches('\n'))
+            .ok_or_else(|| Error::Corrupt(format!("{INDEX_PATH}: entry {} is not an index line (`- {{path: \"...\", size: N, blake3: \"...\"}}`)", files + 1)))?;
+        let Some((path, size, hash)) = seen.next()? else {
+            return Err(Error::Corrupt(format!("{}: listed in the index but missing from the archive", want.path)));
         };
-        if &want.path != path {
+        if want.path != path {
             return Err(Error::Corrupt(format!("{path}: the index lists `{}` at this place", want.path)));
         }
-        if want.size != *size {
+        if want.size != size {
             return Err(Error::Corrupt(format!("{path}: size {size} does not match the index ({})", want.size)));
         }
-        if want.blake3 != hash.to_hex().as_str() {
+        if want.blake3 != blake3::Hash::from_bytes(hash).to_hex().as_str() {
             return Err(Error::Corrupt(format!("{path}: content does not match its BLAKE3 in the index")));
         }
+        files += 1;
+        bytes += size;
     }
-    if let Some(missing) = index.index.get(seen.len()) {
-        return Err(Error::Corrupt(format!("{}: listed in the index but missing from the archive", missing.path)));
+    if let Some((path, _, _)) = seen.next()? {
+        return Err(Error::Corrupt(format!("{path}: not listed in the index")));
     }
-    if index.files != seen.len() as u64 || index.entries != data_members || index.bytes != seen.iter().map(|s| s.1).sum::<u64>() {
+    if head.files != files || head.entries != data_members || head.bytes != bytes {
         return Err(Error::Corrupt("the index's counts do not match the archive's members".into()));
     }
-    Ok(())
+    Ok(head)
 }
 
-/// Remembers whether reading the archive stream ever failed.
-struct FailureFlag<R> {
-    inner: R,
-    failed: Arc<AtomicBool>,
+/// One entry line. The line hero-snap writes is split directly; a path with escapes
+/// goes through the YAML parser.
+fn parse_index_line(line: &str) -> Option<IndexEntry> {
+    let fast = || -> Option<IndexEntry> {
+        let body = line.strip_prefix("- {path: \"")?.strip_suffix("\"}")?;
+        let (rest, hash) = body.rsplit_once("\", blake3: \"")?;
+        let (path, size) = rest.rsplit_once("\", size: ")?;
+        let plain = !path.contains(['\\', '"']) && path.chars().all(|c| !c.is_control() && c != '\u{feff}');
+        let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let digits = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit());
+        (plain && hex && digits).then(|| Some(IndexEntry { path: path.to_string(), size: size.parse().ok()?, blake3: hash.to_string() }))?
+    };
+    fast().or_else(|| line.strip_prefix("- ").and_then(|l| serde_saphyr::from_str(l).ok()))
 }
 
-impl<R: Read> Read for FailureFlag<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(buf).inspect_err(|_| self.failed.store(true, Ordering::SeqCst))
+/// The (path, size, BLAKE3) of every file read, in order, in an unlinked temporary file.
+struct SeenFiles {
+    out: Option<io::BufWriter<std::fs::File>>,
+}
+
+type SeenFile = (String, u64, [u8; 32]);
+
+impl SeenFiles {
+    fn new() -> Result<SeenFiles> {
+        let f = tempfile::tempfile().map_err(Error::io(std::env::temp_dir(), "creating the list of files read"))?;
+        Ok(SeenFiles { out: Some(io::BufWriter::with_capacity(1 << 16, f)) })
+    }
+
+    fn empty() -> SeenFiles {
+        SeenFiles { out: None }
+    }
+
+    fn push(&mut self, path: &str, size: u64, hash: &blake3::Hash) -> Result<()> {
+        use std::io::Write;
+        let out = self.out.as_mut().expect("pushed before the index");
+        (|| {
+            out.write_all(&(path.len() as u32).to_le_bytes())?;
+            out.write_all(path.as_bytes())?;
+            out.write_all(&size.to_le_bytes())?;
+            out.write_all(hash.as_bytes())
+        })()
+        .map_err(Error::io(std::env::temp_dir(), "writing the list of files read"))
+    }
+
+    fn into_reader(self) -> Result<SeenReader> {
+        use std::io::Seek;
+        let err = Error::io(std::env::temp_dir(), "reading the list of files read");
+        let mut f = self.out.expect("read once").into_inner().map_err(|e| err(e.into_error()))?;
+        f.rewind().map_err(Error::io(std::env::temp_dir(), "reading the list of files read"))?;
+        Ok(SeenReader(io::BufReader::with_capacity(1 << 16, f)))
+    }
+}
+
+struct SeenReader(io::BufReader<std::fs::File>);
+
+impl SeenReader {
+    fn next(&mut self) -> Result<Option<SeenFile>> {
+        use std::io::BufRead;
+        let err = || Error::io(std::env::temp_dir(), "reading the list of files read");
+        if self.0.fill_buf().map_err(err())?.is_empty() {
+            return Ok(None);
+        }
+        let mut len = [0u8; 4];
+        self.0.read_exact(&mut len).map_err(err())?;
+        let mut path = vec![0u8; u32::from_le_bytes(len) as usize];
+        self.0.read_exact(&mut path).map_err(err())?;
+        let mut size = [0u8; 8];
+        self.0.read_exact(&mut size).map_err(err())?;
+        let mut hash = [0u8; 32];
+        self.0.read_exact(&mut hash).map_err(err())?;
+        let path = String::from_utf8(path).expect("written from a String");
+        Ok(Some((path, u64::from_le_bytes(size), hash)))
     }
 }
