@@ -1,13 +1,13 @@
 //! `hero-snap`: parses arguments, calls hero_snap_core, prints. No logic lives here.
 
-use std::fs::File;
-use std::io::{self, BufReader, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use hero_snap_core::inventory::Inventory;
 use hero_snap_core::{
-    BackupOptions, Cancel, Compression, Decryption, Encryption, Error, Event, Progress, RestoreOptions, RestoreSelection, Selection,
+    BackupOptions, Cancel, Compression, Decryption, Encryption, Error, Event, Extent, Location, Progress, RestoreOptions, RestoreSelection,
+    S3Config, Selection,
 };
 use serde::Serialize;
 
@@ -109,9 +109,11 @@ struct BackupArgs {
     /// Longest the services may stay frozen, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     freeze_deadline_ms: u64,
-    /// Archive file to write, or `-` for standard output.
+    /// Archive file to write, `-` for standard output, or s3://BUCKET/KEY.
     #[arg(long)]
-    to: PathBuf,
+    to: String,
+    #[command(flatten)]
+    s3: S3Args,
     /// Encrypt to this recipient: `age1...`, `ssh-ed25519 ...` or `ssh-rsa ...` (repeatable).
     #[arg(long = "recipient", short = 'r')]
     recipients: Vec<String>,
@@ -159,22 +161,58 @@ impl KeyArgs {
     }
 }
 
+/// Object storage for s3:// archives. Unset values come from the AWS environment
+/// (AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+/// and ~/.aws/{config,credentials}; credentials are never taken from flags.
+#[derive(Args)]
+struct S3Args {
+    /// S3-compatible endpoint, e.g. https://rgw.example.net (default: AWS).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// Signing region (default: AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// Profile of the AWS config files to take credentials from.
+    #[arg(long, value_name = "NAME")]
+    s3_profile: Option<String>,
+    /// Address buckets as BUCKET.host instead of host/BUCKET.
+    #[arg(long)]
+    s3_virtual_host: bool,
+}
+
+impl S3Args {
+    fn location(&self, text: &str) -> Result<Location, Error> {
+        let config = S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            profile: self.s3_profile.clone(),
+            virtual_host_style: self.s3_virtual_host,
+        };
+        Location::parse(text, &config)
+    }
+}
+
 #[derive(Args)]
 struct ReadArgs {
-    /// Archive file, or `-` for standard input.
+    /// Archive file, `-` for standard input, or s3://BUCKET/KEY.
     #[arg(long)]
-    from: PathBuf,
+    from: String,
+    #[command(flatten)]
+    s3: S3Args,
     #[command(flatten)]
     keys: KeyArgs,
 }
 
+impl ReadArgs {
+    fn open(&self, extent: Extent) -> Result<Box<dyn io::Read>, Error> {
+        self.s3.location(&self.from)?.open(extent)
+    }
+}
+
 #[derive(Args)]
 struct RestoreArgs {
-    /// Archive file, or `-` for standard input.
-    #[arg(long)]
-    from: PathBuf,
     #[command(flatten)]
-    keys: KeyArgs,
+    archive: ReadArgs,
     #[command(flatten)]
     instance: InstanceArgs,
     #[command(flatten)]
@@ -237,15 +275,6 @@ fn exit_code(e: &Error) -> i32 {
 
 fn print_json<T: Serialize>(command: &str, value: &T) {
     println!("{}", serde_json::json!({"ok": true, "command": command, "result": value}));
-}
-
-fn open_input(path: &Path) -> Result<Box<dyn Read>, Error> {
-    if path == Path::new("-") {
-        Ok(Box::new(io::stdin().lock()))
-    } else {
-        let f = File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), action: "opening the archive", source: e })?;
-        Ok(Box::new(BufReader::with_capacity(1 << 20, f)))
-    }
 }
 
 fn run(cli: Cli) -> Result<(), Error> {
@@ -322,18 +351,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 freeze_deadline: std::time::Duration::from_millis(args.freeze_deadline_ms),
                 state_dir: args.scope.instance.state_dir.clone(),
             };
+            let to = args.s3.location(&args.to)?;
             let bar = Bar::new(json);
-            let report = if args.to == Path::new("-") {
-                if io::stdout().is_terminal() {
-                    return Err(Error::Usage("refusing to write an archive to a terminal; redirect standard output".into()));
-                }
-                let out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-                let (report, mut out) = hero_snap_core::backup(&inv, &opts, out, &bar, &cancel)?;
-                out.flush().map_err(|e| Error::Io { path: "-".into(), action: "writing the archive", source: e })?;
-                report
-            } else {
-                hero_snap_core::backup_to_file(&inv, &opts, &args.to, &bar, &cancel)?
-            };
+            let report = hero_snap_core::backup_to(&inv, &opts, &to, &bar, &cancel)?;
             bar.done();
             if json {
                 print_json("backup", &report);
@@ -341,7 +361,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 let m = &report.manifest;
                 eprintln!(
                     "archived {} services, {} files, {} bytes into {} ({} bytes), consistency {:?}",
-                    m.services.len(), m.files, m.bytes, args.to.display(), report.archive_bytes, m.consistency
+                    m.services.len(), m.files, m.bytes, to, report.archive_bytes, m.consistency
                 );
                 for s in &m.services {
                     eprintln!("  {:<14} {:>7} files {:>12} bytes  contexts: {}", s.name, s.files, s.bytes, if s.contexts.is_empty() { "-".into() } else { s.contexts.join(",") });
@@ -356,7 +376,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Cmd::Inspect(args) => {
             let keys = args.keys.decryption()?;
-            let manifest = hero_snap_core::inspect(open_input(&args.from)?, &keys)?;
+            let manifest = hero_snap_core::inspect(args.open(Extent::Head)?, &keys)?;
             if json {
                 print_json("inspect", &manifest);
             } else {
@@ -366,7 +386,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Verify(args) => {
             let keys = args.keys.decryption()?;
             let bar = Bar::new(json);
-            let report = hero_snap_core::verify(open_input(&args.from)?, &keys, &bar, &cancel)?;
+            let report = hero_snap_core::verify(args.open(Extent::Whole)?, &keys, &bar, &cancel)?;
             bar.done();
             if json {
                 print_json("verify", &report);
@@ -375,9 +395,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Cmd::Preflight(args) => {
-            let keys = args.keys.decryption()?;
+            let keys = args.archive.keys.decryption()?;
             let inv = args.instance.load()?;
-            let manifest = hero_snap_core::inspect(open_input(&args.from)?, &keys)?;
+            let manifest = hero_snap_core::inspect(args.archive.open(Extent::Head)?, &keys)?;
             let plan = hero_snap_core::preflight(&manifest, &inv, &args.selection())?;
             if json {
                 print_json("preflight", &plan);
@@ -386,11 +406,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Cmd::Restore(args) => {
-            let keys = args.keys.decryption()?;
+            let keys = args.archive.keys.decryption()?;
             let inv = args.instance.load()?;
             let opts = RestoreOptions { selection: args.selection(), keep_old: args.keep_old, state_dir: args.instance.state_dir.clone() };
             let bar = Bar::new(json);
-            let report = hero_snap_core::restore(open_input(&args.from)?, &keys, &inv, &opts, &bar, &cancel)?;
+            let report = hero_snap_core::restore(args.archive.open(Extent::Whole)?, &keys, &inv, &opts, &bar, &cancel)?;
             bar.done();
             if json {
                 print_json("restore", &report);

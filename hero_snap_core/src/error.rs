@@ -41,6 +41,11 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// Object storage refused or failed a request (missing bucket or object, credentials,
+    /// access, region, unreachable endpoint after retries).
+    #[error("object storage: {0}")]
+    Storage(String),
+
     /// A hook or external command failed.
     #[error("{0}")]
     Command(String),
@@ -62,6 +67,7 @@ impl Error {
             Error::Inventory { .. } => 5,
             Error::Crypto(_) => 6,
             Error::Refused(_) => 7,
+            Error::Storage(_) => 8,
             Error::Cancelled => 130,
         }
     }
@@ -78,6 +84,7 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Cancelled => "cancelled",
             Error::Command(_) => "command",
+            Error::Storage(_) => "storage",
         }
     }
 }

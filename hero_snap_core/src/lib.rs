@@ -48,10 +48,12 @@ pub struct Recovered {
 }
 
 /// Completes the journals of dead runs in `state_dir`: thaws what a backup froze, runs its
-/// post hooks, removes its snapshots; rolls back or completes an interrupted restore.
+/// post hooks, removes its snapshots; rolls back or completes an interrupted restore;
+/// aborts the multipart upload a dead backup to object storage left.
 pub fn gc(state_dir: &std::path::Path) -> Result<Vec<Recovered>> {
     let mut out = freeze::recover(state_dir)?;
     out.extend(restore::recover(state_dir)?);
+    out.extend(archive::s3::recover(state_dir)?);
     Ok(out)
 }
 
@@ -61,7 +63,7 @@ pub fn plan(inv: &inventory::Inventory, selection: &Selection, allow_live: bool)
     Ok(plan::place(inv, &mut jobs, allow_live)?.plan)
 }
 
-pub use archive::{inspect, verify, Compression, VerifyReport};
+pub use archive::{backup_to, inspect, verify, Compression, Extent, Location, S3Config, S3Object, VerifyReport};
 pub use backup::{backup, backup_to_file, BackupOptions, BackupReport, Selection};
 pub use crypto::{Decryption, Encryption};
 pub use error::{Error, Result};

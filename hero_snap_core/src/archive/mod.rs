@@ -1,7 +1,9 @@
 //! The archive: one tar stream (manifest first, surfaces, index last), zstd, age.
 //! docs/FORMAT.md is the reference; decisions/D-02-archive-format.md says why.
 
+pub(crate) mod location;
 pub(crate) mod read;
+pub(crate) mod s3;
 pub(crate) mod write;
 
 use std::io::Read;
@@ -13,6 +15,8 @@ use crate::error::Result;
 use crate::manifest::Manifest;
 use crate::progress::{Cancel, Event, Progress};
 
+pub use location::{backup_to, Extent, Location};
+pub use s3::{S3Config, S3Object};
 pub use write::{ArchiveTotals, Compression};
 
 /// Reads the manifest from the head of an archive, without reading the rest.
