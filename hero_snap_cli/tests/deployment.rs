@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 
+use std::fs;
 use std::path::Path;
 use std::process::Command;
 
@@ -57,6 +58,13 @@ fn every_runbook_command_runs() {
     let root = work.path().join("root");
     let st = Command::new(repo.join("fixtures/demo/make-instance")).arg(&root).args(["default", "geomind"]).status().unwrap();
     assert!(st.success());
+    // The off-site section backs up to object storage: a real Ceph gateway, whose endpoint
+    // and keys go where the runbook keeps them ($KEYS/s3.env).
+    let gateway = common::rgw::Gateway::start();
+    gateway.make_bucket("runbook");
+    fs::create_dir_all(work.path().join("keys")).unwrap();
+    let s3_env: String = gateway.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    fs::write(work.path().join("keys/s3.env"), s3_env).unwrap();
     let bin_dir = assert_cmd::cargo::cargo_bin("hero-snap").parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out = Command::new("bash")
@@ -69,12 +77,18 @@ fn every_runbook_command_runs() {
         .env("BACKUPS", work.path().join("backups"))
         .env("OFFSITE", work.path().join("offsite"))
         .env("KEYS", work.path().join("keys"))
+        .env("S3_BUCKET", "runbook")
         .output()
         .unwrap();
     assert!(out.status.success(), "the runbook failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     // What the runbook promises happened.
     assert!(root.join("var/lib/hero/hero_collab/contexts/geomind-moved/collab.db").exists());
     assert!(work.path().join("offsite/hero-first.hsnap").exists());
+    let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
+    assert!(gateway.uploads("runbook").is_empty());
+    let key = format!("{}/hero-", host.trim());
+    let (status, listing) = gateway.api("GET", "/runbook", None);
+    assert!(status == 200 && listing.contains(&key), "no archive in the bucket: {listing}");
     let pf = std::fs::read_to_string(work.path().join("backups/preflight.json")).unwrap();
     assert!(pf.contains("\"kind\":\"collision\""), "{pf}");
 }

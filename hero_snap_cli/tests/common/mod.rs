@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod loopfs;
+pub mod rgw;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -234,7 +234,7 @@ impl Upload {
     pub(crate) fn start(obj: &S3Object) -> Result<(Upload, Arc<Mutex<UploadOutcome>>)> {
         let store = connect(obj)?;
         // Fail before anything is frozen when the bucket is missing or the keys are wrong.
-        if let Some(e) = store.probe_bucket().filter(|e| e.kind() != opendal::ErrorKind::PermissionDenied || e.to_string().contains("InvalidAccessKeyId")) {
+        if let Some(e) = store.probe_bucket().filter(|e| !e.to_string().contains("AccessDenied")) {
             return Err(store.error("checking the bucket", e));
         }
         let writer = store
