@@ -5,8 +5,8 @@
 //! per service or per context, after a pre-flight that refuses what would not work.
 //!
 //! The data's way, one module each: [`inventory`] (what state exists, where) →
-//! [`backup`] (select, archive) → [`archive`] (the format: write, read, verify) →
-//! [`preflight`] (may this archive be restored here?) → [`restore`] (stage, verify, swap).
+//! [`mod@backup`] (select, archive) → [`archive`] (the format: write, read, verify) →
+//! [`mod@preflight`] (may this archive be restored here?) → [`mod@restore`] (stage, verify, swap).
 //!
 //! ```no_run
 //! use hero_snap_core::{backup_to_file, inventory::Inventory, BackupOptions, Selection, Encryption,
@@ -51,6 +51,7 @@
 //! backs up and restores one context is `examples/context_roundtrip.rs`.
 
 #![warn(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod archive;
 pub mod backup;

@@ -89,7 +89,7 @@ pub struct Volume {
     pub mount: Mount,
     /// btrfs: the subvolume root directory; ZFS: the dataset name; LVM: vg/lv.
     pub unit: String,
-    /// Surfaces (service.surface[context]) read from this volume.
+    /// Surfaces (`service.surface[context]`) read from this volume.
     pub surfaces: Vec<String>,
     /// Services with data on this volume.
     pub services: Vec<String>,
