@@ -110,7 +110,10 @@ fn json_event_stream_of_backup_verify_restore_matches_the_schema() {
     let r = &ev.last().unwrap()["result"];
     assert_eq!(outcome(&r["outcomes"], "hero_foundry", "files", Some("geomind"))["status"], "ok");
     assert_eq!(outcome(&r["outcomes"], "hero_indexer", "index", None)["status"], "skipped");
-    assert_same_tree(&src.path("var/lib/hero/hero_foundry/contexts/geomind"), &dst.path("var/lib/hero/hero_foundry/contexts/geomind"));
+    for surface in ["files", "git"] {
+        let rel = format!("var/lib/hero/hero_foundry/contexts/geomind/{surface}");
+        assert_same_tree(&src.path(&rel), &dst.path(&rel));
+    }
 
     // A refused run prints one line: the result, with the error.
     let out = run_strings(&restore);
@@ -120,6 +123,14 @@ fn json_event_stream_of_backup_verify_restore_matches_the_schema() {
     assert_eq!(ev[0]["ok"], false);
     assert_eq!(ev[0]["command"], "restore");
     assert_eq!(ev[0]["error"]["exit_code"], 13);
+
+    // With the archive on stdout, the events go to stderr.
+    let out = ok_strings(&src.args(&["backup", "--json", "--no-encrypt", "--allow-live", "--context", "geomind", "--to", "-"]));
+    let ev = events(&out.stderr);
+    assert_eq!(ev.last().unwrap()["ok"], true);
+    let mut verify = bin();
+    verify.args(["verify", "--allow-plaintext", "--from", "-"]).write_stdin(out.stdout);
+    assert!(verify.output().unwrap().status.success(), "stdout carries only the archive");
 
     // Single-result commands print one schema-valid line too.
     for args in [vec!["inspect", "--json", "--allow-plaintext", "--from", archive.to_str().unwrap()], vec!["list", "--json", src.dir.path().to_str().unwrap()]] {
