@@ -364,7 +364,7 @@ impl Progress for Output {
             Event::Totals { bytes, .. } => *t = Tally { total: *bytes, ..Tally::default() },
             Event::Bytes { bytes } => {
                 t.done += bytes;
-                let percent = if t.total == 0 { 100 } else { (t.done.min(t.total) * 100) / t.total };
+                let percent = (t.done.min(t.total) * 100).checked_div(t.total).unwrap_or(100);
                 if percent > t.percent {
                     t.percent = percent;
                     self.line(serde_json::json!({"event": "progress", "bytes": t.done, "total_bytes": t.total}));

@@ -270,7 +270,7 @@ pub fn prune(dir: &Path, keys: &Decryption, opts: &PruneOptions) -> Result<Prune
     let mut report = PruneReport { dry_run: opts.dry_run, kept: Vec::new(), deleted: Vec::new(), freed_bytes: 0, ignored, space: None };
     let mut next_backup = 0u64;
     for (_, mut list) in series {
-        list.sort_by(|a, b| created_key(b).cmp(&created_key(a)));
+        list.sort_by_key(|a| std::cmp::Reverse(created_key(a)));
         next_backup += list[0].size;
         let mut days = BTreeSet::new();
         for (i, a) in list.into_iter().enumerate() {
