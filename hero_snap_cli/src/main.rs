@@ -1,13 +1,15 @@
 //! `hero-snap`: parses arguments, calls hero_snap_core, prints. No logic lives here.
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use hero_snap_core::catalog::{self, MinFree, PruneOptions};
 use hero_snap_core::inventory::Inventory;
 use hero_snap_core::{
-    BackupOptions, Cancel, Compression, Decryption, Encryption, Error, Event, Extent, Location, Progress, RestoreOptions, RestoreSelection,
-    S3Config, Selection,
+    BackupOptions, Cancel, Compression, Decryption, Encryption, Error, Event, Extent, Location, Outcome, Progress, RestoreOptions,
+    RestoreSelection, S3Config, Selection, Status,
 };
 use serde::Serialize;
 
@@ -16,7 +18,7 @@ use serde::Serialize;
 #[derive(Parser)]
 #[command(name = "hero-snap", version, about, max_term_width = 100)]
 struct Cli {
-    /// Print one JSON object with the result instead of text.
+    /// Print JSON lines instead of text: events while it runs, the result last (docs/CLI.md).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -41,6 +43,51 @@ enum Cmd {
     Restore(RestoreArgs),
     /// Finish or undo the work of runs that died (restore journals, staging directories).
     Gc(InstanceArgs),
+    /// List the archives in a directory with a summary of each manifest.
+    List(ListArgs),
+    /// Delete old archives in a directory by retention rules, with a free-space guard.
+    Prune(PruneArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write hero-snap.1 and hero-snap-<command>.1 into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Directory holding the archives (not searched recursively).
+    dir: PathBuf,
+    #[command(flatten)]
+    keys: KeyArgs,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Directory holding the archives (not searched recursively).
+    dir: PathBuf,
+    /// Keep the newest N archives of each series (same instance and selection).
+    #[arg(long, default_value_t = 0)]
+    keep_last: usize,
+    /// Keep the newest archive of each of the N most recent days (UTC) that have one.
+    #[arg(long, default_value_t = 0)]
+    keep_daily: usize,
+    /// Say what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// After pruning, exit 17 unless this much space is free there: a size (500M, 10G), or
+    /// `auto` for the size of each series' newest archive plus 10 %.
+    #[arg(long, value_name = "SIZE|auto")]
+    min_free: Option<String>,
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
 #[derive(Args)]
@@ -241,25 +288,199 @@ impl RestoreArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let json = cli.json;
-    let code = match run(cli) {
-        Ok(()) => 0,
-        Err(e) => {
-            let code = exit_code(&e);
-            if json {
-                let refusals = match &e {
-                    Error::Preflight(r) => serde_json::to_value(r).ok(),
-                    _ => None,
-                };
-                let out = serde_json::json!({"ok": false, "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code, "refusals": refusals}});
-                println!("{out}");
-            } else {
-                eprintln!("hero-snap: {e}");
-            }
-            code
+    let out = Output::new(&cli);
+    let cancel = Cancel::new();
+    if matches!(cli.command, Cmd::Backup(_) | Cmd::Verify(_) | Cmd::Restore(_)) {
+        cancel_on_signals(&cancel);
+    }
+    let result = run(cli, &out, &cancel);
+    std::process::exit(out.finish(result));
+}
+
+/// SIGINT and SIGTERM cancel the run through its token: the library stops at the next
+/// file, undoes what it did, and the process exits 130. A second signal ends the process
+/// at once (as SIGKILL would; `hero-snap gc` then cleans up).
+fn cancel_on_signals(cancel: &Cancel) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM] {
+        // Registration order matters: the shutdown check sees the flag before this signal sets it.
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, cancel.flag());
+        let _ = signal_hook::flag::register(sig, cancel.flag());
+    }
+}
+
+/// The `--json` event stream's schema version (docs/events.schema.json).
+const EVENTS_VERSION: u32 = 1;
+
+/// Where results go: text on the terminal, or with `--json` one JSON object per line
+/// (events while the run goes, the result last).
+struct Output {
+    json: bool,
+    /// With `backup --to -` stdout carries the archive, so the JSON lines go to stderr.
+    to_stderr: bool,
+    command: String,
+    result: Mutex<Option<serde_json::Value>>,
+    tally: Mutex<Tally>,
+}
+
+/// Byte progress, coalesced into at most one `progress` line per percent.
+#[derive(Default)]
+struct Tally {
+    total: u64,
+    done: u64,
+    percent: u64,
+}
+
+impl Output {
+    fn new(cli: &Cli) -> Output {
+        let command = cmd_name(&cli.command).to_string();
+        let to_stderr = matches!(&cli.command, Cmd::Backup(b) if b.to == "-");
+        Output { json: cli.json, to_stderr, command, result: Mutex::new(None), tally: Mutex::new(Tally::default()) }
+    }
+
+    fn line(&self, mut v: serde_json::Value) {
+        if let serde_json::Value::Object(map) = &mut v {
+            map.insert("v".into(), EVENTS_VERSION.into());
         }
-    };
-    std::process::exit(code);
+        // One write per line, so that a reader never sees half an event.
+        let text = format!("{v}\n");
+        if self.to_stderr {
+            let _ = io::stderr().lock().write_all(text.as_bytes());
+        } else {
+            let mut o = io::stdout().lock();
+            let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
+        }
+    }
+
+    /// Keeps the command's result for the last line (`--json`); text was printed already.
+    fn result<T: Serialize>(&self, value: &T) {
+        if self.json {
+            *self.result.lock().expect("no panics while held") = serde_json::to_value(value).ok();
+        }
+    }
+
+    /// Prints the last line (or the error text) and returns the exit code.
+    fn finish(&self, result: Result<(), Error>) -> i32 {
+        let kept = self.result.lock().expect("no panics while held").take();
+        match result {
+            Ok(()) => {
+                if self.json {
+                    self.line(serde_json::json!({"event": "result", "ok": true, "command": self.command, "result": kept}));
+                }
+                0
+            }
+            Err(e) => {
+                let code = exit_code(&e);
+                if self.json {
+                    let refusals = match &e {
+                        Error::Preflight(r) => serde_json::to_value(r).ok(),
+                        _ => None,
+                    };
+                    let mut v = serde_json::json!({"event": "result", "ok": false, "command": self.command,
+                        "error": {"kind": e.kind(), "message": e.to_string(), "exit_code": code, "refusals": refusals}});
+                    if let Some(r) = kept {
+                        v["result"] = r;
+                    }
+                    self.line(v);
+                } else {
+                    eprintln!("hero-snap: {e}");
+                }
+                code
+            }
+        }
+    }
+}
+
+impl Progress for Output {
+    fn event(&self, e: &Event) {
+        if !self.json {
+            return;
+        }
+        let mut t = self.tally.lock().expect("no panics while held");
+        match e {
+            Event::Totals { bytes, .. } => *t = Tally { total: *bytes, ..Tally::default() },
+            Event::Bytes { bytes } => {
+                t.done += bytes;
+                let percent = (t.done.min(t.total) * 100).checked_div(t.total).unwrap_or(100);
+                if percent > t.percent {
+                    t.percent = percent;
+                    self.line(serde_json::json!({"event": "progress", "bytes": t.done, "total_bytes": t.total}));
+                }
+                return;
+            }
+            _ => {}
+        }
+        drop(t);
+        if let Ok(v) = serde_json::to_value(e) {
+            self.line(v);
+        }
+    }
+}
+
+fn cmd_name(c: &Cmd) -> &'static str {
+    match c {
+        Cmd::Inventory(_) => "inventory",
+        Cmd::Plan(_) => "plan",
+        Cmd::Backup(_) => "backup",
+        Cmd::Inspect(_) => "inspect",
+        Cmd::Verify(_) => "verify",
+        Cmd::Preflight(_) => "preflight",
+        Cmd::Restore(_) => "restore",
+        Cmd::Gc(_) => "gc",
+        Cmd::List(_) => "list",
+        Cmd::Prune(_) => "prune",
+        Cmd::Completions { .. } => "completions",
+        Cmd::Man { .. } => "man",
+    }
+}
+
+/// The progress of a run: the bar on a terminal and the JSON events, whichever is on.
+struct Reporter<'a> {
+    bar: Bar,
+    out: &'a Output,
+}
+
+impl Progress for Reporter<'_> {
+    fn event(&self, e: &Event) {
+        self.bar.event(e);
+        self.out.event(e);
+    }
+}
+
+/// Prints one line per outcome that is not plain `ok`, and a count; returns the failure
+/// (exit 9) when some outcome failed.
+fn report_outcomes(outcomes: &[Outcome], json: bool, to_stderr: bool) -> Result<(), Error> {
+    let failed: Vec<&Outcome> = hero_snap_core::outcome::failures(outcomes);
+    if !json {
+        let mut lines = Vec::new();
+        for o in outcomes {
+            let status = match o.status {
+                Status::Ok => "ok",
+                Status::Skipped => "skipped",
+                Status::Failed => "FAILED",
+            };
+            lines.push(format!("  {status:<8} {}{}", o.label(), o.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()));
+        }
+        let count = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
+        lines.push(format!("{} ok, {} skipped, {} failed", count(Status::Ok), count(Status::Skipped), failed.len()));
+        for l in lines {
+            if to_stderr {
+                eprintln!("{l}");
+            } else {
+                println!("{l}");
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Incomplete(format!(
+            "{} of {} surfaces failed: {}",
+            failed.len(),
+            outcomes.len(),
+            failed.iter().map(|o| format!("{} ({})", o.label(), o.reason.as_deref().unwrap_or("failed"))).collect::<Vec<_>>().join("; ")
+        )))
+    }
 }
 
 /// Pre-flight refusals of one kind get that kind's code; mixed kinds get the generic one.
@@ -273,19 +494,14 @@ fn exit_code(e: &Error) -> i32 {
     e.exit_code()
 }
 
-fn print_json<T: Serialize>(command: &str, value: &T) {
-    println!("{}", serde_json::json!({"ok": true, "command": command, "result": value}));
-}
-
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli, out: &Output, cancel: &Cancel) -> Result<(), Error> {
     let json = cli.json;
-    let cancel = Cancel::new();
     match cli.command {
         Cmd::Inventory(args) => {
             let inv = args.load()?;
             let rows = inv.table()?;
             if json {
-                print_json("inventory", &serde_json::json!({"instance": inv.instance, "surfaces": rows}));
+                out.result(&serde_json::json!({"instance": inv.instance, "surfaces": rows}));
             } else {
                 println!("instance {}  ({})", inv.instance, args.config.display());
                 println!("{:<14} {:<12} {:<9} {:<9} {:>8} {:>12}  {:<24} path", "service", "surface", "scope", "class", "files", "bytes", "contexts");
@@ -300,7 +516,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let inv = args.instance.load()?;
             let plan = hero_snap_core::plan(&inv, &args.selection(), args.allow_live)?;
             if json {
-                print_json("plan", &plan);
+                out.result(&plan);
             } else {
                 println!("consistency: {:?}", plan.consistency);
                 for n in &plan.notes {
@@ -352,11 +568,11 @@ fn run(cli: Cli) -> Result<(), Error> {
                 state_dir: args.scope.instance.state_dir.clone(),
             };
             let to = args.s3.location(&args.to)?;
-            let bar = Bar::new(json);
-            let report = hero_snap_core::backup_to(&inv, &opts, &to, &bar, &cancel)?;
-            bar.done();
+            let bar = Reporter { bar: Bar::new(json), out };
+            let report = hero_snap_core::backup_to(&inv, &opts, &to, &bar, cancel)?;
+            bar.bar.done();
             if json {
-                print_json("backup", &report);
+                out.result(&report);
             } else {
                 let m = &report.manifest;
                 eprintln!(
@@ -373,26 +589,28 @@ fn run(cli: Cli) -> Result<(), Error> {
                     eprintln!("warning [{}]: {}", w.code, w.message);
                 }
             }
+            report_outcomes(&report.outcomes, json, true)?;
         }
         Cmd::Inspect(args) => {
             let keys = args.keys.decryption()?;
             let manifest = hero_snap_core::inspect(args.open(Extent::Head)?, &keys)?;
             if json {
-                print_json("inspect", &manifest);
+                out.result(&manifest);
             } else {
                 print!("{}", manifest.to_yaml()?);
             }
         }
         Cmd::Verify(args) => {
             let keys = args.keys.decryption()?;
-            let bar = Bar::new(json);
-            let report = hero_snap_core::verify(args.open(Extent::Whole)?, &keys, &bar, &cancel)?;
-            bar.done();
+            let bar = Reporter { bar: Bar::new(json), out };
+            let report = hero_snap_core::verify(args.open(Extent::Whole)?, &keys, &bar, cancel)?;
+            bar.bar.done();
             if json {
-                print_json("verify", &report);
+                out.result(&report);
             } else {
                 println!("ok: {} files, {} entries, {} bytes match the index", report.files, report.entries, report.bytes);
             }
+            report_outcomes(&report.outcomes, json, false)?;
         }
         Cmd::Preflight(args) => {
             let keys = args.archive.keys.decryption()?;
@@ -400,7 +618,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let manifest = hero_snap_core::inspect(args.archive.open(Extent::Head)?, &keys)?;
             let plan = hero_snap_core::preflight(&manifest, &inv, &args.selection())?;
             if json {
-                print_json("preflight", &plan);
+                out.result(&plan);
             } else {
                 print_plan(&plan);
             }
@@ -409,11 +627,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             let keys = args.archive.keys.decryption()?;
             let inv = args.instance.load()?;
             let opts = RestoreOptions { selection: args.selection(), keep_old: args.keep_old, state_dir: args.instance.state_dir.clone() };
-            let bar = Bar::new(json);
-            let report = hero_snap_core::restore(args.archive.open(Extent::Whole)?, &keys, &inv, &opts, &bar, &cancel)?;
-            bar.done();
+            let bar = Reporter { bar: Bar::new(json), out };
+            let report = hero_snap_core::restore(args.archive.open(Extent::Whole)?, &keys, &inv, &opts, &bar, cancel)?;
+            bar.bar.done();
             if json {
-                print_json("restore", &report);
+                out.result(&report);
             } else {
                 print_plan(&report.plan);
                 println!("restored {} files, {} bytes", report.files, report.bytes);
@@ -427,6 +645,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     eprintln!("warning: {w}");
                 }
             }
+            report_outcomes(&report.outcomes, json, false)?;
         }
         Cmd::Gc(args) => {
             let dir = match &args.state_dir {
@@ -435,7 +654,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             let done = hero_snap_core::gc(&dir)?;
             if json {
-                print_json("gc", &done);
+                out.result(&done);
             } else if done.is_empty() {
                 println!("nothing to clean up in {}", dir.display());
             } else {
@@ -444,8 +663,76 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
         }
+        Cmd::List(args) => {
+            let keys = args.keys.decryption()?;
+            let listed = catalog::list(&args.dir, &keys)?;
+            out.result(&listed);
+            if !json {
+                print_listing(&listed);
+            }
+        }
+        Cmd::Prune(args) => {
+            let keys = args.keys.decryption()?;
+            let min_free = match args.min_free.as_deref() {
+                None => None,
+                Some("auto") => Some(MinFree::NextBackup),
+                Some(s) => Some(MinFree::Bytes(catalog::parse_size(s).map_err(|e| Error::Usage(format!("--min-free: {e}")))?)),
+            };
+            let opts = PruneOptions { keep_last: args.keep_last, keep_daily: args.keep_daily, dry_run: args.dry_run, min_free };
+            let report = catalog::prune(&args.dir, &keys, &opts)?;
+            out.result(&report);
+            if !json {
+                let verb = if report.dry_run { "would delete" } else { "deleted" };
+                for k in &report.kept {
+                    println!("keep    {}  {}  ({})", k.created, k.path.display(), k.reasons.join(", "));
+                }
+                for d in &report.deleted {
+                    println!("{verb:<7} {}", d.display());
+                }
+                for i in &report.ignored {
+                    println!("ignored {}: {}", i.path.display(), i.problem.as_deref().unwrap_or("not an archive"));
+                }
+                println!("{verb} {} archives, {} bytes", report.deleted.len(), report.freed_bytes);
+            }
+            if let Some(sp) = report.space.as_ref().filter(|s| !s.ok) {
+                return Err(Error::NoSpace(format!(
+                    "{}: {} bytes free after pruning, {} required; free space or keep fewer archives before the next backup",
+                    sp.path.display(), sp.available, sp.required
+                )));
+            }
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hero-snap", &mut io::stdout());
+        }
+        Cmd::Man { dir } => {
+            let res = match &dir {
+                Some(d) => clap_mangen::generate_to(Cli::command(), d).map(|_| ()),
+                None => clap_mangen::Man::new(Cli::command()).render(&mut io::stdout()),
+            };
+            let path = dir.unwrap_or_else(|| "-".into());
+            res.map_err(|e| Error::Io { path, action: "writing the man page", source: e })?;
+        }
     }
     Ok(())
+}
+
+fn print_listing(listed: &[catalog::Listed]) {
+    println!("{:<20} {:<14} {:>10} {:<9} {:<32} {:<24} file", "created", "instance", "size", "encrypted", "services", "contexts");
+    for l in listed {
+        let enc = match l.encrypted {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
+        match &l.summary {
+            Some(s) => println!(
+                "{:<20} {:<14} {:>10} {:<9} {:<32} {:<24} {}",
+                s.created.get(..19).unwrap_or(&s.created), s.instance, l.size, enc, s.services.join(","),
+                if s.contexts.is_empty() { "-".to_string() } else { s.contexts.join(",") }, l.path.display()
+            ),
+            None => println!("{:<20} {:<14} {:>10} {:<9} {}: {}", "-", "-", l.size, enc, l.path.display(), l.problem.as_deref().unwrap_or("unreadable")),
+        }
+    }
 }
 
 fn print_plan(plan: &hero_snap_core::RestorePlan) {
@@ -498,6 +785,7 @@ impl Progress for Bar {
             Event::Phase { phase } => pb.set_message(phase.clone()),
             Event::Surface { service, surface, .. } => pb.set_message(format!("{service}.{surface}")),
             Event::Warning { warning } => pb.println(format!("warning [{}]: {}", warning.code, warning.message)),
+            Event::Outcome(_) => {}
         }
     }
 }

@@ -103,7 +103,7 @@ fn whole_instance_restore_replaces_only_with_replace() {
     assert_eq!(out.status.code(), Some(13));
     assert_eq!(tree_hash(&t.path("var/lib/hero")), before);
     let out = ok_strings(&restore_args(&t, &archive, &key, &["--replace", "--keep-old", "--json"]));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = json_result(&out);
     assert_eq!(r["result"]["rebuild_pending"], serde_json::json!(["hero_indexer.index"]));
     assert_same_tree(&a.path("var/lib/hero/hero_db/data"), &t.path("var/lib/hero/hero_db/data"));
     let kept = r["result"]["kept_old"].as_array().unwrap();

@@ -15,12 +15,15 @@ use crate::inventory::{Class, Inventory, Scope, Surface};
 use crate::manifest::{
     surface_member_root, LeftOut, Manifest, ManifestService, ManifestSurface, SelectionRecord, Warning, ARCHIVE_FORMAT,
 };
+use crate::outcome::{Outcome, Status};
 use crate::progress::{Cancel, Event, Progress};
 
 /// Which part of an instance a run covers. Empty lists mean "all".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
+    /// Only these services.
     pub services: Vec<String>,
+    /// Only these contexts; instance-scoped surfaces are then left out.
     pub contexts: Vec<String>,
     /// Archive derived surfaces too (left out by default: they are rebuildable).
     pub include_derived: bool,
@@ -35,8 +38,11 @@ impl Selection {
 /// Options of [`backup`].
 #[derive(Debug)]
 pub struct BackupOptions {
+    /// What to archive.
     pub selection: Selection,
+    /// How the archive is encrypted.
     pub encryption: Encryption,
+    /// zstd settings.
     pub compression: Compression,
     /// Accept reading surfaces in place when they have neither a snapshot-capable
     /// filesystem nor quiesce hooks (the manifest then says `consistency: live`).
@@ -64,9 +70,20 @@ impl BackupOptions {
 /// What a backup archived, per service and surface.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupReport {
+    /// The manifest as written, plus the warnings found while archiving.
     pub manifest: Manifest,
     /// Bytes of the archive written (after compression and encryption).
     pub archive_bytes: u64,
+    /// One result per selected surface (and context): archived, skipped and why, or
+    /// failed and why. The archive holds every `ok` surface even when another failed.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl BackupReport {
+    /// Whether some selected surface could not be archived (see [`BackupReport::outcomes`]).
+    pub fn failed(&self) -> bool {
+        self.outcomes.iter().any(|o| o.status == Status::Failed)
+    }
 }
 
 /// One surface copy to archive.
@@ -79,9 +96,12 @@ pub(crate) struct Job {
     pub path: PathBuf,
 }
 
-/// Resolves a selection against the inventory: the jobs, and the manifest skeleton
-/// (services with what is in, what is left out and why).
-pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<ManifestService>, Vec<Warning>)> {
+/// What a selection resolves to.
+pub(crate) type Selected = (Vec<Job>, Vec<ManifestService>, Vec<Warning>, Vec<Outcome>);
+
+/// Resolves a selection against the inventory: the jobs, the manifest skeleton (services
+/// with what is in, what is left out and why), and the outcomes of what is left out.
+pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
     for s in &sel.services {
         if inv.service(s).is_none() {
             return Err(Error::Usage(format!(
@@ -103,6 +123,7 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<
     let mut jobs = Vec::new();
     let mut services = Vec::new();
     let mut warnings = Vec::new();
+    let mut outcomes = Vec::new();
     for svc in &inv.services {
         if !sel.services.is_empty() && !sel.services.contains(&svc.name) {
             continue;
@@ -121,20 +142,24 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<
         let mut svc_contexts = BTreeSet::new();
         for surface in &svc.surfaces {
             let leave = |reason: String| LeftOut { surface: surface.name.clone(), class: surface.class, reason };
+            let mut skip = |reason: &str, status: Status| {
+                outcomes.push(Outcome::new(&svc.name, Some(&surface.name), None, status, Some(reason.to_string())));
+                ms.left_out.push(leave(reason.to_string()));
+            };
             match surface.class {
                 Class::Transient => {
-                    ms.left_out.push(leave("transient: never archived".into()));
+                    skip("transient: never archived", Status::Skipped);
                     continue;
                 }
                 Class::Derived if !sel.include_derived => {
-                    ms.left_out.push(leave("derived: rebuildable from sources; pass --include-derived to archive it".into()));
+                    skip("derived: rebuildable from sources; pass --include-derived to archive it", Status::Skipped);
                     continue;
                 }
                 _ => {}
             }
             let contexts: Vec<Option<String>> = match surface.scope {
                 Scope::Instance if !sel.contexts.is_empty() => {
-                    ms.left_out.push(leave("instance-scoped: not part of a per-context backup".into()));
+                    skip("instance-scoped: not part of a per-context backup", Status::Skipped);
                     continue;
                 }
                 Scope::Instance => {
@@ -144,7 +169,9 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<
                             message: format!("{}.{}: {} does not exist; nothing archived for it", svc.name, surface.name, surface.path.display()),
                         };
                         warnings.push(w);
-                        ms.left_out.push(leave(format!("{} does not exist on the source", surface.path.display())));
+                        // Declared state that is not there is a failure, not a footnote:
+                        // the run exits non-zero and says which surface is missing.
+                        skip(&format!("{} does not exist on the source", surface.path.display()), Status::Failed);
                         continue;
                     }
                     vec![None]
@@ -163,6 +190,8 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<
                 jobs.push(Job { service: svc.name.clone(), surface: surface.name.clone(), path: surface.path_for(ctx.as_deref()), context: ctx });
             }
             if surface.scope == Scope::Context && msurf.contexts.is_empty() {
+                outcomes.push(Outcome::new(&svc.name, Some(&surface.name), None, Status::Skipped,
+                    Some("no context of the selection has this surface on disk".into())));
                 ms.left_out.push(leave("no context of the selection has this surface on disk".into()));
                 continue;
             }
@@ -177,7 +206,7 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<(Vec<Job>, Vec<
     if jobs.is_empty() {
         return Err(Error::Usage("the selection covers no surface with data on disk; nothing to back up".into()));
     }
-    Ok((jobs, services, warnings))
+    Ok((jobs, services, warnings, outcomes))
 }
 
 /// The manifest records the inventory's layout, not where --root placed it on this machine.
@@ -190,9 +219,18 @@ fn manifest_surface(s: &Surface, root: Option<&Path>) -> ManifestSurface {
 }
 
 /// Writes an archive of the selected surfaces to `out` and returns it with the report.
+///
+/// On any error, and on cancellation, everything is undone before it returns: services
+/// thawed, post hooks run, snapshots removed. What was already written to `out` is not
+/// a valid archive; [`backup_to_file`] removes it for files.
 pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
-    let (mut jobs, mut services, mut warnings) = select(inv, &opts.selection)?;
+    run_backup(inv, opts, out, progress, cancel).map_err(|e| cancel.explain(e))
+}
+
+fn run_backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
+    let (mut jobs, mut services, mut warnings, mut outcomes) = select(inv, &opts.selection)?;
     let placement = crate::plan::place(inv, &mut jobs, opts.allow_live)?;
+    cancel.check()?;
     let state = opts.state_dir.clone().or_else(|| inv.state_dir.clone()).unwrap_or_else(|| PathBuf::from(crate::DEFAULT_STATE_DIR));
     let run = run_id();
     let frozen = crate::freeze::freeze(inv, &jobs, &placement, &crate::freeze::FreezeOptions { state: &state, run: &run, deadline: opts.freeze_deadline }, progress)?;
@@ -201,6 +239,7 @@ pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress:
         progress.event(&Event::Warning { warning: w.clone() });
     }
     let views: Vec<PathBuf> = jobs.iter().map(|j| frozen.view(&j.path)).collect();
+    cancel.check()?;
 
     progress.event(&Event::Phase { phase: "scan".into() });
     let (mut files, mut bytes) = (0, 0);
@@ -240,6 +279,7 @@ pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress:
         progress.event(&Event::Surface { service: job.service.clone(), surface: job.surface.clone(), context: job.context.clone() });
         let member = surface_member_root(&job.service, &job.surface, job.context.as_deref());
         writer.write_tree(view, &member, progress, cancel)?;
+        outcomes.push(Outcome::new(&job.service, Some(&job.surface), job.context.as_deref(), Status::Ok, None));
     }
     // A snapshot that went bad while it was read (LVM overflow) fails the run before the
     // archive is finished, so no archive of it is ever published.
@@ -251,7 +291,11 @@ pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress:
     // Warnings found while archiving cannot go back into the manifest (it is already
     // written); they are in the report and the event stream.
     manifest.warnings.extend(late_warnings);
-    Ok((BackupReport { manifest, archive_bytes: counted.count }, counted.inner))
+    crate::outcome::sort(&mut outcomes);
+    for o in &outcomes {
+        progress.event(&Event::Outcome(o.clone()));
+    }
+    Ok((BackupReport { manifest, archive_bytes: counted.count, outcomes }, counted.inner))
 }
 
 /// Writes the archive to `path` under a temporary name, fsyncs it and renames it into

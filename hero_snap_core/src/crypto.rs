@@ -17,7 +17,12 @@ pub enum Encryption {
     /// X25519 (`age1...`) and SSH (`ssh-ed25519`, `ssh-rsa`) recipients.
     Recipients(Vec<Box<dyn age::Recipient + Send>>),
     /// A passphrase (scrypt); `work_factor` is log2(N), `None` for age's default (~1 s).
-    Passphrase { passphrase: SecretString, work_factor: Option<u8> },
+    Passphrase {
+        /// The passphrase.
+        passphrase: SecretString,
+        /// scrypt's log2(N); `None` for age's default.
+        work_factor: Option<u8>,
+    },
 }
 
 impl std::fmt::Debug for Encryption {
@@ -160,8 +165,14 @@ impl Decryption {
         Ok(())
     }
 
+    /// Uses this passphrase.
     pub fn set_passphrase(&mut self, passphrase: SecretString) {
         self.passphrase = Some(passphrase);
+    }
+
+    /// Whether an identity or a passphrase was given.
+    pub(crate) fn has_keys(&self) -> bool {
+        !self.identities.is_empty() || self.passphrase.is_some()
     }
 
     fn describe(&self) -> String {
@@ -195,6 +206,12 @@ fn sniff(buf: &[u8]) -> Option<Kind> {
     } else {
         None
     }
+}
+
+/// Whether the first bytes of a file are an age-encrypted stream (`Some(true)`), a
+/// plaintext zstd stream (`Some(false)`), or neither (`None`).
+pub(crate) fn encrypted_head(head: &[u8]) -> Option<bool> {
+    sniff(head).map(|k| !matches!(k, Kind::Zstd))
 }
 
 /// Opens the decrypted, decompressed tar stream of an archive.

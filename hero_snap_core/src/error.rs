@@ -11,11 +11,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The inventory file is malformed or breaks a validation rule.
     #[error("{file}:{line}: {field}: {message}")]
-    Inventory { file: PathBuf, line: u64, field: String, message: String },
+    Inventory {
+        /// The inventory file.
+        file: PathBuf,
+        /// The line (1-based).
+        line: u64,
+        /// The field, as a path (`services.hero_db.surfaces[0].path`).
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
 
     /// An I/O operation failed on a named path.
     #[error("{path}: {action}: {source}")]
-    Io { path: PathBuf, action: &'static str, #[source] source: std::io::Error },
+    Io {
+        /// The path the operation was on.
+        path: PathBuf,
+        /// What hero-snap was doing (`reading`, `writing the archive`, ...).
+        action: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
 
     /// The archive stream is damaged, truncated, or its contents do not match the index.
     #[error("archive is corrupt: {0}")]
@@ -49,6 +66,16 @@ pub enum Error {
     /// A hook or external command failed.
     #[error("{0}")]
     Command(String),
+
+    /// The run finished, but some service or surface it was asked for failed; the
+    /// report's outcomes name them. The library returns reports; the CLI turns failed
+    /// outcomes into this error for its exit code.
+    #[error("{0}")]
+    Incomplete(String),
+
+    /// A free-space guard found less room than required (`prune --min-free`).
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 impl Error {
@@ -57,6 +84,14 @@ impl Error {
         move |source| Error::Io { path, action, source }
     }
 
+    /// The exit code and the kind of this error: see [`Error::exit_code`] and [`Error::kind`].
+    ///
+    /// ```
+    /// use hero_snap_core::Error;
+    /// assert_eq!(Error::Cancelled.exit_code(), 130);
+    /// assert_eq!(Error::Cancelled.kind(), "cancelled");
+    /// ```
+    ///
     /// The process exit code the CLI uses for this error (documented in docs/CLI.md).
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -68,6 +103,8 @@ impl Error {
             Error::Crypto(_) => 6,
             Error::Refused(_) => 7,
             Error::Storage(_) => 8,
+            Error::Incomplete(_) => 9,
+            Error::NoSpace(_) => 17,
             Error::Cancelled => 130,
         }
     }
@@ -85,6 +122,8 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::Command(_) => "command",
             Error::Storage(_) => "storage",
+            Error::Incomplete(_) => "incomplete",
+            Error::NoSpace(_) => "no-space",
         }
     }
 }

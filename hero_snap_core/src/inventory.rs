@@ -24,7 +24,9 @@ pub const CONTEXT_PLACEHOLDER: &str = "{context}";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// One copy for the whole instance.
     Instance,
+    /// One copy per context; the path has a `{context}` component.
     Context,
 }
 
@@ -41,6 +43,7 @@ pub enum Class {
 }
 
 impl Scope {
+    /// The name used in the inventory file and in output.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Instance => "instance",
@@ -50,6 +53,7 @@ impl Scope {
 }
 
 impl Class {
+    /// The name used in the inventory file and in output.
     pub fn as_str(self) -> &'static str {
         match self {
             Class::Source => "source",
@@ -64,15 +68,20 @@ impl Class {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotBackend {
+    /// A read-only btrfs snapshot of the subvolume.
     Btrfs,
+    /// A ZFS snapshot of the dataset.
     Zfs,
+    /// An LVM snapshot of the logical volume.
     Lvm,
+    /// A reflink copy (XFS, btrfs without a subvolume) while the services are frozen.
     Reflink,
     /// No snapshot: read in place (needs quiesce hooks, or --allow-live).
     None,
 }
 
 impl SnapshotBackend {
+    /// The name used in the inventory file and in output.
     pub fn as_str(self) -> &'static str {
         match self {
             SnapshotBackend::Btrfs => "btrfs",
@@ -101,6 +110,7 @@ fn default_timeout() -> u64 {
 }
 
 impl Command {
+    /// `timeout_secs` as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
     }
@@ -128,6 +138,7 @@ pub struct Quiesce {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post: Option<Command>,
     #[serde(default)]
+    /// What a failing `pre` hook does to the run.
     pub on_error: OnError,
     /// cgroup (v2 path relative to the cgroup2 mount, or v1 freezer path) whose processes are frozen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,7 +170,9 @@ pub struct Hooks {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Migration {
+    /// The schema this migration upgrades from (to `from + 1`).
     pub from: u32,
+    /// The command that migrates the restored data.
     pub run: Command,
 }
 
@@ -176,10 +189,13 @@ pub enum SecretStore {
 /// One place where a service persists state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Surface {
+    /// The name, unique within its service (surfaces) or the inventory (services).
     pub name: String,
     /// Absolute path; for `scope: context` it contains one `{context}` component.
     pub path: PathBuf,
+    /// One copy per instance or per context.
     pub scope: Scope,
+    /// Source, derived or transient.
     pub class: Class,
     /// Forced snapshot backend (`None`: detected).
     pub snapshot: Option<SnapshotBackend>,
@@ -222,19 +238,26 @@ impl Surface {
 /// One service of the instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
+    /// The name, unique within its service (surfaces) or the inventory (services).
     pub name: String,
+    /// The service's version, as the inventory states it.
     pub version: String,
     /// The service's state schema version.
     pub schema: u32,
     /// Names of secrets the service needs; values are never read or archived.
     pub secrets: Vec<String>,
+    /// Where the service keeps state.
     pub surfaces: Vec<Surface>,
+    /// Schema migrations the service declares for restores of older data.
     pub migrations: Vec<Migration>,
+    /// How the service is made consistent for a backup.
     pub quiesce: Quiesce,
+    /// Commands run around a restore.
     pub hooks: Hooks,
 }
 
 impl Service {
+    /// The surface of this name.
     pub fn surface(&self, name: &str) -> Option<&Surface> {
         self.surfaces.iter().find(|s| s.name == name)
     }
@@ -245,14 +268,17 @@ impl Service {
 pub struct Inventory {
     /// The file it was read from (for messages).
     pub source: PathBuf,
+    /// The instance's name.
     pub instance: String,
     /// Contexts listed explicitly; `None` means "found on disk".
     pub contexts: Option<Vec<String>>,
+    /// Where the instance's secrets are listed (names only).
     pub secret_store: Option<SecretStore>,
     /// Where hero-snap keeps journals and locks; must not be on a frozen volume.
     pub state_dir: Option<PathBuf>,
     /// Set by [`Inventory::rerooted`]: the directory every path was placed under.
     pub root: Option<PathBuf>,
+    /// The services, in inventory order.
     pub services: Vec<Service>,
 }
 
@@ -519,6 +545,7 @@ impl Inventory {
         })
     }
 
+    /// The service of this name.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
@@ -621,16 +648,23 @@ mod tests {
 /// One row of the state-surface table (`hero-snap inventory`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SurfaceRow {
+    /// The service.
     pub service: String,
+    /// The surface.
     pub surface: String,
+    /// The surface's path (with `{context}` for per-context surfaces).
     pub path: String,
+    /// One copy per instance or per context.
     pub scope: Scope,
+    /// Source, derived or transient.
     pub class: Class,
     /// Contexts that have this surface on disk (per-context surfaces).
     pub contexts: Vec<String>,
     /// Whether anything of it exists on disk.
     pub present: bool,
+    /// Regular files on disk.
     pub files: u64,
+    /// Bytes of those files.
     pub bytes: u64,
 }
 

@@ -5,8 +5,8 @@
 //! per service or per context, after a pre-flight that refuses what would not work.
 //!
 //! The data's way, one module each: [`inventory`] (what state exists, where) →
-//! [`backup`] (select, archive) → [`archive`] (the format: write, read, verify) →
-//! [`preflight`] (may this archive be restored here?) → [`restore`] (stage, verify, swap).
+//! [`mod@backup`] (select, archive) → [`archive`] (the format: write, read, verify) →
+//! [`mod@preflight`] (may this archive be restored here?) → [`mod@restore`] (stage, verify, swap).
 //!
 //! ```no_run
 //! use hero_snap_core::{backup_to_file, inventory::Inventory, BackupOptions, Selection, Encryption,
@@ -20,9 +20,42 @@
 //! println!("{} files, {} bytes", report.manifest.files, report.manifest.bytes);
 //! # Ok(()) }
 //! ```
+//!
+//! Restoring one context of that archive under a new name, with a progress callback and
+//! a cancellation token another thread (or a signal handler) may trigger:
+//!
+//! ```no_run
+//! use hero_snap_core::{restore, inventory::Inventory, Decryption, Event, RestoreOptions,
+//!     RestoreSelection, Cancel, Status};
+//! # fn main() -> hero_snap_core::Result<()> {
+//! let target = Inventory::load("/etc/hero/inventory.yaml".as_ref())?;
+//! let mut keys = Decryption::default();
+//! keys.add_identity_file("/root/hero-snap.key".as_ref())?;
+//! let opts = RestoreOptions {
+//!     selection: RestoreSelection { contexts: vec!["geomind".into()], rename_to: Some("geomind2".into()), ..Default::default() },
+//!     ..Default::default()
+//! };
+//! let cancel = Cancel::new();
+//! let progress = |e: &Event| if let Event::Phase { phase } = e { eprintln!("{phase}") };
+//! let file = std::fs::File::open("/backups/geomind.hsnap").map_err(|e| hero_snap_core::Error::Io {
+//!     path: "/backups/geomind.hsnap".into(), action: "opening", source: e })?;
+//! let report = restore(file, &keys, &target, &opts, &progress, &cancel)?;
+//! for o in report.outcomes.iter().filter(|o| o.status != Status::Ok) {
+//!     println!("{}: {} ({})", o.label(), o.status.as_str(), o.reason.as_deref().unwrap_or(""));
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Every entry point returns [`Error`], whose [`Error::exit_code`] and [`Error::kind`] are
+//! the CLI's exit codes and `--json` error kinds (docs/CLI.md). A complete program that
+//! backs up and restores one context is `examples/context_roundtrip.rs`.
+
+#![warn(missing_docs)]
+#![deny(rustdoc::broken_intra_doc_links)]
 
 pub mod archive;
 pub mod backup;
+pub mod catalog;
 mod crypto;
 mod error;
 mod freeze;
@@ -30,6 +63,7 @@ mod hooks;
 mod journal;
 pub mod inventory;
 pub mod manifest;
+pub mod outcome;
 pub mod plan;
 pub mod preflight;
 mod progress;
@@ -42,6 +76,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/hero-snap";
 /// What `gc` completed: one entry per dead run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Recovered {
+    /// The dead run.
     pub run_id: String,
     /// `backup-cleaned`, `rolled-back` or `completed`.
     pub action: String,
@@ -59,7 +94,7 @@ pub fn gc(state_dir: &std::path::Path) -> Result<Vec<Recovered>> {
 
 /// The plan a backup of `selection` would follow: volumes, backends, consistency.
 pub fn plan(inv: &inventory::Inventory, selection: &Selection, allow_live: bool) -> Result<plan::Plan> {
-    let (mut jobs, _, _) = backup::select(inv, selection)?;
+    let (mut jobs, _, _, _) = backup::select(inv, selection)?;
     Ok(plan::place(inv, &mut jobs, allow_live)?.plan)
 }
 
@@ -68,6 +103,7 @@ pub use backup::{backup, backup_to_file, BackupOptions, BackupReport, Selection}
 pub use crypto::{Decryption, Encryption};
 pub use error::{Error, Result};
 pub use preflight::{preflight, Refusal, RestorePlan, RestoreSelection};
+pub use outcome::{Outcome, Status};
 pub use progress::{Cancel, Event, NoProgress, Progress};
 pub use restore::{restore, RestoreOptions, RestoreReport};
 

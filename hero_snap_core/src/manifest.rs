@@ -35,48 +35,64 @@ pub enum Consistency {
 pub struct Warning {
     /// Stable machine-readable code, e.g. `skipped-special-file`.
     pub code: String,
+    /// What happened, for people.
     pub message: String,
 }
 
 /// One archived (or deliberately left out) surface of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestSurface {
+    /// The name (of the surface or service).
     pub name: String,
+    /// One copy per instance or per context.
     pub scope: Scope,
+    /// Source, derived or transient.
     pub class: Class,
     /// The path layout on the source instance (`{context}` kept for per-context surfaces).
     pub path: String,
     /// Contexts whose copy of this surface is in the archive (per-context surfaces).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contexts: Vec<String>,
+    /// Regular files archived.
     pub files: u64,
+    /// Bytes of file data archived.
     pub bytes: u64,
 }
 
 /// A surface not in the archive, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeftOut {
+    /// The surface.
     pub surface: String,
+    /// Source, derived or transient.
     pub class: Class,
+    /// Why it is not in the archive.
     pub reason: String,
 }
 
 /// One service as archived.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestService {
+    /// The name (of the surface or service).
     pub name: String,
+    /// The service's version on the source.
     pub version: String,
+    /// The service's state schema on the source.
     pub schema: u32,
     /// Contexts of this service in the archive.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contexts: Vec<String>,
+    /// The archived surfaces.
     pub surfaces: Vec<ManifestSurface>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Surfaces not archived, and why.
     pub left_out: Vec<LeftOut>,
     /// Names of the secrets the service needs on the target; never their values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Regular files archived.
     pub files: u64,
+    /// Bytes of file data archived.
     pub bytes: u64,
 }
 
@@ -84,24 +100,33 @@ pub struct ManifestService {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// The archive format (see [`ARCHIVE_FORMAT`]).
     pub format: u32,
+    /// Always `hero-snap`.
     pub tool: String,
+    /// The version of hero-snap that wrote the archive.
     pub tool_version: String,
     /// RFC 3339, UTC.
     pub created: String,
+    /// The instance's name.
     pub instance: String,
     /// Identifies the run (also in snapshot names and journals).
     pub run_id: String,
+    /// How consistent the archived state is.
     pub consistency: Consistency,
     /// Milliseconds the services were frozen (absent when nothing was frozen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_window_ms: Option<u64>,
     /// What was asked for: the whole instance, or a selection.
     pub selection: SelectionRecord,
+    /// The archived services.
     pub services: Vec<ManifestService>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Fallbacks, downgrades and skipped items of the run.
     pub warnings: Vec<Warning>,
+    /// Regular files archived.
     pub files: u64,
+    /// Bytes of file data archived.
     pub bytes: u64,
 }
 
@@ -109,14 +134,18 @@ pub struct Manifest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SelectionRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Services asked for (empty: all).
     pub services: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Contexts asked for (empty: all).
     pub contexts: Vec<String>,
     #[serde(default)]
+    /// Whether derived surfaces were asked for.
     pub include_derived: bool,
 }
 
 impl Manifest {
+    /// The manifest as written into the archive.
     pub fn to_yaml(&self) -> Result<String> {
         serde_saphyr::to_string(self).map_err(|e| Error::Corrupt(format!("cannot serialise the manifest: {e}")))
     }
@@ -140,6 +169,7 @@ impl Manifest {
         serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))
     }
 
+    /// The archived service of this name.
     pub fn service(&self, name: &str) -> Option<&ManifestService> {
         self.services.iter().find(|s| s.name == name)
     }
@@ -148,7 +178,7 @@ impl Manifest {
 /// One regular file's entry in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IndexEntry {
+pub(crate) struct IndexEntry {
     pub path: String,
     pub size: u64,
     pub blake3: String,
@@ -157,7 +187,8 @@ pub struct IndexEntry {
 /// The last member of every archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Index {
+pub(crate) struct Index {
+    /// The archive format (see [`ARCHIVE_FORMAT`]).
     pub format: u32,
     /// BLAKE3 of the manifest member's bytes.
     pub manifest_blake3: String,
@@ -165,19 +196,20 @@ pub struct Index {
     pub files: u64,
     /// All data members: files, directories, symlinks, hardlinks.
     pub entries: u64,
+    /// Bytes of file data archived.
     pub bytes: u64,
     /// Every regular file, in archive order.
     pub index: Vec<IndexEntry>,
 }
 
 impl Index {
-    pub fn from_yaml(text: &str) -> Result<Index> {
+    pub(crate) fn from_yaml(text: &str) -> Result<Index> {
         serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{INDEX_PATH}: {}", first_line(&e.to_string()))))
     }
 
     /// Writes the index as YAML with one line per file, so that it can be produced from a
     /// spill file without holding every entry in memory.
-    pub fn write_head(out: &mut impl std::io::Write, manifest_blake3: &str, files: u64, entries: u64, bytes: u64) -> std::io::Result<()> {
+    pub(crate) fn write_head(out: &mut impl std::io::Write, manifest_blake3: &str, files: u64, entries: u64, bytes: u64) -> std::io::Result<()> {
         writeln!(out, "format: {ARCHIVE_FORMAT}")?;
         writeln!(out, "manifest_blake3: \"{manifest_blake3}\"")?;
         writeln!(out, "files: {files}")?;
@@ -191,11 +223,12 @@ impl Index {
     }
 
     /// One index line: a flow mapping with the path as a YAML double-quoted scalar.
-    pub fn write_entry(out: &mut impl std::io::Write, path: &str, size: u64, hash: &blake3::Hash) -> std::io::Result<()> {
+    pub(crate) fn write_entry(out: &mut impl std::io::Write, path: &str, size: u64, hash: &blake3::Hash) -> std::io::Result<()> {
         writeln!(out, "- {{path: {}, size: {size}, blake3: \"{}\"}}", yaml_quote(path), hash.to_hex())
     }
 
-    pub fn to_yaml(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn to_yaml(&self) -> String {
         let mut out = Vec::new();
         Index::write_head(&mut out, &self.manifest_blake3, self.files, self.entries, self.bytes).expect("writing to a Vec");
         for e in &self.index {
@@ -229,7 +262,7 @@ fn first_line(s: &str) -> String {
 }
 
 /// Archive member path of a surface's root.
-pub fn surface_member_root(service: &str, surface: &str, context: Option<&str>) -> String {
+pub(crate) fn surface_member_root(service: &str, surface: &str, context: Option<&str>) -> String {
     match context {
         None => format!("{SERVICES_DIR}/{service}/instance/{surface}"),
         Some(ctx) => format!("{SERVICES_DIR}/{service}/contexts/{ctx}/{surface}"),
@@ -238,15 +271,16 @@ pub fn surface_member_root(service: &str, surface: &str, context: Option<&str>) 
 
 /// Which surface a data member belongs to, and its path inside that surface.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MemberKey {
+pub(crate) struct MemberKey {
     pub service: String,
+    /// The surface.
     pub surface: String,
     pub context: Option<String>,
 }
 
 /// Splits a data member path into its surface and the relative path inside it ("" for the
 /// surface root). Anything outside the documented layout is `None`.
-pub fn split_member(path: &str) -> Option<(MemberKey, &str)> {
+pub(crate) fn split_member(path: &str) -> Option<(MemberKey, &str)> {
     let rest = path.strip_prefix(SERVICES_DIR)?.strip_prefix('/')?;
     let (service, rest) = rest.split_once('/')?;
     let (kind, rest) = rest.split_once('/')?;

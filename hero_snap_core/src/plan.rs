@@ -14,13 +14,17 @@ use crate::manifest::Consistency;
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mount {
+    /// The mount id.
     pub id: u32,
     /// "major:minor"
     pub device: String,
     /// Path inside the filesystem that is mounted here (btrfs: the subvolume).
     pub root: PathBuf,
+    /// Where it is mounted.
     pub mount_point: PathBuf,
+    /// The filesystem type.
     pub fstype: String,
+    /// The mount source (device, dataset).
     pub source: String,
 }
 
@@ -79,11 +83,13 @@ pub fn mount_of<'m>(mounts: &'m [Mount], path: &Path) -> Option<&'m Mount> {
 pub struct Volume {
     /// Stable key within the plan, e.g. `btrfs:/srv/hero@/var/lib/hero`.
     pub id: String,
+    /// How the volume is snapshotted.
     pub backend: SnapshotBackend,
+    /// The mount the volume is on.
     pub mount: Mount,
     /// btrfs: the subvolume root directory; ZFS: the dataset name; LVM: vg/lv.
     pub unit: String,
-    /// Surfaces (service.surface[context]) read from this volume.
+    /// Surfaces (`service.surface[context]`) read from this volume.
     pub surfaces: Vec<String>,
     /// Services with data on this volume.
     pub services: Vec<String>,
@@ -92,7 +98,9 @@ pub struct Volume {
 /// The plan of a backup run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The snapshot units, one per volume.
     pub volumes: Vec<Volume>,
+    /// The consistency the run reaches.
     pub consistency: Consistency,
     /// Why the consistency is what it is, and every fallback.
     pub notes: Vec<String>,

@@ -28,16 +28,78 @@ pub struct RestoreSelection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Refusal {
-    FormatTooNew { archive: u32, supported: u32 },
-    UnknownService { service: String },
-    UnknownSurface { service: String, surface: String },
-    SchemaNewer { service: String, archive: u32, target: u32 },
-    NoMigration { service: String, archive: u32, target: u32 },
-    Collision { service: String, surface: String, context: Option<String>, path: PathBuf },
-    MissingSecrets { names: Vec<String> },
-    SecretStore { message: String },
-    NoSpace { path: PathBuf, needed: u64, available: u64 },
-    Selection { message: String },
+    /// The archive's format is newer than this build reads.
+    FormatTooNew {
+        /// The archive's format.
+        archive: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
+    /// A service of the archive does not exist on the target.
+    UnknownService {
+        /// The service.
+        service: String,
+    },
+    /// A surface of the archive does not exist in the target's service.
+    UnknownSurface {
+        /// The service.
+        service: String,
+        /// The surface.
+        surface: String,
+    },
+    /// The archive's schema is newer than the target's (a downgrade).
+    SchemaNewer {
+        /// The service.
+        service: String,
+        /// The archive's schema.
+        archive: u32,
+        /// The target's schema.
+        target: u32,
+    },
+    /// The archive's schema is older and the target declares no migration for a step.
+    NoMigration {
+        /// The service.
+        service: String,
+        /// The archive's schema.
+        archive: u32,
+        /// The target's schema.
+        target: u32,
+    },
+    /// The target already holds data there (and `replace` is off).
+    Collision {
+        /// The service.
+        service: String,
+        /// The surface.
+        surface: String,
+        /// The context on the target, for per-context surfaces.
+        context: Option<String>,
+        /// The existing target path.
+        path: PathBuf,
+    },
+    /// The target's secret store lacks secrets the services need.
+    MissingSecrets {
+        /// The missing names.
+        names: Vec<String>,
+    },
+    /// The target's secret store could not be read.
+    SecretStore {
+        /// Why.
+        message: String,
+    },
+    /// A target filesystem has too little free space.
+    NoSpace {
+        /// A path on that filesystem.
+        path: PathBuf,
+        /// Bytes needed, with margin.
+        needed: u64,
+        /// Bytes available.
+        available: u64,
+    },
+    /// The selection does not fit the archive.
+    Selection {
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl Refusal {
@@ -78,15 +140,19 @@ impl std::fmt::Display for Refusal {
 /// One surface copy the restore writes.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetSurface {
+    /// The service.
     pub service: String,
+    /// The surface.
     pub surface: String,
     /// Context in the archive.
     pub context: Option<String>,
     /// Context on the target (differs with --as).
     pub target_context: Option<String>,
+    /// Where it is restored on the target.
     pub path: PathBuf,
     /// The target path exists already (and will be replaced).
     pub exists: bool,
+    /// Bytes of file data the archive holds for it.
     pub bytes: u64,
 }
 
@@ -99,19 +165,27 @@ impl TargetSurface {
 /// A migration the restore runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedMigration {
+    /// The service.
     pub service: String,
+    /// The archive's schema.
     pub from: u32,
+    /// The schema after this step.
     pub to: u32,
+    /// The migration command.
     pub argv: Vec<String>,
     #[serde(skip)]
+    /// The migration command with its timeout.
     pub command: Command,
 }
 
 /// What a restore would do.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestorePlan {
+    /// The target instance.
     pub instance: String,
+    /// Every surface restored, with its target path.
     pub surfaces: Vec<TargetSurface>,
+    /// Schema migrations, in the order they run.
     pub migrations: Vec<PlannedMigration>,
     /// Derived surfaces not in the archive: they need rebuilding after the restore.
     pub rebuild_pending: Vec<String>,

@@ -18,12 +18,14 @@ use crate::crypto::Decryption;
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::manifest::{Manifest, MemberKey};
+use crate::outcome::{Outcome, Status};
 use crate::preflight::{preflight, RestorePlan, RestoreSelection};
 use crate::progress::{Cancel, Event, Progress};
 
 /// Options of [`restore`].
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
+    /// What to restore, under which names, and whether existing data may be replaced.
     pub selection: RestoreSelection,
     /// Keep the replaced data beside the target (`.hero-snap-<run>.old/`) instead of deleting it.
     pub keep_old: bool,
@@ -34,15 +36,31 @@ pub struct RestoreOptions {
 /// What a restore did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
+    /// The archive's manifest.
     pub manifest: Manifest,
+    /// What the pre-flight decided: the surfaces, their targets, the migrations.
     pub plan: RestorePlan,
+    /// Regular files restored.
     pub files: u64,
+    /// Bytes of file data restored.
     pub bytes: u64,
     /// Replaced data kept with --keep-old.
     pub kept_old: Vec<PathBuf>,
     /// Derived surfaces still to be rebuilt (no rebuild hook, or it failed).
     pub rebuild_pending: Vec<String>,
+    /// Hooks that failed after the commit (start, rebuild); each is also a failed outcome.
     pub warnings: Vec<String>,
+    /// One result per surface of the archive (restored, skipped and why) and per service
+    /// whose start or rebuild hook failed after the commit.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl RestoreReport {
+    /// Whether something did not come back as it should (see [`RestoreReport::outcomes`]).
+    /// The restored data is committed either way.
+    pub fn failed(&self) -> bool {
+        self.outcomes.iter().any(|o| o.status == Status::Failed)
+    }
 }
 
 pub(crate) fn state_dir(target: &Inventory, opts: &RestoreOptions) -> PathBuf {
@@ -104,6 +122,9 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Streams an archive into the target instance, all or nothing.
+///
+/// A cancel before the swap is committed rolls everything back (the target is as it
+/// was) and returns [`Error::Cancelled`]; after the commit the restore completes.
 pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &RestoreOptions, progress: &dyn Progress, cancel: &Cancel) -> Result<RestoreReport> {
     let state = state_dir(target, opts);
     // One run at a time per state directory: a backup's snapshots or another restore's swaps.
@@ -138,7 +159,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
         Ok(o) => o,
         Err(e) => {
             ex.discard();
-            return Err(e);
+            return Err(cancel.explain(e));
         }
     };
     let plan = ex.plan.take().expect("the manifest came first");
@@ -182,6 +203,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
         ex.journal.remove(&state);
         start_services(target, &stopped, &mut warnings);
         return Err(match undo {
+            Ok(()) if cancel.is_cancelled() => Error::Cancelled,
             Ok(()) => Error::Command(format!("restore failed and was rolled back; the target is as it was: {e}")),
             Err(u) => Error::Command(format!("restore failed ({e}) and the rollback failed too ({u}); run `hero-snap gc` and check the targets")),
         });
@@ -191,8 +213,9 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
     crate::failpoint("restore-after-commit");
     let kept_old = complete(&ex.journal);
     ex.journal.remove(&state);
-    start_services(target, &stopped, &mut warnings);
+    let not_started = start_services(target, &stopped, &mut warnings);
 
+    let mut outcomes = Vec::new();
     let mut rebuild_pending = Vec::new();
     let pending_services: BTreeSet<&str> = plan.rebuild_pending.iter().filter_map(|s| s.split('.').next()).collect();
     for name in pending_services {
@@ -202,23 +225,78 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
             Some(cmd) => {
                 if let Err(e) = crate::hooks::run(cmd, &[("service", name)]) {
                     warnings.push(format!("{name}: rebuild hook failed: {e}"));
-                    rebuild_pending.extend(surfaces);
+                    for s in surfaces {
+                        outcomes.push(surface_outcome(&s, Status::Failed, format!("rebuild hook failed: {e}")));
+                        rebuild_pending.push(s);
+                    }
+                } else {
+                    outcomes.extend(surfaces.map(|s| surface_outcome(&s, Status::Ok, "rebuilt by the service's rebuild hook".into())));
                 }
             }
-            None => rebuild_pending.extend(surfaces),
+            None => {
+                for s in surfaces {
+                    outcomes.push(surface_outcome(&s, Status::Skipped, "derived and not in the archive; the service has no rebuild hook: rebuild it".into()));
+                    rebuild_pending.push(s);
+                }
+            }
         }
     }
-    Ok(RestoreReport { manifest: outcome.manifest, plan, files: ex.files, bytes: ex.bytes, kept_old, rebuild_pending, warnings })
+    outcomes.extend(archive_outcomes(&outcome.manifest, &plan));
+    for (name, why) in not_started {
+        outcomes.push(Outcome::new(&name, None, None, Status::Failed, Some(why)));
+    }
+    crate::outcome::sort(&mut outcomes);
+    for o in &outcomes {
+        progress.event(&Event::Outcome(o.clone()));
+    }
+    Ok(RestoreReport { manifest: outcome.manifest, plan, files: ex.files, bytes: ex.bytes, kept_old, rebuild_pending, warnings, outcomes })
 }
 
-fn start_services(target: &Inventory, stopped: &[String], warnings: &mut Vec<String>) {
+/// An outcome for a `service.surface` name of the plan's rebuild list.
+fn surface_outcome(name: &str, status: Status, reason: String) -> Outcome {
+    let (service, surface) = name.split_once('.').unwrap_or((name, ""));
+    Outcome::new(service, Some(surface), None, status, Some(reason))
+}
+
+/// What became of every surface the archive holds, or left out: restored, or skipped and why.
+fn archive_outcomes(manifest: &Manifest, plan: &RestorePlan) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for ms in &manifest.services {
+        for surf in &ms.surfaces {
+            let contexts: Vec<Option<&str>> =
+                if surf.contexts.is_empty() { vec![None] } else { surf.contexts.iter().map(|c| Some(c.as_str())).collect() };
+            for ctx in contexts {
+                let planned = plan.surfaces.iter().find(|t| t.service == ms.name && t.surface == surf.name && t.context.as_deref() == ctx);
+                out.push(match planned {
+                    Some(t) if t.target_context.as_deref() != ctx => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Ok,
+                        Some(format!("restored as context `{}`", t.target_context.as_deref().unwrap_or_default()))),
+                    Some(_) => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Ok, None),
+                    None => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Skipped, Some("not selected for this restore".into())),
+                });
+            }
+        }
+        for l in &ms.left_out {
+            // Derived surfaces to rebuild have their outcome from the rebuild step.
+            if !plan.rebuild_pending.iter().any(|r| r == &format!("{}.{}", ms.name, l.surface)) {
+                out.push(Outcome::new(&ms.name, Some(&l.surface), None, Status::Skipped, Some(format!("not in the archive: {}", l.reason))));
+            }
+        }
+    }
+    out
+}
+
+/// Runs the start hooks; returns the services whose hook failed, with the failure.
+fn start_services(target: &Inventory, stopped: &[String], warnings: &mut Vec<String>) -> Vec<(String, String)> {
+    let mut failed = Vec::new();
     for name in stopped {
         if let Some(start) = target.service(name).and_then(|s| s.hooks.start.as_ref()) {
             if let Err(e) = crate::hooks::run(start, &[("service", name)]) {
                 warnings.push(format!("{name}: start hook failed: {e}"));
+                failed.push((name.clone(), format!("start hook failed: {e}")));
             }
         }
     }
+    failed
 }
 
 struct Stage {

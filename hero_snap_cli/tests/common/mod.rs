@@ -130,6 +130,13 @@ pub fn ok(args: &[&str]) -> Output {
     out
 }
 
+/// The last line of `--json` output: the result (earlier lines are events).
+pub fn json_result(o: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&o.stdout);
+    let last = text.lines().next_back().unwrap_or_else(|| panic!("no output; stderr: {}", stderr(o)));
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

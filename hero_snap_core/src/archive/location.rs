@@ -17,6 +17,7 @@ use crate::progress::{Cancel, Progress};
 pub enum Location {
     /// `-`: standard output (backup) or standard input (the readers).
     Stdio,
+    /// A local file, written under a temporary name and renamed into place.
     File(PathBuf),
     /// `s3://BUCKET/KEY`.
     S3(S3Object),

@@ -13,11 +13,12 @@ use serde::Serialize;
 use crate::crypto::Decryption;
 use crate::error::Result;
 use crate::manifest::Manifest;
+use crate::outcome::{Outcome, Status};
 use crate::progress::{Cancel, Event, Progress};
 
 pub use location::{backup_to, Extent, Location};
 pub use s3::{S3Config, S3Object};
-pub use write::{ArchiveTotals, Compression};
+pub use write::Compression;
 
 /// Reads the manifest from the head of an archive, without reading the rest.
 pub fn inspect(input: impl Read, keys: &Decryption) -> Result<Manifest> {
@@ -27,10 +28,16 @@ pub fn inspect(input: impl Read, keys: &Decryption) -> Result<Manifest> {
 /// What `verify` checked.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
+    /// The archive's manifest.
     pub manifest: Manifest,
+    /// Regular files checked against the index.
     pub files: u64,
+    /// Data members (files, directories, links).
     pub entries: u64,
+    /// Bytes of file data checked.
     pub bytes: u64,
+    /// One result per surface the manifest lists: verified, or left out of the archive and why.
+    pub outcomes: Vec<Outcome>,
 }
 
 /// Reads the whole archive and checks every file's hash, the index and the manifest's hash.
@@ -55,8 +62,26 @@ pub fn verify(input: impl Read, keys: &Decryption, progress: &dyn Progress, canc
         }
     }
     progress.event(&Event::Phase { phase: "verify".into() });
-    let out = read::read_archive(input, keys, &mut Hasher(progress), cancel)?;
-    Ok(VerifyReport { files: out.index.files, entries: out.index.entries, bytes: out.index.bytes, manifest: out.manifest })
+    let out = read::read_archive(input, keys, &mut Hasher(progress), cancel).map_err(|e| cancel.explain(e))?;
+    let mut outcomes = Vec::new();
+    for ms in &out.manifest.services {
+        for surf in &ms.surfaces {
+            if surf.contexts.is_empty() {
+                outcomes.push(Outcome::new(&ms.name, Some(&surf.name), None, Status::Ok, None));
+            }
+            for c in &surf.contexts {
+                outcomes.push(Outcome::new(&ms.name, Some(&surf.name), Some(c), Status::Ok, None));
+            }
+        }
+        for l in &ms.left_out {
+            outcomes.push(Outcome::new(&ms.name, Some(&l.surface), None, Status::Skipped, Some(format!("not in the archive: {}", l.reason))));
+        }
+    }
+    crate::outcome::sort(&mut outcomes);
+    for o in &outcomes {
+        progress.event(&Event::Outcome(o.clone()));
+    }
+    Ok(VerifyReport { files: out.index.files, entries: out.index.entries, bytes: out.index.bytes, manifest: out.manifest, outcomes })
 }
 
 pub(crate) struct CountingReader<R> {

@@ -37,8 +37,11 @@ pub struct S3Config {
 /// One object: `s3://BUCKET/KEY`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Object {
+    /// The bucket, which must exist.
     pub bucket: String,
+    /// The object's key inside the bucket.
     pub key: String,
+    /// Endpoint, region and credential source.
     pub config: S3Config,
 }
 
@@ -72,6 +75,7 @@ impl S3Object {
         Ok(S3Object { bucket: bucket.to_string(), key: key.to_string(), config })
     }
 
+    /// The object as an `s3://BUCKET/KEY` URL, for messages.
     pub fn url(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
     }

@@ -102,12 +102,12 @@ impl<W: Write> ArchiveWriter<W> {
                     "{}: another filesystem is mounted inside the surface at {}; declare it as a surface of its own or unmount it",
                     root.display(), path.display())));
             }
-            self.write_entry(path, &member, &meta, progress)?;
+            self.write_entry(path, &member, &meta, progress, cancel)?;
         }
         Ok(())
     }
 
-    fn write_entry(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata, progress: &dyn Progress) -> Result<()> {
+    fn write_entry(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
         let ft = meta.file_type();
         let mut header = Header::new_gnu();
         header.set_metadata_in_mode(meta, HeaderMode::Complete);
@@ -140,7 +140,7 @@ impl<W: Write> ArchiveWriter<W> {
                     path.display())));
             }
             self.xattrs(path)?;
-            self.write_file(path, member, progress)?;
+            self.write_file(path, member, progress, cancel)?;
             return Ok(());
         } else {
             let kind = if ft.is_fifo() { "FIFO" } else if ft.is_socket() { "socket" } else { "device node" };
@@ -153,7 +153,7 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    fn write_file(&mut self, path: &Path, member: &str, progress: &dyn Progress) -> Result<()> {
+    fn write_file(&mut self, path: &Path, member: &str, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
         let mut file = File::open(path).map_err(Error::io(path, "opening"))?;
         // Header from the open file, so size and content describe the same inode.
         let meta = file.metadata().map_err(Error::io(path, "reading metadata"))?;
@@ -172,7 +172,7 @@ impl<W: Write> ArchiveWriter<W> {
             header.set_metadata_in_mode(&meta, HeaderMode::Complete);
             header.set_mode(meta.permissions().mode() & 0o7777);
             header.set_entry_type(EntryType::Regular);
-            let mut reader = ExactHashing { inner: &mut file, remaining: size, hasher: blake3::Hasher::new(), short: false, progress, pending: 0 };
+            let mut reader = ExactHashing { inner: &mut file, remaining: size, hasher: blake3::Hasher::new(), short: false, progress, pending: 0, cancel };
             let res = self.tar.append_data(&mut header, member, &mut reader);
             let (short, hash) = (reader.short, reader.hasher.finalize());
             res.map_err(|e| if e.kind() == io::ErrorKind::Other && e.to_string().starts_with("source:") {
@@ -248,9 +248,13 @@ impl<W: Write> ArchiveWriter<W> {
 
 /// What went into an archive.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ArchiveTotals {
+#[allow(dead_code)] // backup takes its counts from the manifest; kept for other writers
+pub(crate) struct ArchiveTotals {
+    /// Regular files.
     pub files: u64,
+    /// Data members.
     pub entries: u64,
+    /// Bytes of file data.
     pub bytes: u64,
 }
 
@@ -336,6 +340,8 @@ struct ExactHashing<'a, R> {
     short: bool,
     progress: &'a dyn Progress,
     pending: u64,
+    /// Checked per read, so that a cancel does not wait for the end of a large file.
+    cancel: &'a Cancel,
 }
 
 impl<R: Read> Read for ExactHashing<'_, R> {
@@ -346,6 +352,9 @@ impl<R: Read> Read for ExactHashing<'_, R> {
                 self.pending = 0;
             }
             return Ok(0);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other("source: cancelled"));
         }
         let want = buf.len().min(self.remaining as usize);
         let mut n = self.inner.read(&mut buf[..want]).map_err(|e| io::Error::other(format!("source: {e}")))?;
