@@ -26,6 +26,8 @@ pub mod backup;
 mod crypto;
 mod error;
 mod freeze;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hooks;
 mod journal;
 pub mod inventory;

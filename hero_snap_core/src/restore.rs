@@ -86,6 +86,9 @@ struct Journal {
     #[serde(default)]
     parent_times: Vec<(PathBuf, i64, u32)>,
     swaps: Vec<Swap>,
+    /// Services this run stopped, with their start hooks, for `gc` to start again.
+    #[serde(default)]
+    stopped: Vec<(String, crate::inventory::Command)>,
 }
 
 impl Journal {
@@ -109,6 +112,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
     // One run at a time per state directory: a backup's snapshots or another restore's swaps.
     let mut lock_warnings = Vec::new();
     let _lock = crate::freeze::Lock::acquire(&state, &mut lock_warnings)?;
+    crate::failpoint("restore-locked");
     let run = crate::backup::run_id();
     let mut ex = Extractor {
         target,
@@ -127,6 +131,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
             created_dirs: Vec::new(),
             parent_times: Vec::new(),
             swaps: Vec::new(),
+            stopped: Vec::new(),
         },
         dirs: Vec::new(),
         checked_parent: None,
@@ -141,6 +146,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
             return Err(e);
         }
     };
+    crate::failpoint("restore-extracted");
     let plan = ex.plan.take().expect("the manifest came first");
     let mut warnings = Vec::new();
 
@@ -151,22 +157,31 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
         for name in &plan.services {
             let svc = target.service(name).expect("planned services exist");
             if let Some(stop) = &svc.hooks.stop {
+                // Journaled first: if this process dies, `gc` starts the service again.
+                if let Some(start) = &svc.hooks.start {
+                    ex.journal.stopped.push((name.clone(), start.clone()));
+                    ex.journal.save(&state)?;
+                }
                 crate::hooks::run(stop, &[("service", name)])?;
                 stopped.push(name.clone());
             }
         }
+        crate::failpoint("restore-services-stopped");
         cancel.check()?;
         ex.journal.phase = Phase::Swapping;
         ex.journal.save(&state)?;
+        crate::failpoint("restore-swapping");
         for i in 0..ex.journal.swaps.len() {
             swap_in(&mut ex.journal.swaps[i])?;
             crate::failpoint("restore-between-swaps");
         }
+        crate::failpoint("restore-swapped");
         progress.event(&Event::Phase { phase: "migrate".into() });
         for m in &plan.migrations {
             let from = m.from.to_string();
             let to = m.to.to_string();
             crate::hooks::run(&m.command, &[("service", &m.service), ("from_schema", &from), ("to_schema", &to)])?;
+            crate::failpoint("restore-migrated");
         }
         if let (Some(new), Some(old)) = (&opts.selection.rename_to, opts.selection.contexts.first()) {
             for name in &plan.services {
@@ -190,6 +205,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
     ex.journal.save(&state)?;
     crate::failpoint("restore-after-commit");
     let kept_old = complete(&ex.journal);
+    crate::failpoint("restore-completed");
     ex.journal.remove(&state);
     start_services(target, &stopped, &mut warnings);
 
@@ -321,6 +337,7 @@ impl Visitor for Extractor<'_> {
             self.stages.insert(ts.key(), Stage { root: stage });
         }
         self.journal.save(&self.state)?;
+        crate::failpoint("restore-journaled");
         self.plan = Some(plan);
         Ok(())
     }
@@ -600,6 +617,13 @@ pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
                 "completed"
             }
         };
+        crate::failpoint("gc-restore-finished");
+        for (name, start) in &j.stopped {
+            // The service may be needed whatever happened; a failure is only reported.
+            if let Err(e) = crate::hooks::run(start, &[("service", name)]) {
+                tracing::warn!("{name}: start hook failed after recovering run {}: {e}", j.run_id);
+            }
+        }
         j.remove(state_dir);
         out.push(Recovered { run_id: j.run_id, action: action.into() });
     }
