@@ -59,6 +59,24 @@ struct Swap {
     had_old: bool,
     /// Inode of the staged root, to tell after a crash whether the swap happened.
     stage_ino: u64,
+    /// Modification times (seconds, nanoseconds) of the staged root and of the replaced
+    /// target: moving a directory to another parent resets its mtime on XFS, so both are
+    /// put back after a swap or a rollback.
+    #[serde(default)]
+    stage_mtime: Option<(i64, u32)>,
+    #[serde(default)]
+    target_mtime: Option<(i64, u32)>,
+}
+
+fn mtime_of(p: &Path) -> Option<(i64, u32)> {
+    fs::symlink_metadata(p).ok().map(|m| (m.mtime(), m.mtime_nsec() as u32))
+}
+
+fn set_mtime(p: &Path, t: Option<(i64, u32)>) {
+    if let Some((secs, nanos)) = t {
+        let t = filetime::FileTime::from_unix_time(secs, nanos);
+        let _ = filetime::set_symlink_file_times(p, t, t);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +299,7 @@ impl Extractor<'_> {
                 Error::Corrupt(format!("the archive holds no data for {} (expected its root directory)", swap.target.display()))
             })?;
             swap.stage_ino = meta.ino();
+            swap.stage_mtime = Some((meta.mtime(), meta.mtime_nsec() as u32));
             let f = fs::File::open(&swap.stage).map_err(Error::io(&swap.stage, "opening"))?;
             nix::unistd::syncfs(&f).map_err(|e| Error::io(&swap.stage, "syncing")(e.into()))?;
         }
@@ -333,7 +352,8 @@ impl Visitor for Extractor<'_> {
             let leaf = ts.path.file_name().expect("surface paths have a last component").to_owned();
             let stage = self.work_dir(parent, "stage")?.join(&leaf);
             let old = parent.join(format!(".hero-snap-{}.old", self.run)).join(&leaf);
-            self.journal.swaps.push(Swap { target: ts.path.clone(), stage: stage.clone(), old, had_old: ts.exists, stage_ino: 0 });
+            let target_mtime = if ts.exists { mtime_of(&ts.path) } else { None };
+            self.journal.swaps.push(Swap { target: ts.path.clone(), stage: stage.clone(), old, had_old: ts.exists, stage_ino: 0, stage_mtime: None, target_mtime });
             self.stages.insert(ts.key(), Stage { root: stage });
         }
         self.journal.save(&self.state)?;
@@ -524,6 +544,7 @@ fn swap_in(s: &mut Swap) -> Result<()> {
     } else {
         fs::rename(&s.stage, &s.target).map_err(Error::io(&s.target, "moving the restored data into place"))?;
     }
+    set_mtime(&s.target, s.stage_mtime);
     if let Some(p) = s.target.parent() {
         sync_dir(p);
     }
@@ -546,6 +567,7 @@ fn rollback(j: &Journal) -> Result<()> {
                     // Crashed between the exchange and the parking rename: the old data is at `stage`.
                     exchange(&s.stage, &s.target).map_err(Error::io(&s.target, "putting the old data back"))?;
                 }
+                set_mtime(&s.target, s.target_mtime);
             } else {
                 fs::remove_dir_all(&s.target).map_err(Error::io(&s.target, "removing restored data"))?;
             }

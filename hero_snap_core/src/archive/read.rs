@@ -17,6 +17,15 @@ const MANIFEST_LIMIT: u64 = 16 << 20;
 /// Largest index accepted (about 10 million files).
 const INDEX_LIMIT: u64 = 2 << 30;
 
+/// Whether the manifest lists the member's surface (and its context).
+fn declared(m: &Manifest, key: &MemberKey) -> bool {
+    use crate::inventory::Scope;
+    m.service(&key.service).and_then(|svc| svc.surfaces.iter().find(|s| s.name == key.surface)).is_some_and(|s| match &key.context {
+        None => s.scope == Scope::Instance,
+        Some(c) => s.scope == Scope::Context && s.contexts.contains(c),
+    })
+}
+
 /// Most regular files and bytes the members may carry. A snapshot's totals are exact; a
 /// copy of live (or hook-quiesced) directories may have grown between the scan that
 /// wrote the manifest and the archiving, so it gets slack, still bounded.
@@ -230,6 +239,9 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
         let (key, inner) = split_member(&path).ok_or_else(|| {
             Error::Refused(format!("member `{path}` is outside the archive layout (services/<service>/instance|contexts/...)"))
         })?;
+        if !declared(&manifest, &key) {
+            return Err(Error::Refused(format!("member `{path}` belongs to no surface the manifest declares")));
+        }
         let kind = entry.header().entry_type();
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse | EntryType::Directory | EntryType::Symlink | EntryType::Link => {}
