@@ -274,7 +274,11 @@ pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progre
         .tempfile_in(&dir)
         .map_err(Error::io(&dir, "creating the archive"))?;
     let file = tmp.as_file().try_clone().map_err(Error::io(tmp.path(), "opening"))?;
-    let (report, buffered) = backup(inv, opts, BufWriter::with_capacity(1 << 20, file), progress, cancel)?;
+    // The writer does not know where its output goes: name the file in its errors.
+    let (report, buffered) = backup(inv, opts, BufWriter::with_capacity(1 << 20, file), progress, cancel).map_err(|e| match e {
+        Error::Io { path: p, action, source } if p.as_os_str() == "<archive output>" => Error::Io { path: path.to_path_buf(), action, source },
+        other => other,
+    })?;
     let file: File = buffered.into_inner().map_err(|e| Error::io(tmp.path(), "writing the archive")(e.into_error()))?;
     file.sync_all().map_err(Error::io(tmp.path(), "syncing the archive"))?;
     crate::failpoint("backup-before-rename");

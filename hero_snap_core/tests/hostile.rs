@@ -90,6 +90,13 @@ fn header(m: &M) -> tar::Header {
     }
     h.set_entry_type(m.kind);
     h.set_mode(m.mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    if m.mode == u32::MAX {
+        // A damaged header: the owner field holds letters, not octal digits.
+        h.set_mode(0o644);
+        h.as_gnu_mut().unwrap().uid.copy_from_slice(b"garbage\0");
+    }
     h.set_size(m.size.unwrap_or(m.data.len() as u64));
     h.set_mtime(1_700_000_000);
     h.set_cksum();
@@ -207,6 +214,7 @@ fn cases(manifest: &Manifest, outside: &Path) -> Vec<Case> {
         ])) },
         Case { name: "decompression bomb: 4 GiB of zeros (snapshot manifest)", needle: "more than its manifest declares", archive: build(&atomic, &root(vec![M { size: Some(4 << 30), ..file(&format!("{DB}/bomb"), b"") }])) },
         Case { name: "decompression bomb: 4 GiB of zeros (live manifest, with slack)", needle: "more than its manifest declares", archive: build(manifest, &root(vec![M { size: Some(4 << 30), ..file(&format!("{DB}/bomb"), b"") }])) },
+        Case { name: "a header with a non-numeric owner", needle: "damaged tar header", archive: build(manifest, &root(vec![M { mode: 0, ..file(&format!("{DB}/x"), b"x") }]).into_iter().map(|mut m| { if m.mode == 0 { m.mode = u32::MAX; } m }).collect::<Vec<_>>()) },
         Case { name: "a directory carrying content", needle: "carries", archive: build(manifest, &root(vec![M { size: Some(1 << 30), ..dir(&format!("{DB}/d/")) }])) },
     ]
 }

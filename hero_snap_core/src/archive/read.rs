@@ -242,6 +242,10 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
         if !declared(&manifest, &key) {
             return Err(Error::Refused(format!("member `{path}` belongs to no surface the manifest declares")));
         }
+        let h = entry.header();
+        if let Some(e) = [h.mode().err(), h.uid().err(), h.gid().err(), h.mtime().err()].into_iter().flatten().next() {
+            return Err(Error::Corrupt(format!("member `{path}`: damaged tar header ({e})")));
+        }
         let kind = entry.header().entry_type();
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse | EntryType::Directory | EntryType::Symlink | EntryType::Link => {}
