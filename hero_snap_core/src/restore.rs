@@ -408,7 +408,7 @@ impl Visitor for Extractor<'_> {
                         }
                     }
                 }
-                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
                 for (name, value) in xattrs {
                     xattr::set(&dest, &name, &value).map_err(Error::io(&dest, "setting extended attributes"))?;
                 }
@@ -416,12 +416,12 @@ impl Visitor for Extractor<'_> {
                 Ok(None)
             }
             EntryType::Symlink => {
-                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
                 Ok(None)
             }
             EntryType::GNUSparse => {
                 // The tar crate places the sparse map's holes; hash the logical content back from disk.
-                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
                 crate::failpoint("restore-extract-file");
                 let mut f = fs::File::open(&dest).map_err(Error::io(&dest, "reading back"))?;
                 let mut counter = CountingReader { inner: &mut f, count: 0 };
@@ -502,6 +502,16 @@ fn extract_file<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path, progress: &
 
 /// Write size for extracted files: large writes keep the syscall count low.
 const EXTRACT_BUFFER: usize = 1 << 20;
+
+/// The tar crate wraps the OS error of an unpack ("failed to unpack X into Y") and its
+/// message drops the cause; keep the cause (e.g. "No space left on device"), the path is
+/// named by the caller.
+fn unpack_cause(e: std::io::Error) -> std::io::Error {
+    match e.get_ref().and_then(|inner| inner.source()) {
+        Some(cause) => std::io::Error::new(e.kind(), cause.to_string()),
+        None => e,
+    }
+}
 
 /// `root/inner` if `inner` has only plain components.
 fn contained(root: &Path, inner: &str) -> Option<PathBuf> {
