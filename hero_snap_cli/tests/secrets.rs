@@ -28,7 +28,10 @@ fn key_and_passphrase_files_others_can_read_are_refused() {
     for mode in [0o644, 0o640, 0o604, 0o660] {
         chmod(&key, mode);
         for verb in ["verify", "inspect", "restore", "preflight"] {
-            let out = run_strings(&src.args(&[verb, "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]));
+            let base = [verb, "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()];
+            // verify and inspect take no instance options
+            let argv = if matches!(verb, "verify" | "inspect") { base.iter().map(|s| s.to_string()).collect() } else { src.args(&base) };
+            let out = run_strings(&argv);
             assert_eq!(out.status.code(), Some(6), "identity {mode:o}/{verb}: {}", stderr(&out));
             assert!(stderr(&out).contains(&format!("chmod 600 {}", key.display())) && stderr(&out).contains("identity file"), "{verb}: {}", stderr(&out));
         }
