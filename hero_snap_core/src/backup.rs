@@ -255,6 +255,7 @@ fn run_backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress:
         bytes += b;
     }
     progress.event(&Event::Totals { files, bytes });
+    crate::failpoint("backup-scanned");
 
     let manifest = Manifest {
         format: ARCHIVE_FORMAT,
@@ -274,19 +275,23 @@ fn run_backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress:
     let counted = CountingWriter { inner: out, count: 0 };
     let mut writer = ArchiveWriter::new(counted, &opts.encryption, opts.compression)?;
     writer.write_manifest(&manifest)?;
+    crate::failpoint("backup-manifest-written");
     progress.event(&Event::Phase { phase: "archive".into() });
     for (job, view) in jobs.iter().zip(&views) {
         progress.event(&Event::Surface { service: job.service.clone(), surface: job.surface.clone(), context: job.context.clone() });
         let member = surface_member_root(&job.service, &job.surface, job.context.as_deref());
         writer.write_tree(view, &member, progress, cancel)?;
         outcomes.push(Outcome::new(&job.service, Some(&job.surface), job.context.as_deref(), Status::Ok, None));
+        crate::failpoint("backup-surface-written");
     }
     // A snapshot that went bad while it was read (LVM overflow) fails the run before the
     // archive is finished, so no archive of it is ever published.
     frozen.check()?;
     let mut late_warnings = std::mem::take(&mut writer.warnings);
     let (counted, _totals) = writer.finish()?;
+    crate::failpoint("backup-archive-finished");
     late_warnings.extend(frozen.release()?);
+    crate::failpoint("backup-snapshots-released");
     let mut manifest = manifest;
     // Warnings found while archiving cannot go back into the manifest (it is already
     // written); they are in the report and the event stream.
@@ -306,20 +311,40 @@ pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progre
         _ => PathBuf::from("."),
     };
     let name = path.file_name().ok_or_else(|| Error::Usage(format!("{}: not a file name", path.display())))?;
+    remove_dead_partials(&dir, &name.to_string_lossy());
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .prefix(&format!(".{}.{}.", name.to_string_lossy(), std::process::id()))
         .suffix(".partial")
         .tempfile_in(&dir)
         .map_err(Error::io(&dir, "creating the archive"))?;
     let file = tmp.as_file().try_clone().map_err(Error::io(tmp.path(), "opening"))?;
-    let (report, buffered) = backup(inv, opts, BufWriter::with_capacity(1 << 20, file), progress, cancel)?;
+    // The writer does not know where its output goes: name the file in its errors.
+    let (report, buffered) = backup(inv, opts, BufWriter::with_capacity(1 << 20, file), progress, cancel).map_err(|e| match e {
+        Error::Io { path: p, action, source } if p.as_os_str() == "<archive output>" => Error::Io { path: path.to_path_buf(), action, source },
+        other => other,
+    })?;
     let file: File = buffered.into_inner().map_err(|e| Error::io(tmp.path(), "writing the archive")(e.into_error()))?;
     file.sync_all().map_err(Error::io(tmp.path(), "syncing the archive"))?;
+    crate::failpoint("backup-before-rename");
     tmp.persist(path).map_err(|e| Error::io(path, "renaming the archive into place")(e.error))?;
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
     Ok(report)
+}
+
+/// Removes `.<name>.<pid>.*.partial` files that a killed run (a dead pid) left in `dir`.
+fn remove_dead_partials(dir: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".partial")) else { continue };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !crate::journal::process_alive(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 struct CountingWriter<W> {

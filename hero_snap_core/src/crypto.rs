@@ -228,9 +228,10 @@ pub(crate) fn open_tar_stream<'a, R: Read + 'a>(input: R, keys: &Decryption) -> 
             Box::new(buf)
         }
         Some(kind) => {
+            // age re-parses its whole header for every line it reads: the guard bounds that work.
             let reader: Box<dyn BufRead + 'a> = match kind {
-                Kind::ArmoredAge => Box::new(BufReader::new(age::armor::ArmoredReader::new(buf))),
-                _ => Box::new(buf),
+                Kind::ArmoredAge => Box::new(BufReader::new(HeaderGuard::new(age::armor::ArmoredReader::new(buf)))),
+                _ => Box::new(BufReader::new(HeaderGuard::new(buf))),
             };
             Box::new(decrypt(reader, keys)?)
         }
@@ -241,6 +242,7 @@ pub(crate) fn open_tar_stream<'a, R: Read + 'a>(input: R, keys: &Decryption) -> 
 
 fn decrypt<'a, R: BufRead + 'a>(input: R, keys: &Decryption) -> Result<age::stream::StreamReader<R>> {
     let dec = age::Decryptor::new_buffered(input).map_err(|e| match e {
+        age::DecryptError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<HeaderTooLarge>()) => Error::Refused(e.to_string()),
         age::DecryptError::Io(e) => Error::Corrupt(format!("cannot read the age header: {e}")),
         other => Error::Corrupt(format!("damaged age header: {other}")),
     })?;
@@ -265,6 +267,74 @@ fn decrypt<'a, R: BufRead + 'a>(input: R, keys: &Decryption) -> Result<age::stre
     })
 }
 
+/// Most recipient stanzas an age header may hold, and most bytes it may take: a hostile
+/// header of 50,000 stanzas would otherwise cost minutes of parsing before any check.
+const MAX_STANZAS: usize = 256;
+const MAX_HEADER_BYTES: u64 = 256 << 10;
+
+#[derive(Debug)]
+struct HeaderTooLarge;
+
+impl std::fmt::Display for HeaderTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the age header holds more than {MAX_STANZAS} recipient stanzas or {MAX_HEADER_BYTES} bytes; refusing what could be a resource-exhaustion attack"
+        )
+    }
+}
+
+impl std::error::Error for HeaderTooLarge {}
+
+/// Passes the stream through, failing once the age header (up to its `---` MAC line)
+/// exceeds [`MAX_STANZAS`] or [`MAX_HEADER_BYTES`]; transparent after the header.
+struct HeaderGuard<R> {
+    inner: R,
+    done: bool,
+    bytes: u64,
+    stanzas: usize,
+    line_head: Vec<u8>,
+    at_line_start: bool,
+}
+
+impl<R> HeaderGuard<R> {
+    fn new(inner: R) -> HeaderGuard<R> {
+        HeaderGuard { inner, done: false, bytes: 0, stanzas: 0, line_head: Vec::with_capacity(3), at_line_start: true }
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.done {
+            return Ok(n);
+        }
+        for &b in &buf[..n] {
+            self.bytes += 1;
+            if self.at_line_start {
+                self.line_head.clear();
+                self.at_line_start = false;
+            }
+            if self.line_head.len() < 3 {
+                self.line_head.push(b);
+                match &self.line_head[..] {
+                    b"-> " => self.stanzas += 1,
+                    b"---" => {
+                        self.done = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            self.at_line_start = b == b'\n';
+        }
+        if !self.done && (self.stanzas > MAX_STANZAS || self.bytes > MAX_HEADER_BYTES) {
+            return Err(std::io::Error::other(HeaderTooLarge));
+        }
+        Ok(n)
+    }
+}
+
 /// The encrypting (or not) end of the archive pipeline. `finish` must be called.
 pub(crate) enum EncryptedWriter<W: Write> {
     Plain(W),
@@ -278,6 +348,12 @@ impl<W: Write> EncryptedWriter<W> {
             Encryption::Recipients(list) => {
                 if list.is_empty() {
                     return Err(Error::Crypto("no recipient given: pass --recipient, --recipients-file or --passphrase-file (or --no-encrypt)".into()));
+                }
+                if list.len() > MAX_STANZAS {
+                    return Err(Error::Crypto(format!(
+                        "{} recipients given; an archive takes at most {MAX_STANZAS} (readers refuse larger headers)",
+                        list.len()
+                    )));
                 }
                 age::Encryptor::with_recipients(list.iter().map(|r| r.as_ref() as &dyn age::Recipient))
                     .map_err(|e| Error::Crypto(format!("cannot encrypt to these recipients: {e}")))?

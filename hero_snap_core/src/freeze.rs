@@ -264,6 +264,7 @@ pub(crate) struct FreezeOptions<'a> {
 pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts: &FreezeOptions, progress: &dyn Progress) -> Result<Frozen> {
     let mut warnings: Vec<Warning> = Vec::new();
     let lock = Lock::acquire(opts.state, &mut warnings)?;
+    crate::failpoint("backup-locked");
     for r in recover(opts.state)? {
         warnings.push(Warning { code: "recovered-dead-run".into(), message: format!("completed the journal of dead run {} ({})", r.run_id, r.action) });
     }
@@ -310,6 +311,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
     let planned = Taken::merge_zfs(planned);
     let journal = Journal { run_id: opts.run.to_string(), pid: std::process::id(), cgroups: cgroups.clone(), units: units.clone(), posts: posts.clone(), snapshots: planned.clone() };
     crate::journal::save(opts.state, "backup", opts.run, &journal)?;
+    crate::failpoint("backup-journaled");
     let mut frozen = Frozen {
         consistency: plan.consistency,
         freeze_window_ms: None,
@@ -323,6 +325,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         _lock: lock,
     };
     frozen.watchdog = Some(spawn_watchdog(opts.state, &journal, if hooks_only { None } else { Some(opts.deadline) })?);
+    crate::failpoint("backup-watchdog-started");
 
     progress.event(&Event::Phase { phase: "quiesce".into() });
     // Pre hooks in parallel; a marker per hook that ran tells who needs a post hook.
@@ -352,6 +355,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         }
     }
 
+    crate::failpoint("backup-pre-hooks-done");
     progress.event(&Event::Phase { phase: "freeze".into() });
     let start = Instant::now();
     let result = (|| -> Result<()> {
@@ -367,8 +371,10 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
                 let _ = nix::unistd::syncfs(&f);
             }
         }
-        for t in &frozen.taken {
+        crate::failpoint("backup-synced");
+        for (i, t) in frozen.taken.iter().enumerate() {
             t.take()?;
+            crate::failpoint(&format!("backup-snapshot-{i}-taken"));
         }
         crate::failpoint("backup-snapshotted");
         Ok(())
@@ -385,10 +391,12 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         }
     }
     let window = start.elapsed();
+    crate::failpoint("backup-thawed");
     if hooks_only {
         frozen.deferred_posts = posts;
     } else {
         run_posts(opts.state, opts.run, &posts, &mut warnings);
+        crate::failpoint("backup-post-hooks-done");
         finish_watchdog(frozen.watchdog.take());
     }
     result?;
@@ -422,6 +430,7 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<crate::Recovered>> {
         for u in &j.units {
             let _ = crate::snapshot::tool(&["systemctl", "thaw", u]);
         }
+        crate::failpoint("gc-backup-thawed");
         let mut w = Vec::new();
         run_posts(state, &j.run_id, &j.posts, &mut w);
         for t in &j.snapshots {

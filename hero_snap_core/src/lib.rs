@@ -59,6 +59,8 @@ pub mod catalog;
 mod crypto;
 mod error;
 mod freeze;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hooks;
 mod journal;
 pub mod inventory;

@@ -77,6 +77,24 @@ struct Swap {
     had_old: bool,
     /// Inode of the staged root, to tell after a crash whether the swap happened.
     stage_ino: u64,
+    /// Modification times (seconds, nanoseconds) of the staged root and of the replaced
+    /// target: moving a directory to another parent resets its mtime on XFS, so both are
+    /// put back after a swap or a rollback.
+    #[serde(default)]
+    stage_mtime: Option<(i64, u32)>,
+    #[serde(default)]
+    target_mtime: Option<(i64, u32)>,
+}
+
+fn mtime_of(p: &Path) -> Option<(i64, u32)> {
+    fs::symlink_metadata(p).ok().map(|m| (m.mtime(), m.mtime_nsec() as u32))
+}
+
+fn set_mtime(p: &Path, t: Option<(i64, u32)>) {
+    if let Some((secs, nanos)) = t {
+        let t = filetime::FileTime::from_unix_time(secs, nanos);
+        let _ = filetime::set_symlink_file_times(p, t, t);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +122,9 @@ struct Journal {
     #[serde(default)]
     parent_times: Vec<(PathBuf, i64, u32)>,
     swaps: Vec<Swap>,
+    /// Services this run stopped, with their start hooks, for `gc` to start again.
+    #[serde(default)]
+    stopped: Vec<(String, crate::inventory::Command)>,
 }
 
 impl Journal {
@@ -130,6 +151,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
     // One run at a time per state directory: a backup's snapshots or another restore's swaps.
     let mut lock_warnings = Vec::new();
     let _lock = crate::freeze::Lock::acquire(&state, &mut lock_warnings)?;
+    crate::failpoint("restore-locked");
     let run = crate::backup::run_id();
     let mut ex = Extractor {
         target,
@@ -148,6 +170,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
             created_dirs: Vec::new(),
             parent_times: Vec::new(),
             swaps: Vec::new(),
+            stopped: Vec::new(),
         },
         dirs: Vec::new(),
         checked_parent: None,
@@ -162,6 +185,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
             return Err(cancel.explain(e));
         }
     };
+    crate::failpoint("restore-extracted");
     let plan = ex.plan.take().expect("the manifest came first");
     let mut warnings = Vec::new();
 
@@ -172,22 +196,31 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
         for name in &plan.services {
             let svc = target.service(name).expect("planned services exist");
             if let Some(stop) = &svc.hooks.stop {
+                // Journaled first: if this process dies, `gc` starts the service again.
+                if let Some(start) = &svc.hooks.start {
+                    ex.journal.stopped.push((name.clone(), start.clone()));
+                    ex.journal.save(&state)?;
+                }
                 crate::hooks::run(stop, &[("service", name)])?;
                 stopped.push(name.clone());
             }
         }
+        crate::failpoint("restore-services-stopped");
         cancel.check()?;
         ex.journal.phase = Phase::Swapping;
         ex.journal.save(&state)?;
+        crate::failpoint("restore-swapping");
         for i in 0..ex.journal.swaps.len() {
             swap_in(&mut ex.journal.swaps[i])?;
             crate::failpoint("restore-between-swaps");
         }
+        crate::failpoint("restore-swapped");
         progress.event(&Event::Phase { phase: "migrate".into() });
         for m in &plan.migrations {
             let from = m.from.to_string();
             let to = m.to.to_string();
             crate::hooks::run(&m.command, &[("service", &m.service), ("from_schema", &from), ("to_schema", &to)])?;
+            crate::failpoint("restore-migrated");
         }
         if let (Some(new), Some(old)) = (&opts.selection.rename_to, opts.selection.contexts.first()) {
             for name in &plan.services {
@@ -212,6 +245,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
     ex.journal.save(&state)?;
     crate::failpoint("restore-after-commit");
     let kept_old = complete(&ex.journal);
+    crate::failpoint("restore-completed");
     ex.journal.remove(&state);
     let not_started = start_services(target, &stopped, &mut warnings);
 
@@ -343,6 +377,7 @@ impl Extractor<'_> {
                 Error::Corrupt(format!("the archive holds no data for {} (expected its root directory)", swap.target.display()))
             })?;
             swap.stage_ino = meta.ino();
+            swap.stage_mtime = Some((meta.mtime(), meta.mtime_nsec() as u32));
             let f = fs::File::open(&swap.stage).map_err(Error::io(&swap.stage, "opening"))?;
             nix::unistd::syncfs(&f).map_err(|e| Error::io(&swap.stage, "syncing")(e.into()))?;
         }
@@ -395,10 +430,12 @@ impl Visitor for Extractor<'_> {
             let leaf = ts.path.file_name().expect("surface paths have a last component").to_owned();
             let stage = self.work_dir(parent, "stage")?.join(&leaf);
             let old = parent.join(format!(".hero-snap-{}.old", self.run)).join(&leaf);
-            self.journal.swaps.push(Swap { target: ts.path.clone(), stage: stage.clone(), old, had_old: ts.exists, stage_ino: 0 });
+            let target_mtime = if ts.exists { mtime_of(&ts.path) } else { None };
+            self.journal.swaps.push(Swap { target: ts.path.clone(), stage: stage.clone(), old, had_old: ts.exists, stage_ino: 0, stage_mtime: None, target_mtime });
             self.stages.insert(ts.key(), Stage { root: stage });
         }
         self.journal.save(&self.state)?;
+        crate::failpoint("restore-journaled");
         self.plan = Some(plan);
         Ok(())
     }
@@ -449,7 +486,7 @@ impl Visitor for Extractor<'_> {
                         }
                     }
                 }
-                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
                 for (name, value) in xattrs {
                     xattr::set(&dest, &name, &value).map_err(Error::io(&dest, "setting extended attributes"))?;
                 }
@@ -457,12 +494,12 @@ impl Visitor for Extractor<'_> {
                 Ok(None)
             }
             EntryType::Symlink => {
-                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
                 Ok(None)
             }
             EntryType::GNUSparse => {
                 // The tar crate places the sparse map's holes; hash the logical content back from disk.
-                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(e))?;
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
                 crate::failpoint("restore-extract-file");
                 let mut f = fs::File::open(&dest).map_err(Error::io(&dest, "reading back"))?;
                 let mut counter = CountingReader { inner: &mut f, count: 0 };
@@ -544,6 +581,16 @@ fn extract_file<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path, progress: &
 /// Write size for extracted files: large writes keep the syscall count low.
 const EXTRACT_BUFFER: usize = 1 << 20;
 
+/// The tar crate wraps the OS error of an unpack ("failed to unpack X into Y") and its
+/// message drops the cause; keep the cause (e.g. "No space left on device"), the path is
+/// named by the caller.
+fn unpack_cause(e: std::io::Error) -> std::io::Error {
+    match e.get_ref().and_then(|inner| inner.source()) {
+        Some(cause) => std::io::Error::new(e.kind(), cause.to_string()),
+        None => e,
+    }
+}
+
 /// `root/inner` if `inner` has only plain components.
 fn contained(root: &Path, inner: &str) -> Option<PathBuf> {
     if inner.is_empty() {
@@ -585,6 +632,7 @@ fn swap_in(s: &mut Swap) -> Result<()> {
     } else {
         fs::rename(&s.stage, &s.target).map_err(Error::io(&s.target, "moving the restored data into place"))?;
     }
+    set_mtime(&s.target, s.stage_mtime);
     if let Some(p) = s.target.parent() {
         sync_dir(p);
     }
@@ -607,6 +655,7 @@ fn rollback(j: &Journal) -> Result<()> {
                     // Crashed between the exchange and the parking rename: the old data is at `stage`.
                     exchange(&s.stage, &s.target).map_err(Error::io(&s.target, "putting the old data back"))?;
                 }
+                set_mtime(&s.target, s.target_mtime);
             } else {
                 fs::remove_dir_all(&s.target).map_err(Error::io(&s.target, "removing restored data"))?;
             }
@@ -678,6 +727,13 @@ pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
                 "completed"
             }
         };
+        crate::failpoint("gc-restore-finished");
+        for (name, start) in &j.stopped {
+            // The service may be needed whatever happened; a failure is only reported.
+            if let Err(e) = crate::hooks::run(start, &[("service", name)]) {
+                tracing::warn!("{name}: start hook failed after recovering run {}: {e}", j.run_id);
+            }
+        }
         j.remove(state_dir);
         out.push(Recovered { run_id: j.run_id, action: action.into() });
     }

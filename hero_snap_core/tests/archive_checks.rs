@@ -1,12 +1,14 @@
 //! The archive reader's promises, through the library: `inspect` reads only the head;
-//! every flipped byte and every truncation is caught by `verify`.
+//! every flipped byte and every truncation is caught by `verify`, and by `restore` before
+//! anything of the target changes.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use hero_snap_core::inventory::Inventory;
-use hero_snap_core::{backup, inspect, verify, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
+use hero_snap_core::restore::RestoreOptions;
+use hero_snap_core::{backup, inspect, restore, verify, RestoreSelection, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
 
 fn instance(root: &Path) -> Inventory {
     let text = r#"format: 1
@@ -58,6 +60,10 @@ fn make_archive(root: &Path, enc: Encryption) -> Vec<u8> {
     out
 }
 
+/// Per archive (encrypted, plaintext): 2 x (1,000 + 200) damaged copies through `verify`.
+const FLIPS: usize = 1_000;
+const TRUNCATIONS: usize = 200;
+
 /// Deterministic positions (xorshift), so a failure can be replayed.
 struct Rng(u64);
 impl Rng {
@@ -105,14 +111,14 @@ fn every_flip_and_truncation_is_caught_encrypted() {
     let mut keys = Decryption::default();
     use age::secrecy::ExposeSecret;
     keys.add_identity_str(id.to_string().expose_secret()).unwrap();
-    check_all_damage_caught(&archive, &keys, 600, 100);
+    check_all_damage_caught(&archive, &keys, FLIPS, TRUNCATIONS);
 }
 
 #[test]
 fn every_flip_and_truncation_is_caught_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let archive = make_archive(dir.path(), Encryption::None);
-    check_all_damage_caught(&archive, &Decryption::plaintext(), 600, 100);
+    check_all_damage_caught(&archive, &Decryption::plaintext(), FLIPS, TRUNCATIONS);
 }
 
 #[test]
@@ -163,4 +169,74 @@ fn inspect_reads_only_the_head_of_a_1_gib_archive() {
     let manifest = inspect(&mut counter, &Decryption::plaintext()).unwrap();
     assert_eq!(manifest.instance, "checks");
     assert!(counter.count <= 4 << 20, "inspect read {} bytes of a {} byte archive", counter.count, report.archive_bytes);
+}
+
+/// Everything under `dir` (paths, modes, sizes, mtimes, contents).
+fn listing(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir).sort_by_file_name().into_iter().flatten().map(|e| {
+        let md = fs::symlink_metadata(e.path()).unwrap();
+        let h = if md.is_file() { blake3::hash(&fs::read(e.path()).unwrap()).to_hex().to_string() } else { String::new() };
+        format!("{} {:o} {} {} {h}", e.path().display(), md.mode(), md.len(), md.mtime())
+    }).collect()
+}
+
+/// Damaged copies through `restore --replace` onto a target that holds other data: every
+/// one fails before any swap, and the target (and its parent) is exactly as it was.
+fn restore_refuses_damage(archive: &[u8], keys: &Decryption, seed: u64, flips: usize, truncations: usize) -> usize {
+    let world = tempfile::tempdir().unwrap();
+    let target = world.path().join("root");
+    fs::create_dir_all(target.join("data")).unwrap();
+    fs::write(target.join("data/dump.rdb"), "the target's own data").unwrap();
+    for c in ["geomind", "default"] {
+        fs::create_dir_all(target.join(format!("ctx/{c}/files"))).unwrap();
+        fs::write(target.join(format!("ctx/{c}/files/notes.md")), c).unwrap();
+    }
+    let state = tempfile::tempdir().unwrap();
+    let inv = instance(&target);
+    let opts = RestoreOptions {
+        selection: RestoreSelection { replace: true, ..RestoreSelection::default() },
+        state_dir: Some(state.path().to_path_buf()),
+        ..RestoreOptions::default()
+    };
+    let before = listing(world.path());
+    // The intact archive restores (so the refusals below are the damage's doing).
+    let check = tempfile::tempdir().unwrap();
+    restore(archive, keys, &instance(check.path()), &RestoreOptions { state_dir: Some(state.path().to_path_buf()), ..RestoreOptions::default() }, &NoProgress, &Cancel::new())
+        .expect("the intact archive restores");
+    let mut rng = Rng(seed);
+    let mut refused = 0;
+    for i in 0..flips + truncations {
+        let bad: Vec<u8> = if i < flips {
+            let mut b = archive.to_vec();
+            let pos = (rng.next() % b.len() as u64) as usize;
+            b[pos] ^= 1u8 << (rng.next() % 8);
+            b
+        } else {
+            archive[..(rng.next() % archive.len() as u64) as usize].to_vec()
+        };
+        match restore(&bad[..], keys, &inv, &opts, &NoProgress, &Cancel::new()) {
+            Ok(_) => panic!("damaged copy {i} was restored"),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+        assert_eq!(listing(world.path()), before, "damaged copy {i}: the target changed");
+        let journals = fs::read_dir(state.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count();
+        assert_eq!(journals, 0, "damaged copy {i}: a journal was left");
+        refused += 1;
+    }
+    refused
+}
+
+#[test]
+fn restore_refuses_damaged_archives_before_any_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = age::x25519::Identity::generate();
+    let encrypted = make_archive(&dir.path().join("e"), Encryption::Recipients(vec![Box::new(id.to_public())]));
+    let mut keys = Decryption::default();
+    use age::secrecy::ExposeSecret;
+    keys.add_identity_str(id.to_string().expose_secret()).unwrap();
+    let plain = make_archive(&dir.path().join("p"), Encryption::None);
+    let n = restore_refuses_damage(&encrypted, &keys, 0x2545f4914f6cdd1d, 80, 20)
+        + restore_refuses_damage(&plain, &Decryption::plaintext(), 0x853c49e6748fea9b, 80, 20);
+    assert_eq!(n, 200);
 }

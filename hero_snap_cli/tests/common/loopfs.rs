@@ -19,7 +19,7 @@ pub struct LoopFs {
 }
 
 impl LoopFs {
-    /// `fstype`: "btrfs" or "xfs" (with reflink).
+    /// `fstype`: "btrfs", "xfs" (with reflink) or "ext4".
     pub fn new(fstype: &str, size_mb: u64) -> LoopFs {
         LoopFs::new_at(fstype, size_mb, None)
     }
@@ -35,6 +35,8 @@ impl LoopFs {
         match fstype {
             "btrfs" => sh(&["mkfs.btrfs", "-q", "-f", &fs.device]),
             "xfs" => sh(&["mkfs.xfs", "-q", "-f", "-m", "reflink=1", &fs.device]),
+            // Small filesystems (disk-full tests): XFS needs 300 MiB, ext4 takes 32.
+            "ext4" => sh(&["mkfs.ext4", "-q", "-F", &fs.device]),
             other => panic!("unsupported test filesystem {other}"),
         };
         let mp = match mount {

@@ -119,6 +119,11 @@ pub fn bin() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("hero-snap").unwrap()
 }
 
+/// The hero-snap binary as a plain std Command (for streaming stdin).
+pub fn bin_command() -> std::process::Command {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("hero-snap"))
+}
+
 /// Runs hero-snap with args; returns the output.
 pub fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()

@@ -17,6 +17,27 @@ const MANIFEST_LIMIT: u64 = 16 << 20;
 /// Largest index accepted (about 10 million files).
 const INDEX_LIMIT: u64 = 2 << 30;
 
+/// Whether the manifest lists the member's surface (and its context).
+fn declared(m: &Manifest, key: &MemberKey) -> bool {
+    use crate::inventory::Scope;
+    m.service(&key.service).and_then(|svc| svc.surfaces.iter().find(|s| s.name == key.surface)).is_some_and(|s| match &key.context {
+        None => s.scope == Scope::Instance,
+        Some(c) => s.scope == Scope::Context && s.contexts.contains(c),
+    })
+}
+
+/// Most regular files and bytes the members may carry. A snapshot's totals are exact; a
+/// copy of live (or hook-quiesced) directories may have grown between the scan that
+/// wrote the manifest and the archiving, so it gets slack, still bounded.
+fn member_bounds(m: &Manifest) -> (u64, u64) {
+    use crate::manifest::Consistency::*;
+    match m.consistency {
+        Atomic | PerVolume => (m.files, m.bytes),
+        QuiescedCopy | Live => (m.files.saturating_mul(2).saturating_add(10_000), m.bytes.saturating_mul(2).saturating_add(1 << 30)),
+    }
+}
+
+
 /// Reads only the head of the stream: the manifest.
 pub fn read_manifest(input: impl Read, keys: &Decryption) -> Result<Manifest> {
     let stream = open_tar_stream(input, keys)?;
@@ -203,6 +224,8 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     // memory stays flat however many files the archive holds.
     let mut seen = SeenFiles::new()?;
     let mut data_members = 0u64;
+    let (mut declared_files, mut declared_bytes) = (0u64, 0u64);
+    let (max_files, max_bytes) = member_bounds(&manifest);
     let mut index = None;
     for entry in entries.by_ref() {
         cancel.check()?;
@@ -216,6 +239,13 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
         let (key, inner) = split_member(&path).ok_or_else(|| {
             Error::Refused(format!("member `{path}` is outside the archive layout (services/<service>/instance|contexts/...)"))
         })?;
+        if !declared(&manifest, &key) {
+            return Err(Error::Refused(format!("member `{path}` belongs to no surface the manifest declares")));
+        }
+        let h = entry.header();
+        if let Some(e) = [h.mode().err(), h.uid().err(), h.gid().err(), h.mtime().err()].into_iter().flatten().next() {
+            return Err(Error::Corrupt(format!("member `{path}`: damaged tar header ({e})")));
+        }
         let kind = entry.header().entry_type();
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse | EntryType::Directory | EntryType::Symlink | EntryType::Link => {}
@@ -227,6 +257,22 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
         }
         data_members += 1;
         let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
+        // The manifest bounds what follows: a member stream larger than it declares is
+        // refused at the header, before its content is decompressed or written.
+        let size = entry.size();
+        if !is_file && size != 0 {
+            return Err(Error::Refused(format!("member `{path}` has type {kind:?} but carries {size} bytes of content")));
+        }
+        if is_file {
+            declared_files += 1;
+            declared_bytes = declared_bytes.saturating_add(size);
+            if declared_files > max_files || declared_bytes > max_bytes {
+                return Err(Error::Refused(format!(
+                    "member `{path}`: the archive holds more than its manifest declares ({} files, {} bytes); refusing it (a damaged or hostile archive)",
+                    manifest.files, manifest.bytes
+                )));
+            }
+        }
         let hash = visitor.member(Member { entry: &mut entry, path: &path, key, inner }).map_err(|e| match e {
             // An I/O error while the archive stream failed is the archive's fault, not the target's.
             Error::Io { .. } if stream_failed.load(Ordering::SeqCst) => Error::Corrupt(format!("{path}: {e}")),
