@@ -8,7 +8,6 @@ use common::*;
 
 use std::fs;
 use std::path::Path;
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 fn leftovers(dir: &Path) -> Vec<String> {
@@ -59,17 +58,17 @@ fn disk_full_while_writing_the_archive() {
 }
 
 #[test]
-#[ignore = "after rebasing on main the restore no longer begins staging from a 256 KiB stdin head within 60 s (passed before the rebase); to be revisited"]
 fn disk_full_while_staging_a_restore() {
     // Pre-flight checks the free space against the manifest, so the disk fills up behind
-    // its back: the archive comes on stdin, and once staging has begun another file takes
-    // the space that is left (128 MiB here: pre-flight wants the data plus a fixed margin).
+    // its back: the restore is stopped (failpoint `restore-extract-file:stop`) after its
+    // first staged file, the disk is filled, and the restore goes on. Two large files, so
+    // whichever comes first, the other needs blocks the full disk does not have.
     let src = Instance::new(&["default"]);
-    fs::write(src.path("var/lib/hero/hero_db/data/big"), pseudo_random(24 << 20, 100)).unwrap();
+    fs::write(src.path("var/lib/hero/hero_db/data/big1"), pseudo_random(16 << 20, 100)).unwrap();
+    fs::write(src.path("var/lib/hero/hero_db/data/big2"), pseudo_random(16 << 20, 101)).unwrap();
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
     ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
-    let data = fs::read(&archive).unwrap();
 
     let small = LoopFs::new("ext4", 128);
     let hooks_log = src.dir.path().join("hooks.log");
@@ -78,27 +77,21 @@ fn disk_full_while_staging_a_restore() {
     let t = Instance::in_dir(&["default"], &inv, &small.mount);
     fs::write(t.path("var/lib/hero/hero_db/data/marker"), "old").unwrap();
     let before = tree(&t.path("var/lib/hero"));
-    let mut child = common::bin_command()
-        .args(t.args(&["restore", "--from", "-", "-i", key.to_str().unwrap(), "--replace"]))
-        .stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let head = 256 << 10;
-    stdin.write_all(&data[..head]).unwrap();
+    let child = common::bin_command()
+        .env("HERO_SNAP_FAILPOINT", "restore-extract-file:stop")
+        .args(t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]))
+        .stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stat = format!("/proc/{}/stat", child.id());
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while leftovers(&t.root).is_empty() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut e = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut e).unwrap();
-            panic!("the restore ended ({status}) before staging: {e}");
-        }
-        assert!(std::time::Instant::now() < until, "staging never began");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    while !fs::read_to_string(&stat).unwrap_or_default().contains(") T ") {
+        assert!(std::time::Instant::now() < until, "the restore never reached its first staged file");
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    assert!(!leftovers(&t.root).is_empty(), "stopped after a staged file, but no staging directory");
+    // Fill every block, the root-reserved ones too (hero-snap runs as root).
     let filler = small.mount.join("filler");
-    let st = Command::new("sh").arg("-c").arg(format!("fallocate -l $(( $(df --output=avail -B1 {0} | tail -1) - 65536 )) {1}", small.mount.display(), filler.display())).status().unwrap();
-    assert!(st.success());
-    let _ = stdin.write_all(&data[head..]);
-    drop(stdin);
+    let _ = Command::new("dd").args(["if=/dev/zero", "bs=1M", "status=none"]).arg(format!("of={}", filler.display())).stderr(Stdio::null()).status();
+    Command::new("kill").args(["-CONT", &child.id().to_string()]).status().unwrap();
     let out = child.wait_with_output().unwrap();
     fs::remove_file(&filler).unwrap();
     assert!(!out.status.success(), "the restore fit on a full disk");

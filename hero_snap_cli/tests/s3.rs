@@ -47,10 +47,10 @@ fn round_trip(gw: &Gateway) {
     assert!(gw.uploads("hero").is_empty(), "a finished backup left an upload");
 
     let out = gw.ok(&strings(&["inspect", "--from", url, "-i", key, "--json"]));
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = json_result(&out);
     assert_eq!(m["result"]["instance"], "test");
     let out = gw.ok(&strings(&["verify", "--from", url, "-i", key, "--json"]));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_result(&out);
     assert!(v["result"]["files"].as_u64().unwrap() > 5);
 
     // Restore to a bare target: the trees are equal.
