@@ -3,7 +3,7 @@
 # a -> b -> a, the two logs differ by at most the record in flight at any instant, so a
 # backup taken at one instant restores logs whose last records are equal or a = b + 1.
 # usage: python3 lockstep-writer.py LOG a|b
-import os, sys
+import sys
 path, role = sys.argv[1], sys.argv[2]
 f = open(path, "a", buffering=1)
 n = 0

@@ -11,7 +11,7 @@ pub enum Status {
     Ok,
     /// Left out on purpose, by a rule or the selection; `reason` says which.
     Skipped,
-    /// Asked for but not done; `reason` says why. The CLI exits 8 when any outcome failed.
+    /// Asked for but not done; `reason` says why. The CLI exits 9 when any outcome failed.
     Failed,
 }
 
