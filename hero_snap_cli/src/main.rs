@@ -63,16 +63,22 @@ enum Cmd {
 
 #[derive(Args)]
 struct ListArgs {
-    /// Directory holding the archives (not searched recursively).
-    dir: PathBuf,
+    /// Directory holding the archives (not searched recursively), or s3://BUCKET/PREFIX/.
+    #[arg(value_name = "DIR|s3://BUCKET/PREFIX/")]
+    dir: String,
+    #[command(flatten)]
+    s3: S3Args,
     #[command(flatten)]
     keys: KeyArgs,
 }
 
 #[derive(Args)]
 struct PruneArgs {
-    /// Directory holding the archives (not searched recursively).
-    dir: PathBuf,
+    /// Directory holding the archives (not searched recursively), or s3://BUCKET/PREFIX/.
+    #[arg(value_name = "DIR|s3://BUCKET/PREFIX/")]
+    dir: String,
+    #[command(flatten)]
+    s3: S3Args,
     /// Keep the newest N archives of each series (same instance and selection).
     #[arg(long, default_value_t = 0)]
     keep_last: usize,
@@ -83,7 +89,7 @@ struct PruneArgs {
     #[arg(long)]
     dry_run: bool,
     /// After pruning, exit 17 unless this much space is free there: a size (500M, 10G), or
-    /// `auto` for the size of each series' newest archive plus 10 %.
+    /// `auto` for the size of each series' newest archive plus 10 % (directories only).
     #[arg(long, value_name = "SIZE|auto")]
     min_free: Option<String>,
     #[command(flatten)]
@@ -228,14 +234,19 @@ struct S3Args {
 }
 
 impl S3Args {
-    fn location(&self, text: &str) -> Result<Location, Error> {
-        let config = S3Config {
+    fn config(&self) -> S3Config {
+        S3Config {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
             profile: self.s3_profile.clone(),
             virtual_host_style: self.s3_virtual_host,
-        };
-        Location::parse(text, &config)
+        }
+    }
+    fn location(&self, text: &str) -> Result<Location, Error> {
+        Location::parse(text, &self.config())
+    }
+    fn folder(&self, text: &str) -> Result<catalog::Folder, Error> {
+        catalog::Folder::parse(text, &self.config())
     }
 }
 
@@ -665,7 +676,7 @@ fn run(cli: Cli, out: &Output, cancel: &Cancel) -> Result<(), Error> {
         }
         Cmd::List(args) => {
             let keys = args.keys.decryption()?;
-            let listed = catalog::list(&args.dir, &keys)?;
+            let listed = catalog::list(&args.s3.folder(&args.dir)?, &keys)?;
             out.result(&listed);
             if !json {
                 print_listing(&listed);
@@ -679,18 +690,18 @@ fn run(cli: Cli, out: &Output, cancel: &Cancel) -> Result<(), Error> {
                 Some(s) => Some(MinFree::Bytes(catalog::parse_size(s).map_err(|e| Error::Usage(format!("--min-free: {e}")))?)),
             };
             let opts = PruneOptions { keep_last: args.keep_last, keep_daily: args.keep_daily, dry_run: args.dry_run, min_free };
-            let report = catalog::prune(&args.dir, &keys, &opts)?;
+            let report = catalog::prune(&args.s3.folder(&args.dir)?, &keys, &opts)?;
             out.result(&report);
             if !json {
                 let verb = if report.dry_run { "would delete" } else { "deleted" };
                 for k in &report.kept {
-                    println!("keep    {}  {}  ({})", k.created, k.path.display(), k.reasons.join(", "));
+                    println!("keep    {}  {}  ({})", k.created, k.path, k.reasons.join(", "));
                 }
                 for d in &report.deleted {
-                    println!("{verb:<7} {}", d.display());
+                    println!("{verb:<7} {d}");
                 }
                 for i in &report.ignored {
-                    println!("ignored {}: {}", i.path.display(), i.problem.as_deref().unwrap_or("not an archive"));
+                    println!("ignored {}: {}", i.path, i.problem.as_deref().unwrap_or("not an archive"));
                 }
                 println!("{verb} {} archives, {} bytes", report.deleted.len(), report.freed_bytes);
             }
@@ -728,9 +739,9 @@ fn print_listing(listed: &[catalog::Listed]) {
             Some(s) => println!(
                 "{:<20} {:<14} {:>10} {:<9} {:<32} {:<24} {}",
                 s.created.get(..19).unwrap_or(&s.created), s.instance, l.size, enc, s.services.join(","),
-                if s.contexts.is_empty() { "-".to_string() } else { s.contexts.join(",") }, l.path.display()
+                if s.contexts.is_empty() { "-".to_string() } else { s.contexts.join(",") }, l.path
             ),
-            None => println!("{:<20} {:<14} {:>10} {:<9} {}: {}", "-", "-", l.size, enc, l.path.display(), l.problem.as_deref().unwrap_or("unreadable")),
+            None => println!("{:<20} {:<14} {:>10} {:<9} {}: {}", "-", "-", l.size, enc, l.path, l.problem.as_deref().unwrap_or("unreadable")),
         }
     }
 }

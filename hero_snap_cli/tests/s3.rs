@@ -32,6 +32,7 @@ fn archives_in_object_storage() {
     let gw = Gateway::start();
     gw.make_bucket("hero");
     round_trip(&gw);
+    list_and_prune_a_prefix(&gw);
     killed_upload_is_aborted_by_gc(&gw);
     failed_backup_aborts_its_upload(&gw);
     clear_errors(&gw);
@@ -81,6 +82,69 @@ fn round_trip(gw: &Gateway) {
     let out = gw.hero_snap(&c.args(&["restore", "--from", cut_url, "-i", key]), &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(!c.path("var/lib/hero/hero_db").exists() && !c.path("var/lib/hero/hero_foundry").exists(), "a refused restore changed the target");
+}
+
+/// `list` and `prune` over s3://BUCKET/PREFIX/: the same rules as for a directory, the
+/// objects checked through the S3 API.
+fn list_and_prune_a_prefix(gw: &Gateway) {
+    let a = Instance::new(&["geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let key = key.to_str().unwrap();
+    let b = |name: &str, extra: &[&str]| {
+        let url = format!("s3://hero/series/{name}");
+        let mut args = vec!["backup", "--allow-live", "--to", url.as_str()];
+        args.extend_from_slice(extra);
+        gw.ok(&a.args(&args));
+        url
+    };
+    let old = b("old.hsnap", &["--no-encrypt"]);
+    let mid = b("mid.hsnap", &["-r", &recipient]);
+    let new = b("new.hsnap", &["-r", &recipient]);
+    let ctx = b("geomind.hsnap", &["--no-encrypt", "--context", "geomind"]);
+    // Not listed: an archive one level deeper, a name starting with `.`. Listed, never
+    // deleted: an object that is not an archive.
+    let deeper = b("deeper/x.hsnap", &["--no-encrypt"]);
+    let notes = gw.dir.path().join("notes.txt");
+    fs::write(&notes, "not an archive").unwrap();
+    for k in ["series/notes.txt", "series/.hidden"] {
+        let (status, body) = gw.api("PUT", &format!("/hero/{k}"), Some(notes.as_path()));
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let out = gw.ok(&strings(&["list", "--json", "s3://hero/series/", "-i", key]));
+    let v = json_result(&out);
+    let files = v["result"].as_array().unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, [ctx.as_str(), new.as_str(), mid.as_str(), old.as_str(), "s3://hero/series/notes.txt"], "newest first, then what is not an archive");
+    assert_eq!(files[1]["encrypted"], true);
+    assert_eq!(files[1]["summary"]["instance"], "test");
+    assert_eq!(files[0]["summary"]["contexts"], serde_json::json!(["geomind"]));
+    assert!(files[4]["problem"].as_str().unwrap().contains("not a hero-snap archive"));
+    // The prefix without its slash is the same folder; the text listing names the objects.
+    let text = String::from_utf8(gw.ok(&strings(&["list", "s3://hero/series", "-i", key])).stdout).unwrap();
+    assert!(text.contains(&new) && text.contains("hero_db,hero_foundry"), "{text}");
+
+    let out = gw.ok(&strings(&["prune", "--json", "s3://hero/series/", "--keep-last", "1", "-i", key, "--dry-run"]));
+    let v = json_result(&out);
+    let mut would: Vec<&str> = v["result"]["deleted"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    would.sort();
+    assert_eq!(would, [mid.as_str(), old.as_str()]);
+    assert!(gw.exists("hero", "series/old.hsnap") && gw.exists("hero", "series/mid.hsnap"), "a dry run deleted");
+    gw.ok(&strings(&["prune", "s3://hero/series/", "--keep-last", "1", "-i", key]));
+    assert!(!gw.exists("hero", "series/old.hsnap") && !gw.exists("hero", "series/mid.hsnap"));
+    for k in ["series/new.hsnap", "series/geomind.hsnap", "series/notes.txt", "series/.hidden", "series/deeper/x.hsnap"] {
+        assert!(gw.exists("hero", k), "prune deleted {k}");
+    }
+    assert!(deeper.ends_with("deeper/x.hsnap"));
+
+    // Free space is a local filesystem's notion: refused for a bucket, before anything.
+    let out = gw.hero_snap(&strings(&["prune", "s3://hero/series/", "--keep-last", "1", "-i", key, "--min-free", "1G"]), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--min-free"), "{}", stderr(&out));
+    // A missing bucket: exit 8, named.
+    let out = gw.hero_snap(&strings(&["list", "s3://no-such-bucket/x/"]), &[]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bucket `no-such-bucket` does not exist"), "{}", stderr(&out));
 }
 
 /// An instance with `mib` MiB of incompressible data in hero_db.

@@ -319,11 +319,11 @@ pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progre
         .map_err(Error::io(&dir, "creating the archive"))?;
     let file = tmp.as_file().try_clone().map_err(Error::io(tmp.path(), "opening"))?;
     // The writer does not know where its output goes: name the file in its errors.
-    let (report, buffered) = backup(inv, opts, BufWriter::with_capacity(1 << 20, file), progress, cancel).map_err(|e| match e {
+    let (report, buffered) = backup(inv, opts, BufWriter::with_capacity(1 << 20, WriteBehind::new(file)), progress, cancel).map_err(|e| match e {
         Error::Io { path: p, action, source } if p.as_os_str() == "<archive output>" => Error::Io { path: path.to_path_buf(), action, source },
         other => other,
     })?;
-    let file: File = buffered.into_inner().map_err(|e| Error::io(tmp.path(), "writing the archive")(e.into_error()))?;
+    let file: File = buffered.into_inner().map_err(|e| Error::io(tmp.path(), "writing the archive")(e.into_error()))?.file;
     file.sync_all().map_err(Error::io(tmp.path(), "syncing the archive"))?;
     crate::failpoint("backup-before-rename");
     tmp.persist(path).map_err(|e| Error::io(path, "renaming the archive into place")(e.error))?;
@@ -331,6 +331,60 @@ pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progre
         let _ = d.sync_all();
     }
     Ok(report)
+}
+
+/// Writes the archive file and keeps its writeback going while it grows: the disk writes
+/// while zstd compresses, so the final fsync waits for the last few MiB rather than the
+/// whole archive (which made a backup to a slow disk take compression time plus write
+/// time). Written pages are then dropped from the page cache, so that a backup does not
+/// push the services' hot data out of memory. Both are hints: the fsync after the last
+/// byte is what makes the archive durable, and it reports any write error.
+struct WriteBehind {
+    file: File,
+    written: u64,
+    /// Writeback was started for everything before this offset...
+    started: u64,
+    /// ...and awaited (and the pages dropped) for everything before this one.
+    settled: u64,
+}
+
+impl WriteBehind {
+    /// Writeback is started per this many bytes written...
+    const STEP: u64 = 8 << 20;
+    /// ...and awaited once it is this far behind, which bounds the dirty pages.
+    const LAG: u64 = 64 << 20;
+
+    fn new(file: File) -> WriteBehind {
+        WriteBehind { file, written: 0, started: 0, settled: 0 }
+    }
+
+    fn range(&self, from: u64, to: u64, flags: libc::c_uint) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a file descriptor this struct owns; no memory is shared.
+        unsafe { libc::sync_file_range(self.file.as_raw_fd(), from as libc::off64_t, (to - from) as libc::off64_t, flags) };
+    }
+}
+
+impl Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= Self::STEP {
+            self.range(self.started, self.written, libc::SYNC_FILE_RANGE_WRITE);
+            self.started = self.written;
+            if self.started - self.settled >= Self::LAG + Self::STEP {
+                let to = self.started - Self::LAG;
+                self.range(self.settled, to, libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER);
+                let _ = nix::fcntl::posix_fadvise(&self.file, self.settled as i64, (to - self.settled) as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+                self.settled = to;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Removes `.<name>.<pid>.*.partial` files that a killed run (a dead pid) left in `dir`.

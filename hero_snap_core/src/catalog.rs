@@ -1,25 +1,92 @@
-//! A directory of archives: what each one holds ([`list`]) and which to keep ([`prune`]).
+//! A folder of archives — a directory, or a prefix of an S3 bucket: what each archive
+//! holds ([`list`]) and which to keep ([`prune`]).
 //!
-//! Both read only the head of each archive (the manifest). A file whose manifest cannot
-//! be read — foreign, damaged, or encrypted to keys not given — is reported, never
-//! fatal, and never deleted.
+//! Both read only the head of each archive (the manifest; from object storage, one
+//! ranged GET). A file whose manifest cannot be read — foreign, damaged, or encrypted to
+//! keys not given — is reported, never fatal, and never deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::crypto::{encrypted_head, Decryption};
+use crate::archive::s3::{self, S3Config, S3Object, S3Prefix};
 use crate::error::{Error, Result};
 use crate::manifest::{Consistency, Manifest};
 
-/// One file of the directory, as [`list`] found it.
+/// Where archives are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folder {
+    /// A local directory (not searched recursively).
+    Dir(PathBuf),
+    /// `s3://BUCKET/PREFIX/`: the objects directly under the prefix.
+    S3(S3Prefix),
+}
+
+impl Folder {
+    /// `s3://BUCKET/PREFIX/` (reached with `s3`), or a directory.
+    pub fn parse(text: &str, s3: &S3Config) -> Result<Folder> {
+        if text.starts_with("s3://") {
+            Ok(Folder::S3(S3Prefix::parse(text, s3.clone())?))
+        } else if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| s.chars().all(|c| c.is_ascii_alphanumeric())) {
+            Err(Error::Usage(format!("`{text}`: {scheme}:// is not supported; archives are kept in a directory or under s3://BUCKET/PREFIX/")))
+        } else {
+            Ok(Folder::Dir(PathBuf::from(text)))
+        }
+    }
+}
+
+impl From<&Path> for Folder {
+    fn from(dir: &Path) -> Folder {
+        Folder::Dir(dir.to_path_buf())
+    }
+}
+
+impl std::fmt::Display for Folder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Folder::Dir(d) => write!(f, "{}", d.display()),
+            Folder::S3(p) => f.write_str(&p.url()),
+        }
+    }
+}
+
+/// One archive of a folder: a file or an object.
+#[derive(Debug, Clone)]
+enum Item {
+    File(PathBuf),
+    Object(S3Object),
+}
+
+impl Item {
+    fn name(&self) -> String {
+        match self {
+            Item::File(p) => p.display().to_string(),
+            Item::Object(o) => o.url(),
+        }
+    }
+    fn open(&self) -> Result<Box<dyn Read>> {
+        match self {
+            Item::File(p) => Ok(Box::new(BufReader::new(File::open(p).map_err(Error::io(p, "opening"))?))),
+            Item::Object(o) => s3::open(o, false),
+        }
+    }
+    fn delete(&self) -> Result<()> {
+        match self {
+            Item::File(p) => std::fs::remove_file(p).map_err(Error::io(p, "deleting the archive")),
+            Item::Object(o) => s3::delete(o),
+        }
+    }
+}
+
+/// One file of the folder, as [`list`] found it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
-    /// The file.
-    pub path: PathBuf,
+    /// The file's path, or the object's `s3://BUCKET/KEY`.
+    pub path: String,
     /// Its size in bytes.
     pub size: u64,
     /// Whether it is age-encrypted (`None`: not a hero-snap archive at all).
@@ -28,6 +95,8 @@ pub struct Listed {
     pub summary: Option<Summary>,
     /// Why the manifest could not be read, e.g. `encrypted (no identity given)`.
     pub problem: Option<String>,
+    #[serde(skip)]
+    item: Item,
 }
 
 /// The head of an archive's manifest, for a listing.
@@ -86,9 +155,9 @@ fn selection_label(m: &Manifest) -> String {
     parts.join("; ")
 }
 
-/// Lists the regular files directly in `dir` (not in subdirectories; names starting with
-/// `.` are skipped: they are backups still being written). Archives come first, newest
-/// first; files that are not readable archives follow, by name.
+/// Lists the regular files directly in `folder` (not in subdirectories; names starting
+/// with `.` are skipped: they are backups still being written). Archives come first,
+/// newest first; files that are not readable archives follow, by name.
 ///
 /// Plaintext archives are read without asking; encrypted ones need `keys`.
 ///
@@ -97,29 +166,20 @@ fn selection_label(m: &Manifest) -> String {
 /// # fn main() -> hero_snap_core::Result<()> {
 /// let mut keys = Decryption::default();
 /// keys.add_identity_file("/root/hero-snap.key".as_ref())?;
-/// for f in catalog::list("/backups".as_ref(), &keys)? {
+/// let folder = catalog::Folder::parse("s3://backups/hero/", &Default::default())?;
+/// for f in catalog::list(&folder, &keys)? {
 ///     match (&f.summary, &f.problem) {
-///         (Some(s), _) => println!("{} {} {}", s.created, s.instance, f.path.display()),
-///         (None, Some(p)) => println!("{}: {p}", f.path.display()),
+///         (Some(s), _) => println!("{} {} {}", s.created, s.instance, f.path),
+///         (None, Some(p)) => println!("{}: {p}", f.path),
 ///         _ => {}
 ///     }
 /// }
 /// # Ok(()) }
 /// ```
-pub fn list(dir: &Path, keys: &Decryption) -> Result<Vec<Listed>> {
-    let rd = std::fs::read_dir(dir).map_err(Error::io(dir, "listing the backup directory"))?;
+pub fn list(folder: &Folder, keys: &Decryption) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(Error::io(dir, "listing the backup directory"))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => m,
-            _ => continue,
-        };
-        out.push(examine(path, meta.len(), keys));
+    for (item, size) in items(folder)? {
+        out.push(examine(item, size, keys));
     }
     out.sort_by(|a, b| match (&a.summary, &b.summary) {
         (Some(x), Some(y)) => y.created.cmp(&x.created).then_with(|| a.path.cmp(&b.path)),
@@ -130,10 +190,46 @@ pub fn list(dir: &Path, keys: &Decryption) -> Result<Vec<Listed>> {
     Ok(out)
 }
 
-fn examine(path: PathBuf, size: u64, keys: &Decryption) -> Listed {
-    let mut listed = Listed { path, size, encrypted: None, summary: None, problem: None };
+fn items(folder: &Folder) -> Result<Vec<(Item, u64)>> {
+    let mut out = Vec::new();
+    match folder {
+        Folder::Dir(dir) => {
+            let rd = std::fs::read_dir(dir).map_err(Error::io(dir, "listing the backup directory"))?;
+            for entry in rd {
+                let entry = entry.map_err(Error::io(dir, "listing the backup directory"))?;
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                if let Some(m) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) {
+                    out.push((Item::File(path), m.len()));
+                }
+            }
+        }
+        Folder::S3(prefix) => {
+            for (obj, size) in s3::list(prefix)? {
+                if !obj.key.rsplit('/').next().unwrap_or_default().starts_with('.') {
+                    out.push((Item::Object(obj), size));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn examine(item: Item, size: u64, keys: &Decryption) -> Listed {
+    let mut listed = Listed { path: item.name(), size, encrypted: None, summary: None, problem: None, item };
+    // One open per archive: the first bytes tell whether it is encrypted, then the
+    // manifest is read from the same stream.
+    let mut input = match listed.item.open() {
+        Ok(r) => r,
+        Err(e) => {
+            listed.problem = Some(format!("unreadable: {e}"));
+            return listed;
+        }
+    };
     let mut head = [0u8; 64];
-    let n = match File::open(&listed.path).and_then(|mut f| read_head(&mut f, &mut head)) {
+    let n = match read_head(&mut input, &mut head) {
         Ok(n) => n,
         Err(e) => {
             listed.problem = Some(format!("unreadable: {e}"));
@@ -157,17 +253,14 @@ fn examine(path: PathBuf, size: u64, keys: &Decryption) -> Listed {
             &plaintext
         }
     };
-    let read = File::open(&listed.path)
-        .map_err(Error::io(&listed.path, "opening"))
-        .and_then(|f| crate::archive::inspect(BufReader::new(f), keys));
-    match read {
+    match crate::archive::inspect(Cursor::new(head[..n].to_vec()).chain(input), keys) {
         Ok(m) => listed.summary = Some(Summary::of(&m)),
         Err(e) => listed.problem = Some(e.to_string()),
     }
     listed
 }
 
-fn read_head(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_head(f: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {
@@ -204,8 +297,8 @@ pub struct PruneOptions {
 /// One archive [`prune`] keeps, and the rules that keep it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Kept {
-    /// The archive.
-    pub path: PathBuf,
+    /// The archive's path or `s3://` URL.
+    pub path: String,
     /// When it was made.
     pub created: String,
     /// `newest`, `last`, `daily YYYY-MM-DD`.
@@ -233,7 +326,7 @@ pub struct PruneReport {
     /// Archives kept.
     pub kept: Vec<Kept>,
     /// Archives deleted.
-    pub deleted: Vec<PathBuf>,
+    pub deleted: Vec<String>,
     /// Bytes freed (or that would be freed).
     pub freed_bytes: u64,
     /// Files left alone because their manifest could not be read, with why.
@@ -242,26 +335,31 @@ pub struct PruneReport {
     pub space: Option<SpaceCheck>,
 }
 
-/// Applies retention to the archives in `dir`, per series (same instance and selection),
-/// by the manifests' creation times. The newest archive of every series is always kept;
-/// only files whose manifest was read are ever deleted.
+/// Applies retention to the archives in `folder`, per series (same instance and
+/// selection), by the manifests' creation times. The newest archive of every series is
+/// always kept; only files whose manifest was read are ever deleted. `min_free` applies to
+/// a directory only (object storage reports no free space).
 ///
 /// ```no_run
 /// use hero_snap_core::catalog::{prune, MinFree, PruneOptions};
 /// use hero_snap_core::Decryption;
+/// use std::path::Path;
 /// # fn main() -> hero_snap_core::Result<()> {
 /// let mut keys = Decryption::default();
 /// keys.add_identity_file("/root/hero-snap.key".as_ref())?;
 /// let opts = PruneOptions { keep_last: 3, keep_daily: 7, dry_run: true, min_free: Some(MinFree::NextBackup) };
-/// let report = prune("/backups".as_ref(), &keys, &opts)?;
+/// let report = prune(&Path::new("/backups").into(), &keys, &opts)?;
 /// println!("would delete {:?}", report.deleted);
 /// # Ok(()) }
 /// ```
-pub fn prune(dir: &Path, keys: &Decryption, opts: &PruneOptions) -> Result<PruneReport> {
+pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<PruneReport> {
     if opts.keep_last == 0 && opts.keep_daily == 0 {
         return Err(Error::Usage("prune needs a retention rule: --keep-last N and/or --keep-daily N (N >= 1)".into()));
     }
-    let (archives, ignored): (Vec<Listed>, Vec<Listed>) = list(dir, keys)?.into_iter().partition(|l| l.summary.is_some());
+    if let (Some(_), Folder::S3(p)) = (opts.min_free, folder) {
+        return Err(Error::Usage(format!("{}: --min-free checks a local filesystem; object storage has no free space to check", p.url())));
+    }
+    let (archives, ignored): (Vec<Listed>, Vec<Listed>) = list(folder, keys)?.into_iter().partition(|l| l.summary.is_some());
     let mut series: BTreeMap<(String, String), Vec<Listed>> = BTreeMap::new();
     for a in archives {
         let s = a.summary.as_ref().expect("partitioned");
@@ -288,7 +386,7 @@ pub fn prune(dir: &Path, keys: &Decryption, opts: &PruneOptions) -> Result<Prune
             }
             if reasons.is_empty() {
                 if !opts.dry_run {
-                    std::fs::remove_file(&a.path).map_err(Error::io(&a.path, "deleting the archive"))?;
+                    a.item.delete()?;
                 }
                 report.freed_bytes += a.size;
                 report.deleted.push(a.path);
@@ -297,7 +395,7 @@ pub fn prune(dir: &Path, keys: &Decryption, opts: &PruneOptions) -> Result<Prune
             }
         }
     }
-    if let Some(min) = opts.min_free {
+    if let (Some(min), Folder::Dir(dir)) = (opts.min_free, folder) {
         let required = match min {
             MinFree::Bytes(n) => n,
             MinFree::NextBackup => next_backup + next_backup / 10,

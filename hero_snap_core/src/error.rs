@@ -84,15 +84,13 @@ impl Error {
         move |source| Error::Io { path, action, source }
     }
 
-    /// The exit code and the kind of this error: see [`Error::exit_code`] and [`Error::kind`].
+    /// The process exit code the CLI uses for this error (the table is in docs/CLI.md).
     ///
     /// ```
     /// use hero_snap_core::Error;
     /// assert_eq!(Error::Cancelled.exit_code(), 130);
     /// assert_eq!(Error::Cancelled.kind(), "cancelled");
     /// ```
-    ///
-    /// The process exit code the CLI uses for this error (documented in docs/CLI.md).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Io { .. } | Error::Command(_) => 1,

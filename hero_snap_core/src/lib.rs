@@ -100,7 +100,7 @@ pub fn plan(inv: &inventory::Inventory, selection: &Selection, allow_live: bool)
     Ok(plan::place(inv, &mut jobs, allow_live)?.plan)
 }
 
-pub use archive::{backup_to, inspect, verify, Compression, Extent, Location, S3Config, S3Object, VerifyReport};
+pub use archive::{backup_to, inspect, verify, Compression, Extent, Location, S3Config, S3Object, S3Prefix, VerifyReport};
 pub use backup::{backup, backup_to_file, BackupOptions, BackupReport, Selection};
 pub use crypto::{Decryption, Encryption};
 pub use error::{Error, Result};

@@ -17,7 +17,7 @@ use crate::outcome::{Outcome, Status};
 use crate::progress::{Cancel, Event, Progress};
 
 pub use location::{backup_to, Extent, Location};
-pub use s3::{S3Config, S3Object};
+pub use s3::{S3Config, S3Object, S3Prefix};
 pub use write::Compression;
 
 /// Reads the manifest from the head of an archive, without reading the rest.
