@@ -223,11 +223,14 @@ fn manifest_surface(s: &Surface, root: Option<&Path>) -> ManifestSurface {
 /// On any error, and on cancellation, everything is undone before it returns: services
 /// thawed, post hooks run, snapshots removed. What was already written to `out` is not
 /// a valid archive; [`backup_to_file`] removes it for files.
-pub fn backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
+///
+/// `out` is written from a thread of its own (age encryption runs there, beside the
+/// compressing and reading threads), hence `Send + 'static`.
+pub fn backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
     run_backup(inv, opts, out, progress, cancel).map_err(|e| cancel.explain(e))
 }
 
-fn run_backup<W: Write>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
+fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
     let (mut jobs, mut services, mut warnings, mut outcomes) = select(inv, &opts.selection)?;
     let placement = crate::plan::place(inv, &mut jobs, opts.allow_live)?;
     cancel.check()?;

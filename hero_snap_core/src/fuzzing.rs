@@ -1,7 +1,7 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the stable corpus replay
 //! test (`tests/fuzz_corpus.rs`), so both drive exactly the same code. Not part of the API.
 
-use crate::manifest::{Index, Manifest};
+use crate::manifest::Manifest;
 use crate::{verify, Cancel, Decryption, NoProgress};
 
 /// Largest fuzz input turned into an archive (keeps one run short).
@@ -14,11 +14,10 @@ pub fn manifest(data: &[u8]) {
     }
 }
 
-/// The index parser on arbitrary text. Must return, never panic.
+/// The reader's streaming index check (the one every verify and restore runs) on
+/// arbitrary index text. Must return, never panic.
 pub fn index(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = Index::from_yaml(text);
-    }
+    crate::archive::read::fuzz_index(data);
 }
 
 /// The archive reader (plaintext path): `data` is taken as the tar stream, compressed

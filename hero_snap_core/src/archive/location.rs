@@ -81,7 +81,8 @@ pub fn backup_to(inv: &Inventory, opts: &BackupOptions, to: &Location, progress:
             if stdout.is_terminal() {
                 return Err(Error::Usage("refusing to write an archive to a terminal; redirect standard output".into()));
             }
-            let out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            // Not locked: the archive is written from its own thread (`backup`).
+            let out = io::BufWriter::with_capacity(1 << 20, stdout);
             let (report, mut out) = backup(inv, opts, out, progress, cancel)?;
             out.flush().map_err(Error::io("-", "writing the archive"))?;
             Ok(report)

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
+use std::sync::mpsc;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -32,9 +33,9 @@ impl Default for Compression {
     }
 }
 
-type Stack<W> = tar::Builder<zstd::stream::write::Encoder<'static, EncryptedWriter<W>>>;
+type Stack<W> = tar::Builder<zstd::stream::write::Encoder<'static, OutputThread<W>>>;
 
-pub(crate) struct ArchiveWriter<W: Write> {
+pub(crate) struct ArchiveWriter<W: Write + Send + 'static> {
     tar: Stack<W>,
     spill: BufWriter<File>,
     manifest_hash: Option<blake3::Hash>,
@@ -52,9 +53,9 @@ pub(crate) struct ArchiveWriter<W: Write> {
 const COPY_BUF: usize = 1 << 20;
 
 /// Wraps a writer with tar, zstd and age.
-impl<W: Write> ArchiveWriter<W> {
+impl<W: Write + Send + 'static> ArchiveWriter<W> {
     pub(crate) fn new(out: W, enc: &Encryption, comp: Compression) -> Result<ArchiveWriter<W>> {
-        let enc = EncryptedWriter::new(out, enc)?;
+        let enc = OutputThread::start(EncryptedWriter::new(out, enc)?);
         let mut z = zstd::stream::write::Encoder::new(enc, comp.level)
             .map_err(|e| Error::Usage(format!("zstd level {}: {e}", comp.level)))?;
         // A checksum per frame: a flipped byte is caught even where tar ignores content (padding).
@@ -283,6 +284,113 @@ impl<W: Write> ArchiveWriter<W> {
         let enc = z.finish().map_err(Self::out_err)?;
         let out = enc.finish().map_err(Self::out_err)?;
         Ok((out, ArchiveTotals { files: self.files, entries: self.entries, bytes: self.bytes }))
+    }
+}
+
+/// The last stages, age encryption and the output, on a thread of their own, so that the
+/// thread that reads files and feeds zstd never waits for them (the stock pipeline gets
+/// the same overlap from its separate `age` process). Buffers of [`OUTPUT_CHUNK`] are
+/// handed over, [`OUTPUT_CHUNKS_IN_FLIGHT`] at most, and come back for reuse.
+///
+/// The output is finished (age's last chunk) only by [`OutputThread::finish`]; dropped
+/// before that, the thread drops the output unfinished, e.g. an S3 upload aborts, and the
+/// drop waits for it. An output error ends the thread; the next write returns that error.
+pub(crate) struct OutputThread<W: Write + Send + 'static> {
+    tx: Option<mpsc::SyncSender<Option<Vec<u8>>>>,
+    recycled: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    thread: Option<std::thread::JoinHandle<io::Result<Option<W>>>>,
+}
+
+const OUTPUT_CHUNK: usize = 1 << 20;
+const OUTPUT_CHUNKS_IN_FLIGHT: usize = 4;
+
+impl<W: Write + Send + 'static> OutputThread<W> {
+    fn start(mut out: EncryptedWriter<W>) -> OutputThread<W> {
+        let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(OUTPUT_CHUNKS_IN_FLIGHT);
+        let (back, recycled) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("hero-snap-output".into())
+            .spawn(move || -> io::Result<Option<W>> {
+                for msg in rx {
+                    match msg {
+                        Some(buf) => {
+                            out.write_all(&buf)?;
+                            let _ = back.send(buf);
+                        }
+                        None => return out.finish().map(Some),
+                    }
+                }
+                Ok(None)
+            })
+            .expect("spawning the archive output thread");
+        OutputThread { tx: Some(tx), recycled, buf: Vec::with_capacity(OUTPUT_CHUNK), thread: Some(thread) }
+    }
+
+    fn send(&mut self, msg: Option<Vec<u8>>) -> io::Result<()> {
+        match self.tx.as_ref().map(|tx| tx.send(msg)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.stopped()),
+        }
+    }
+
+    /// The error that ended the thread.
+    fn stopped(&mut self) -> io::Error {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            _ => io::Error::other("the archive output stopped"),
+        }
+    }
+
+    fn send_buf(&mut self) -> io::Result<()> {
+        let next = self.recycled.try_recv().map(|mut b| {
+            b.clear();
+            b
+        });
+        let full = std::mem::replace(&mut self.buf, next.unwrap_or_else(|_| Vec::with_capacity(OUTPUT_CHUNK)));
+        self.send(Some(full))
+    }
+
+    /// Sends what is left, finishes the output and returns it.
+    pub(crate) fn finish(mut self) -> io::Result<W> {
+        if !self.buf.is_empty() {
+            self.send_buf()?;
+        }
+        self.send(None)?;
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Ok(Some(out)))) => Ok(out),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            _ => Err(io::Error::other("the archive output stopped")),
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Write for OutputThread<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(OUTPUT_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == OUTPUT_CHUNK {
+            self.send_buf()?;
+        }
+        Ok(n)
+    }
+
+    /// Buffers go out when full or at the end; a flush mid-stream has nothing to promise.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write + Send + 'static> Drop for OutputThread<W> {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
