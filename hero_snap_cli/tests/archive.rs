@@ -224,3 +224,21 @@ fn failed_backup_leaves_no_partial_archive() {
     let left: Vec<_> = fs::read_dir(archive.parent().unwrap()).unwrap().collect();
     assert!(left.is_empty(), "a failed backup left {left:?}");
 }
+
+/// Reading a file for a backup leaves its access time alone (O_NOATIME): a backup must not
+/// dirty every inode of a live instance.
+#[test]
+fn backup_leaves_access_times_alone() {
+    let a = Instance::new(&["default"]);
+    let file = a.path("var/lib/hero/hero_db/data/dump.rdb");
+    fs::write(&file, "old data").unwrap();
+    let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+    filetime::set_file_atime(&file, old).unwrap();
+    let archive = a.dir.path().join("a.hsnap");
+    ok_strings(&a.args(&["backup", "--allow-live", "--no-encrypt", "--to", archive.to_str().unwrap()]));
+    let after = filetime::FileTime::from_last_access_time(&fs::metadata(&file).unwrap());
+    assert_eq!(after, old, "the backup changed the file's access time");
+    // The file was archived, so it was read.
+    let out = ok(&["verify", "--allow-plaintext", "--from", archive.to_str().unwrap(), "--json"]);
+    assert!(json_result(&out)["result"]["files"].as_u64().unwrap() > 0);
+}
