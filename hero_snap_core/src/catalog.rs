@@ -31,7 +31,7 @@ impl Folder {
     pub fn parse(text: &str, s3: &S3Config) -> Result<Folder> {
         if text.starts_with("s3://") {
             Ok(Folder::S3(S3Prefix::parse(text, s3.clone())?))
-        } else if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| s.chars().all(|c| c.is_ascii_alphanumeric())) {
+        } else if let Some(scheme) = crate::archive::location::foreign_scheme(text) {
             Err(Error::Usage(format!("`{text}`: {scheme}:// is not supported; archives are kept in a directory or under s3://BUCKET/PREFIX/")))
         } else {
             Ok(Folder::Dir(PathBuf::from(text)))
@@ -228,15 +228,15 @@ fn examine(item: Item, size: u64, keys: &Decryption) -> Listed {
             return listed;
         }
     };
-    let mut head = [0u8; 64];
-    let n = match read_head(&mut input, &mut head) {
-        Ok(n) => n,
+    let mut head = Vec::with_capacity(64);
+    match input.by_ref().take(64).read_to_end(&mut head) {
+        Ok(_) => {}
         Err(e) => {
             listed.problem = Some(format!("unreadable: {e}"));
             return listed;
         }
     };
-    listed.encrypted = encrypted_head(&head[..n]);
+    listed.encrypted = encrypted_head(&head);
     let plaintext;
     let keys = match listed.encrypted {
         None => {
@@ -253,22 +253,11 @@ fn examine(item: Item, size: u64, keys: &Decryption) -> Listed {
             &plaintext
         }
     };
-    match crate::archive::inspect(Cursor::new(head[..n].to_vec()).chain(input), keys) {
+    match crate::archive::inspect(Cursor::new(head).chain(input), keys) {
         Ok(m) => listed.summary = Some(Summary::of(&m)),
         Err(e) => listed.problem = Some(e.to_string()),
     }
     listed
-}
-
-fn read_head(f: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// The free space [`prune`] must leave in the directory.

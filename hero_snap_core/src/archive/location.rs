@@ -39,7 +39,7 @@ impl Location {
             Location::Stdio
         } else if text.starts_with("s3://") {
             Location::S3(S3Object::parse(text, s3.clone())?)
-        } else if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| s.chars().all(|c| c.is_ascii_alphanumeric())) {
+        } else if let Some(scheme) = foreign_scheme(text) {
             return Err(Error::Usage(format!("`{text}`: {scheme}:// is not supported; archives go to a file, `-` or s3://BUCKET/KEY")));
         } else {
             Location::File(PathBuf::from(text))
@@ -57,6 +57,13 @@ impl Location {
             Location::S3(obj) => s3::open(obj, extent == Extent::Whole),
         }
     }
+}
+
+/// The scheme of a `SCHEME://...` text that is not `s3://`, which would otherwise be
+/// taken for a relative file path.
+pub(crate) fn foreign_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once("://")?;
+    (scheme != "s3" && scheme.chars().all(|c| c.is_ascii_alphanumeric())).then_some(scheme)
 }
 
 impl fmt::Display for Location {

@@ -137,7 +137,7 @@ impl S3Prefix {
 
     /// The folder itself, as an object whose key is the prefix (for connections and messages).
     fn as_object(&self) -> S3Object {
-        S3Object { bucket: self.bucket.clone(), key: self.prefix.clone(), config: self.config.clone() }
+        self.object("")
     }
 }
 

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
-use std::sync::mpsc;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use tar::{EntryType, Header, HeaderMode};
 
@@ -248,9 +248,8 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         self.warnings.push(w);
     }
 
-    /// Writes a PAX header with the path's extended attributes, if it has any.
-    /// The extended attributes of `path` (read through `file` when it is open) as a PAX
-    /// header before its member.
+    /// Writes a PAX header with the extended attributes of `path` (read through `file`
+    /// when it is open), if it has any, before its member.
     fn xattrs(&mut self, path: &Path, file: Option<&File>) -> Result<()> {
         use xattr::FileExt;
         let names = match file.map_or_else(|| xattr::list(path), |f| f.list_xattr()) {
@@ -345,14 +344,20 @@ impl<W: Write + Send + 'static> OutputThread<W> {
         }
     }
 
-    /// The error that ended the thread.
-    fn stopped(&mut self) -> io::Error {
+    /// Closes the channel and waits for the thread: the finished output, `None` if it was
+    /// dropped unfinished, or the error that ended it.
+    fn join(&mut self) -> io::Result<Option<W>> {
         self.tx = None;
         match self.thread.take().map(|t| t.join()) {
-            Some(Ok(Err(e))) => e,
+            Some(Ok(result)) => result,
             Some(Err(panic)) => std::panic::resume_unwind(panic),
-            _ => io::Error::other("the archive output stopped"),
+            None => Ok(None),
         }
+    }
+
+    /// The error that ended the thread.
+    fn stopped(&mut self) -> io::Error {
+        self.join().err().unwrap_or_else(|| io::Error::other("the archive output stopped"))
     }
 
     fn send_buf(&mut self) -> io::Result<()> {
@@ -370,13 +375,7 @@ impl<W: Write + Send + 'static> OutputThread<W> {
             self.send_buf()?;
         }
         self.send(None)?;
-        self.tx = None;
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(Ok(Some(out)))) => Ok(out),
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(panic)) => std::panic::resume_unwind(panic),
-            _ => Err(io::Error::other("the archive output stopped")),
-        }
+        self.join()?.ok_or_else(|| io::Error::other("the archive output stopped"))
     }
 }
 
@@ -398,6 +397,7 @@ impl<W: Write + Send + 'static> Write for OutputThread<W> {
 
 impl<W: Write + Send + 'static> Drop for OutputThread<W> {
     fn drop(&mut self) {
+        // A panic of the thread is not re-raised from a drop.
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
