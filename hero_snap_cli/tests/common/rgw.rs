@@ -21,16 +21,30 @@ fn script() -> PathBuf {
 impl Gateway {
     pub fn start() -> Gateway {
         // A per-process block of 20 ports (the gateway's, then the monitor's and the
-        // daemons'), so that gateways of other test processes can run alongside.
-        let port = 20000 + (std::process::id() % 2000) as u16 * 20;
-        let mut gw = Gateway { dir: tempfile::tempdir().unwrap(), port, env: Vec::new() };
-        let out = Command::new(script()).arg("start").arg(gw.dir.path()).arg(port.to_string()).output().unwrap();
-        assert!(out.status.success(), "scripts/ceph-rgw start failed:\n{}", stderr(&out));
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let (k, v) = line.strip_prefix("export ").unwrap().split_once('=').unwrap();
-            gw.env.push((k.into(), v.into()));
+        // daemons'), so that gateways of other test processes can run alongside. Blocks lie
+        // below Linux's ephemeral range (32768+), where outgoing connections take ports. A
+        // start that fails (a port taken after all, a daemon that did not come up) is tried
+        // once more in another block, in a new directory, before the test fails.
+        let block = std::process::id() % 600;
+        let mut errors = String::new();
+        for attempt in 0..2 {
+            let port = 20000 + ((block + attempt * 300) % 600) as u16 * 20;
+            let mut gw = Gateway { dir: tempfile::tempdir().unwrap(), port, env: Vec::new() };
+            let out = Command::new(script()).arg("start").arg(gw.dir.path()).arg(port.to_string()).output().unwrap();
+            if !out.status.success() {
+                errors.push_str(&format!("port {port}: {}\n", stderr(&out)));
+                continue;
+            }
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let (k, v) = line.strip_prefix("export ").unwrap().split_once('=').unwrap();
+                gw.env.push((k.into(), v.into()));
+            }
+            if attempt > 0 {
+                eprintln!("scripts/ceph-rgw: the first start failed, the second worked:\n{errors}");
+            }
+            return gw;
         }
-        gw
+        panic!("scripts/ceph-rgw start failed twice:\n{errors}");
     }
 
     pub fn var(&self, name: &str) -> &str {
