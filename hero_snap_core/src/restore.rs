@@ -22,6 +22,8 @@ use crate::outcome::{Outcome, Status};
 use crate::preflight::{preflight, RestorePlan, RestoreSelection};
 use crate::progress::{Cancel, Event, Progress};
 
+mod writers;
+
 /// Options of [`restore`].
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -174,6 +176,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
         },
         dirs: Vec::new(),
         checked_parent: None,
+        writers: writers::Writers::new(),
         files: 0,
         bytes: 0,
     };
@@ -350,6 +353,8 @@ struct Extractor<'a> {
     dirs: Vec<(PathBuf, i64)>,
     /// The last directory whose parents `check_parents` accepted.
     checked_parent: Option<PathBuf>,
+    /// Regular files are written by these threads.
+    writers: writers::Writers,
     files: u64,
     bytes: u64,
 }
@@ -366,6 +371,9 @@ impl Extractor<'_> {
     }
 
     fn finish_extraction(&mut self) -> Result<()> {
+        // Every file is in before directory times are set (creating a file changes its
+        // directory's mtime) and before anything is synced.
+        self.writers.finish()?;
         // Deepest first, so that setting a parent's mtime comes after its children.
         self.dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
         for (dir, mtime) in &self.dirs {
@@ -386,6 +394,7 @@ impl Extractor<'_> {
 
     /// Removes everything this restore created (before any swap).
     fn discard(&mut self) {
+        self.writers.stop();
         undo_dirs(&self.journal);
         self.journal.remove(&self.state);
     }
@@ -459,7 +468,8 @@ impl Visitor for Extractor<'_> {
             check_parents(&stage.root, &dest, m.path)?;
             self.checked_parent = dest.parent().map(Path::to_path_buf);
         }
-        if fs::symlink_metadata(&dest).is_ok() && kind != EntryType::Directory {
+        // Asked in this order, a file still with a writer or already written is never missed.
+        if kind != EntryType::Directory && (self.writers.writing(&dest) || fs::symlink_metadata(&dest).is_ok()) {
             return Err(Error::Refused(format!("member `{}` appears twice", m.path)));
         }
         match kind {
@@ -469,6 +479,8 @@ impl Visitor for Extractor<'_> {
                     .filter(|(k, _)| *k == m.key)
                     .ok_or_else(|| Error::Refused(format!("member `{}` is a hard link to `{link}`, outside its surface", m.path)))?;
                 let src = contained(&stage.root, linner).ok_or_else(|| Error::Refused(format!("member `{}`: unsafe link target", m.path)))?;
+                // The target may still be with a writer.
+                self.writers.wait()?;
                 if !fs::symlink_metadata(&src).is_ok_and(|md| md.is_file()) {
                     return Err(Error::Refused(format!("member `{}` links to `{link}`, which is not a file extracted before it", m.path)));
                 }
@@ -509,8 +521,7 @@ impl Visitor for Extractor<'_> {
                 Ok(Some((counter.count, h)))
             }
             _ => {
-                let (size, h) = extract_file(m.entry, &dest, self.progress)?;
-                crate::failpoint("restore-extract-file");
+                let (size, h) = self.writers.write(m.entry, dest, m.path, self.progress)?;
                 self.extracted(size);
                 Ok(Some((size, h)))
             }
@@ -524,62 +535,6 @@ impl Extractor<'_> {
         self.bytes += bytes;
     }
 }
-
-/// Writes a regular file member to `dest` (a new file) and hashes the bytes as they are
-/// written, then applies its owner, mode, mtime and extended attributes as the tar crate
-/// would. The hash covers exactly what went to the file; `read_archive` checks it against
-/// the index before anything is swapped in.
-fn extract_file<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path, progress: &dyn Progress) -> Result<(u64, blake3::Hash)> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let header = entry.header().clone();
-    let size = entry.size();
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(Error::io(dest, "creating"))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; EXTRACT_BUFFER.min(size.max(1) as usize)];
-    let mut written = 0u64;
-    let mut pending = 0u64;
-    loop {
-        let n = entry.read(&mut buf).map_err(|e| Error::Corrupt(format!("{}: {e}", dest.display())))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(Error::io(dest, "writing"))?;
-        written += n as u64;
-        pending += n as u64;
-        if pending >= 1 << 22 {
-            progress.event(&Event::Bytes { bytes: pending });
-            pending = 0;
-        }
-    }
-    if pending > 0 {
-        progress.event(&Event::Bytes { bytes: pending });
-    }
-    if written != size {
-        return Err(Error::Corrupt(format!("{}: the archive ends inside this file ({written} of {size} bytes)", dest.display())));
-    }
-    let mtime = filetime::FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0);
-    filetime::set_file_handle_times(&file, Some(mtime), Some(mtime)).map_err(Error::io(dest, "setting the mtime"))?;
-    let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
-    let owner = |id: u64| u32::try_from(id).map_err(|_| Error::Corrupt(format!("{}: owner id {id} is out of range", dest.display())));
-    std::os::unix::fs::fchown(&file, Some(owner(uid)?), Some(owner(gid)?)).map_err(Error::io(dest, "setting the owner"))?;
-    // After the owner: chown clears set-id bits (which the reader refuses anyway).
-    let mode = header.mode().unwrap_or(0o600) & 0o7777;
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(Error::io(dest, "setting the mode"))?;
-    if let Ok(Some(exts)) = entry.pax_extensions() {
-        for ext in exts.flatten() {
-            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                use std::os::unix::ffi::OsStrExt;
-                xattr::set(dest, std::ffi::OsStr::from_bytes(name), ext.value_bytes()).map_err(Error::io(dest, "setting extended attributes"))?;
-            }
-        }
-    }
-    Ok((written, hasher.finalize()))
-}
-
-/// Write size for extracted files: large writes keep the syscall count low.
-const EXTRACT_BUFFER: usize = 1 << 20;
 
 /// The tar crate wraps the OS error of an unpack ("failed to unpack X into Y") and its
 /// message drops the cause; keep the cause (e.g. "No space left on device"), the path is

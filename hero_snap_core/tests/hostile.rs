@@ -193,6 +193,16 @@ fn cases(manifest: &Manifest, outside: &Path) -> Vec<Case> {
             link(&format!("{DB}/link"), Symlink, &format!("{out}/target.txt")),
             file(&format!("{DB}/link"), b"escaped"),
         ])) },
+        // Files are written by a pool of threads: the second copy may meet the first still
+        // being written (a large one, in pieces) or already there.
+        Case { name: "the same file twice", needle: "appears twice", archive: build(manifest, &root(vec![
+            file(&format!("{DB}/twice"), &vec![1u8; 300_000]),
+            file(&format!("{DB}/twice"), b"second"),
+        ])) },
+        Case { name: "the same small file twice", needle: "appears twice", archive: build(manifest, &root(vec![
+            file(&format!("{DB}/twice"), b"first"),
+            file(&format!("{DB}/twice"), b"second"),
+        ])) },
         Case { name: "hard link to an absolute path", needle: "outside its surface", archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, &format!("{out}/target.txt"))])) },
         Case { name: "hard link with `..`", needle: "unsafe link target", archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, &format!("{DB}/../../outside/target.txt"))])) },
         Case { name: "hard link into another surface", needle: "outside its surface", archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, "services/hero_foundry/instance/files/note.txt")])) },

@@ -1,0 +1,298 @@
+//! Restore's file writers: the parser reads each regular file's content out of the tar
+//! stream and hashes it, then hands it to a small pool of threads that create the file,
+//! write it and apply its owner, mode, times and extended attributes (decisions/D-09).
+//!
+//! Why: creating files and copying their pages is most of a restore's work, and it is
+//! kernel work that one thread does one file at a time. Files are independent once
+//! their directory exists, which the parser guarantees (directories, symlinks, sparse
+//! files and hard links stay on the parser's thread, hard links after [`Writers::wait`]).
+//! The hash is taken by the parser, in archive order, so the index check does not change.
+//!
+//! Memory is bounded: a file up to [`WHOLE_MAX`] travels as one buffer, a larger one as
+//! [`CHUNK`]-sized pieces over its own short channel; at most [`QUEUED`] files wait.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::progress::{Event, Progress};
+
+/// Files up to this size are read whole and handed over as one buffer.
+const WHOLE_MAX: u64 = 256 << 10;
+/// Piece size of larger files.
+const CHUNK: usize = 1 << 20;
+/// Files handed over and not yet taken by a writer.
+const QUEUED: usize = 64;
+/// Pieces of one large file in flight between the parser and its writer.
+const CHUNKS_QUEUED: usize = 4;
+/// Writer threads at most; on a machine with fewer cores, one per core.
+const MAX_WRITERS: usize = 4;
+
+/// What a file gets once its content is in: as the tar crate would apply it.
+struct Meta {
+    mtime: i64,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+enum Content {
+    Whole(Vec<u8>),
+    Pieces(Receiver<Vec<u8>>),
+}
+
+struct Job {
+    dest: PathBuf,
+    /// The archive member, for errors.
+    member: String,
+    size: u64,
+    meta: Meta,
+    content: Content,
+}
+
+/// Shared between the parser and the writers.
+#[derive(Default)]
+struct State {
+    /// Files handed over and not yet finished (written or failed).
+    pending: Mutex<usize>,
+    done: Condvar,
+    /// The first writer error; later jobs are skipped once it is set.
+    error: Mutex<Option<Error>>,
+    failed: AtomicBool,
+    /// Files handed over and not yet created: a second member of the same name is refused
+    /// at its header whether or not the first is on disk yet.
+    writing: Mutex<HashSet<PathBuf>>,
+}
+
+impl State {
+    fn fail(&self, e: Error) {
+        let mut first = self.error.lock().unwrap();
+        if first.is_none() {
+            *first = Some(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// The first error, once; later callers learn only that the writers failed.
+    fn error(&self) -> Error {
+        self.error.lock().unwrap().take().unwrap_or_else(|| Error::Command("the restore's file writers stopped".into()))
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+}
+
+/// The pool. Dropping it stops the writers (jobs not yet started are skipped) and joins them.
+pub(super) struct Writers {
+    jobs: Option<SyncSender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    state: Arc<State>,
+}
+
+impl Writers {
+    pub fn new() -> Writers {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WRITERS);
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUED);
+        let rx = Arc::new(Mutex::new(rx));
+        let state = Arc::new(State::default());
+        let threads = (0..n)
+            .map(|i| {
+                let (rx, state) = (Arc::clone(&rx), Arc::clone(&state));
+                std::thread::Builder::new()
+                    .name(format!("hero-snap-writer-{i}"))
+                    .spawn(move || writer(&rx, &state))
+                    .expect("spawning a restore writer thread")
+            })
+            .collect();
+        Writers { jobs: Some(tx), threads, state }
+    }
+
+    /// Whether a file handed over as `dest` is not created yet. A caller that asks this
+    /// first and then looks on disk misses no file handed over before.
+    pub fn writing(&self, dest: &std::path::Path) -> bool {
+        self.state.writing.lock().unwrap().contains(dest)
+    }
+
+    /// Reads a regular file's content from `entry`, hashing it, and hands it to a writer
+    /// that creates `dest` (a new file). Returns the length and BLAKE3 of the content; a
+    /// writer's failure comes back from a later call or from [`Writers::wait`].
+    pub fn write<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, dest: PathBuf, member: &str, progress: &dyn Progress) -> Result<(u64, blake3::Hash)> {
+        self.state.check()?;
+        let header = entry.header();
+        let owner = |id: u64| u32::try_from(id).map_err(|_| Error::Corrupt(format!("{member}: owner id {id} is out of range")));
+        let mut meta = Meta {
+            mtime: header.mtime().unwrap_or(0) as i64,
+            uid: owner(header.uid().unwrap_or(0))?,
+            gid: owner(header.gid().unwrap_or(0))?,
+            mode: header.mode().unwrap_or(0o600) & 0o7777,
+            xattrs: Vec::new(),
+        };
+        if let Ok(Some(exts)) = entry.pax_extensions() {
+            for ext in exts.flatten() {
+                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                    meta.xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        let size = entry.size();
+        let mut hasher = blake3::Hasher::new();
+        let (content, pieces) = if size <= WHOLE_MAX {
+            let mut data = Vec::with_capacity(size as usize);
+            let got = entry.read_to_end(&mut data).map_err(|e| Error::Corrupt(format!("{}: {e}", dest.display())))? as u64;
+            if got != size {
+                return Err(Error::Corrupt(format!("{}: the archive ends inside this file ({got} of {size} bytes)", dest.display())));
+            }
+            hasher.update(&data);
+            progress.event(&Event::Bytes { bytes: size });
+            (Content::Whole(data), None)
+        } else {
+            let (pieces, rx) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_QUEUED);
+            (Content::Pieces(rx), Some(pieces))
+        };
+        let dest_shown = dest.display().to_string();
+        self.state.writing.lock().unwrap().insert(dest.clone());
+        *self.state.pending.lock().unwrap() += 1;
+        let job = Job { dest, member: member.to_string(), size, meta, content };
+        if let Err(mpsc::SendError(job)) = self.jobs.as_ref().expect("the pool is running").send(job) {
+            // No writer is left to take it (they stop only after a failure).
+            self.state.writing.lock().unwrap().remove(&job.dest);
+            finished(&self.state);
+            return Err(self.state.error());
+        }
+        let Some(pieces) = pieces else {
+            return Ok((size, hasher.finalize()));
+        };
+        // From here the job is counted by its writer: it finishes it, whole or short.
+        let mut written = 0u64;
+        loop {
+            let mut piece = Vec::with_capacity(CHUNK);
+            let n = (&mut *entry).take(CHUNK as u64).read_to_end(&mut piece).map_err(|e| Error::Corrupt(format!("{dest_shown}: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&piece);
+            written += n as u64;
+            progress.event(&Event::Bytes { bytes: n as u64 });
+            if pieces.send(piece).is_err() {
+                // The writer gave up on this file: its error says why.
+                return Err(self.state.error());
+            }
+        }
+        if written != size {
+            return Err(Error::Corrupt(format!("{dest_shown}: the archive ends inside this file ({written} of {size} bytes)")));
+        }
+        Ok((written, hasher.finalize()))
+    }
+
+    /// Waits until every file handed over is written; the first writer error, if any.
+    pub fn wait(&self) -> Result<()> {
+        let mut pending = self.state.pending.lock().unwrap();
+        while *pending > 0 {
+            pending = self.state.done.wait(pending).unwrap();
+        }
+        drop(pending);
+        self.state.check()
+    }
+
+    /// Waits for every file and stops the threads.
+    pub fn finish(&mut self) -> Result<()> {
+        let waited = self.wait();
+        self.stop();
+        waited
+    }
+
+    /// Stops the writers: jobs not yet started are skipped (as after a failure). Nothing
+    /// writes after this returns.
+    pub fn stop(&mut self) {
+        self.state.failed.store(true, Ordering::SeqCst);
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn finished(state: &State) {
+    let mut pending = state.pending.lock().unwrap();
+    *pending -= 1;
+    if *pending == 0 {
+        state.done.notify_all();
+    }
+}
+
+fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
+    loop {
+        let job = jobs.lock().unwrap().recv();
+        let Ok(job) = job else { return };
+        let dest = job.dest.clone();
+        if !state.failed.load(Ordering::SeqCst) {
+            if let Err(e) = write_file(job) {
+                state.fail(e);
+            }
+        }
+        state.writing.lock().unwrap().remove(&dest);
+        // A skipped job's pieces channel drops here, which stops the parser feeding it.
+        finished(state);
+    }
+}
+
+/// Creates and writes one file, then applies its metadata through the open descriptor.
+fn write_file(job: Job) -> Result<()> {
+    let dest = &job.dest;
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Refused(format!("member `{}` appears twice", job.member))
+        } else {
+            Error::io(dest, "creating")(e)
+        }
+    })?;
+    let written = match job.content {
+        Content::Whole(data) => {
+            file.write_all(&data).map_err(Error::io(dest, "writing"))?;
+            data.len() as u64
+        }
+        Content::Pieces(pieces) => {
+            let mut written = 0;
+            for piece in pieces {
+                file.write_all(&piece).map_err(Error::io(dest, "writing"))?;
+                written += piece.len() as u64;
+            }
+            written
+        }
+    };
+    if written != job.size {
+        // The parser stopped feeding this file; it reports why.
+        return Err(Error::Corrupt(format!("{}: the archive ends inside this file ({written} of {} bytes)", dest.display(), job.size)));
+    }
+    let m = job.meta;
+    let mtime = filetime::FileTime::from_unix_time(m.mtime, 0);
+    filetime::set_file_handle_times(&file, Some(mtime), Some(mtime)).map_err(Error::io(dest, "setting the mtime"))?;
+    std::os::unix::fs::fchown(&file, Some(m.uid), Some(m.gid)).map_err(Error::io(dest, "setting the owner"))?;
+    // After the owner: chown clears set-id bits (which the reader refuses anyway).
+    file.set_permissions(fs::Permissions::from_mode(m.mode)).map_err(Error::io(dest, "setting the mode"))?;
+    for (name, value) in m.xattrs {
+        use std::os::unix::ffi::OsStrExt;
+        use xattr::FileExt;
+        file.set_xattr(std::ffi::OsStr::from_bytes(&name), &value).map_err(Error::io(dest, "setting extended attributes"))?;
+    }
+    crate::failpoint("restore-extract-file");
+    Ok(())
+}
