@@ -216,6 +216,17 @@ pub(crate) fn encrypted_head(head: &[u8]) -> Option<bool> {
 
 /// Opens the decrypted, decompressed tar stream of an archive.
 pub(crate) fn open_tar_stream<'a, R: Read + 'a>(input: R, keys: &Decryption) -> Result<Box<dyn Read + 'a>> {
+    let compressed = open_compressed_stream(input, keys)?;
+    Ok(Box::new(decompress(compressed)?))
+}
+
+/// The zstd decoder over a decrypted stream.
+pub(crate) fn decompress<'a, R: Read + 'a>(compressed: R) -> Result<zstd::stream::read::Decoder<'a, BufReader<R>>> {
+    zstd::stream::read::Decoder::new(compressed).map_err(|e| Error::Corrupt(format!("zstd: {e}")))
+}
+
+/// Opens the decrypted (still compressed) stream of an archive: what `zstd -d` reads.
+pub(crate) fn open_compressed_stream<'a, R: Read + 'a>(input: R, keys: &Decryption) -> Result<Box<dyn Read + 'a>> {
     let mut buf = BufReader::with_capacity(1 << 20, input);
     let head = buf.fill_buf().map_err(|e| Error::Corrupt(format!("cannot read the archive: {e}")))?;
     let compressed: Box<dyn Read + 'a> = match sniff(head) {
@@ -236,8 +247,7 @@ pub(crate) fn open_tar_stream<'a, R: Read + 'a>(input: R, keys: &Decryption) -> 
             Box::new(decrypt(reader, keys)?)
         }
     };
-    let zstd = zstd::stream::read::Decoder::new(compressed).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
-    Ok(Box::new(zstd))
+    Ok(compressed)
 }
 
 fn decrypt<'a, R: BufRead + 'a>(input: R, keys: &Decryption) -> Result<age::stream::StreamReader<R>> {

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 
 use tar::EntryType;
 
-use crate::crypto::{open_tar_stream, Decryption};
+use crate::crypto::{open_compressed_stream, open_tar_stream, Decryption};
 use crate::error::{Error, Result};
 use crate::manifest::{split_member, IndexEntry, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
 use crate::progress::Cancel;
@@ -105,34 +105,46 @@ pub(crate) trait Visitor {
 /// Reads the whole archive, calling `visitor`, and checks it end to end: manifest first,
 /// index last, every file's size and hash, the manifest's hash, the counts.
 ///
-/// Two stages run at once: the calling thread decrypts and decompresses (it owns `input`,
-/// which need not be `Send`, e.g. a locked stdin), a scoped thread parses the tar stream
-/// and runs the visitor (writing files, hashing). They hand over [`CHUNK`]-sized buffers.
+/// Three stages run at once, as `age -d | zstd -d | tar -x` would: the calling thread
+/// reads and decrypts (it owns `input`, which need not be `Send`, e.g. a locked stdin), a
+/// scoped thread decompresses, another parses the tar stream and runs the visitor
+/// (writing files, hashing). They hand over [`CHUNK`]-sized buffers.
 pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut (impl Visitor + Send), cancel: &Cancel) -> Result<ReadOutcome> {
-    let mut stream = open_tar_stream(input, keys)?;
+    let mut compressed = open_compressed_stream(input, keys)?;
     let stream_failed = AtomicBool::new(false);
+    let (compressed_tx, compressed_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+    let (compressed_empty_tx, compressed_empty_rx) = mpsc::channel::<Vec<u8>>();
     let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
         let failed = &stream_failed;
         let parser = scope.spawn(move || {
-            let chunks = ChunkReader { full: full_rx, empty: empty_tx, chunk: Vec::new(), pos: 0, done: false };
-            read_tar(chunks, visitor, cancel, failed)
-            // Dropping the reader here stops the decoder below if the parser gave up early.
+            read_tar(ChunkReader::new(full_rx, empty_tx), visitor, cancel, failed)
+            // Dropping the reader here stops the stages below if the parser gave up early.
         });
-        decode_into(&mut stream, &full_tx, &empty_rx, &stream_failed);
-        drop(full_tx);
+        scope.spawn(move || {
+            // zstd reads the decrypted chunks in place (BufRead), without a copy of its own.
+            match zstd::stream::read::Decoder::with_buffer(ChunkReader::new(compressed_rx, compressed_empty_tx)) {
+                Ok(mut decoder) => decode_into(&mut decoder, &full_tx, &empty_rx, failed),
+                Err(e) => {
+                    failed.store(true, Ordering::SeqCst);
+                    let _ = full_tx.send(Err(e));
+                }
+            }
+        });
+        decode_into(&mut compressed, &compressed_tx, &compressed_empty_rx, &stream_failed);
+        drop(compressed_tx);
         parser.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
-/// Size of the buffers the decoding thread hands to the parser.
+/// Size of the buffers the stages hand on.
 const CHUNK: usize = 1 << 20;
 /// Chunks queued between the stages (bounds the memory of the pipeline).
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-/// Reads the decoded stream into chunks until its end, an error (sent on, and flagged), or
-/// the parser hanging up.
+/// Reads a stage's output into chunks until its end, an error (sent on, and flagged), or
+/// the next stage hanging up.
 fn decode_into(stream: &mut dyn Read, full: &mpsc::SyncSender<io::Result<Vec<u8>>>, empty: &mpsc::Receiver<Vec<u8>>, failed: &AtomicBool) {
     loop {
         let mut chunk = empty.try_recv().unwrap_or_default();
@@ -166,7 +178,7 @@ fn decode_into(stream: &mut dyn Read, full: &mpsc::SyncSender<io::Result<Vec<u8>
     }
 }
 
-/// The parser's side of the pipeline: a `Read` over the chunks, returning the used ones.
+/// The receiving side of a stage: the chunks as one stream, the used ones sent back.
 struct ChunkReader {
     full: mpsc::Receiver<io::Result<Vec<u8>>>,
     empty: mpsc::Sender<Vec<u8>>,
@@ -175,12 +187,15 @@ struct ChunkReader {
     done: bool,
 }
 
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            if self.done {
-                return Ok(0);
-            }
+impl ChunkReader {
+    fn new(full: mpsc::Receiver<io::Result<Vec<u8>>>, empty: mpsc::Sender<Vec<u8>>) -> ChunkReader {
+        ChunkReader { full, empty, chunk: Vec::new(), pos: 0, done: false }
+    }
+}
+
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.chunk.len() && !self.done {
             match self.full.recv() {
                 Ok(Ok(next)) => {
                     let used = std::mem::replace(&mut self.chunk, next);
@@ -197,9 +212,20 @@ impl Read for ChunkReader {
                 Err(_) => self.done = true,
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(&self.chunk[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.chunk.len());
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
