@@ -252,6 +252,16 @@ fn spawn_watchdog(state: &Path, j: &Journal, deadline: Option<Duration>) -> Resu
     cmd.spawn().map_err(|e| Error::Command(format!("cannot start the watchdog (bash): {e}")))
 }
 
+/// `syncfs` on every planned volume. Errors are ignored: the sync only shortens the
+/// snapshot's work; the snapshot is what must succeed, and says so if it does not.
+fn sync_volumes(plan: &crate::plan::Plan) {
+    for vol in &plan.volumes {
+        if let Ok(f) = fs::File::open(&vol.mount.mount_point) {
+            let _ = nix::unistd::syncfs(&f);
+        }
+    }
+}
+
 /// Options of the freeze window.
 pub(crate) struct FreezeOptions<'a> {
     pub state: &'a Path,
@@ -356,6 +366,9 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
     }
 
     crate::failpoint("backup-pre-hooks-done");
+    // Flush what is dirty before the window opens: the sync inside it then writes only what
+    // the services wrote since, so the window does not grow with the page cache's backlog.
+    sync_volumes(plan);
     progress.event(&Event::Phase { phase: "freeze".into() });
     let start = Instant::now();
     let result = (|| -> Result<()> {
@@ -366,11 +379,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
             crate::snapshot::tool(&["systemctl", "freeze", u])?;
         }
         crate::failpoint("backup-frozen");
-        for vol in &plan.volumes {
-            if let Ok(f) = fs::File::open(&vol.mount.mount_point) {
-                let _ = nix::unistd::syncfs(&f);
-            }
-        }
+        sync_volumes(plan);
         crate::failpoint("backup-synced");
         for (i, t) in frozen.taken.iter().enumerate() {
             t.take()?;
