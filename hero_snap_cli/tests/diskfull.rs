@@ -109,3 +109,32 @@ fn disk_full_while_staging_a_restore() {
     let avail: u64 = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
     assert!(avail > 60 << 20, "staged data still takes the space: {avail} bytes free");
 }
+
+#[test]
+fn preflight_counts_blocks_and_inodes_of_small_files() {
+    // 40,000 files of 100 bytes: 4 MB of data, but 160 MB of 4 KiB blocks and 40,000
+    // inodes, more than a 128 MiB ext4 has. Counting bytes alone, the pre-flight would let
+    // the restore start and fail on a full disk; it refuses it up front, naming both.
+    let src = Instance::new(&["default"]);
+    let dir = src.path("var/lib/hero/hero_db/data/records");
+    fs::create_dir_all(&dir).unwrap();
+    for i in 0..40_000 {
+        fs::write(dir.join(format!("{i:05}.json")), format!("{{\"id\":{i:05},\"pad\":\"{}\"}}\n", "x".repeat(78))).unwrap();
+    }
+    let (key, recipient) = age_key(src.dir.path());
+    let archive = src.dir.path().join("a.hsnap");
+    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+
+    let small = LoopFs::new("ext4", 128);
+    let t = Instance::in_dir(&["default"], INVENTORY, &small.mount);
+    let before = tree(&t.path("var/lib/hero"));
+    let out = common::bin_command()
+        .args(t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]))
+        .output().unwrap();
+    assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("bytes with margin") && err.contains("inodes for the files"), "{err}");
+    assert!(err.contains(&small.mount.display().to_string()), "the refusal does not name the filesystem: {err}");
+    assert_eq!(tree(&t.path("var/lib/hero")), before, "the target changed");
+    assert!(leftovers(&small.mount).is_empty(), "staging left: {:?}", leftovers(&small.mount));
+}

@@ -95,6 +95,15 @@ pub enum Refusal {
         /// Bytes available.
         available: u64,
     },
+    /// A target filesystem has too few free inodes for the files.
+    NoInodes {
+        /// A path on that filesystem.
+        path: PathBuf,
+        /// Inodes needed (files, directories, links).
+        needed: u64,
+        /// Inodes available.
+        available: u64,
+    },
     /// The selection does not fit the archive.
     Selection {
         /// What is wrong with it.
@@ -111,7 +120,7 @@ impl Refusal {
             Refusal::SchemaNewer { .. } | Refusal::NoMigration { .. } => 12,
             Refusal::Collision { .. } => 13,
             Refusal::MissingSecrets { .. } | Refusal::SecretStore { .. } => 14,
-            Refusal::NoSpace { .. } => 15,
+            Refusal::NoSpace { .. } | Refusal::NoInodes { .. } => 15,
             Refusal::Selection { .. } => 16,
         }
     }
@@ -132,6 +141,7 @@ impl std::fmt::Display for Refusal {
             Refusal::MissingSecrets { names } => write!(f, "secrets missing on the target: {}; set them (e.g. `hero_proc secret set NAME`) before restoring", names.join(", ")),
             Refusal::SecretStore { message } => write!(f, "cannot check the target's secrets: {message}"),
             Refusal::NoSpace { path, needed, available } => write!(f, "{}: needs {} bytes with margin, {} available; free space or restore elsewhere", path.display(), needed, available),
+            Refusal::NoInodes { path, needed, available } => write!(f, "{}: needs about {} inodes for the files, {} available; free inodes or restore elsewhere", path.display(), needed, available),
             Refusal::Selection { message } => f.write_str(message),
         }
     }
@@ -154,6 +164,8 @@ pub struct TargetSurface {
     pub exists: bool,
     /// Bytes of file data the archive holds for it.
     pub bytes: u64,
+    /// Regular files the archive holds for it.
+    pub files: u64,
 }
 
 impl TargetSurface {
@@ -272,6 +284,7 @@ pub fn preflight(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection
                     path,
                     exists,
                     bytes: s.bytes / (s.contexts.len().max(1) as u64),
+                    files: s.files / (s.contexts.len().max(1) as u64),
                 });
             }
         }
@@ -317,9 +330,7 @@ pub fn preflight(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection
         }
     }
 
-    for (path, needed, available) in space_shortfalls(&plan.surfaces) {
-        refusals.push(Refusal::NoSpace { path, needed, available });
-    }
+    refusals.extend(space_shortfalls(&plan.surfaces));
 
     if refusals.is_empty() {
         Ok(plan)
@@ -353,10 +364,10 @@ fn secret_names(target: &Inventory) -> std::result::Result<BTreeSet<String>, Str
         .collect())
 }
 
-/// Filesystems that would not hold what the restore writes: (path, needed, available).
-fn space_shortfalls(surfaces: &[TargetSurface]) -> Vec<(PathBuf, u64, u64)> {
-    // Group by the filesystem of the nearest existing ancestor.
-    let mut per_fs: BTreeMap<u64, (PathBuf, u64)> = BTreeMap::new();
+/// Filesystems that would not hold what the restore writes, in bytes or in inodes.
+fn space_shortfalls(surfaces: &[TargetSurface]) -> Vec<Refusal> {
+    // Group by the filesystem of the nearest existing ancestor: (a path on it, bytes, files).
+    let mut per_fs: BTreeMap<u64, (PathBuf, u64, u64)> = BTreeMap::new();
     for s in surfaces {
         let mut probe = s.path.as_path();
         while std::fs::metadata(probe).is_err() {
@@ -366,18 +377,26 @@ fn space_shortfalls(surfaces: &[TargetSurface]) -> Vec<(PathBuf, u64, u64)> {
             }
         }
         let Ok(meta) = std::fs::metadata(probe) else { continue };
-        let e = per_fs.entry(meta.dev()).or_insert((probe.to_path_buf(), 0));
+        let e = per_fs.entry(meta.dev()).or_insert((probe.to_path_buf(), 0, 0));
         e.1 += s.bytes;
+        e.2 += s.files;
     }
     let mut out = Vec::new();
-    for (_, (path, bytes)) in per_fs {
-        // 10% for metadata and block rounding, plus 64 MiB of head room.
-        let needed = bytes + bytes / 10 + (64 << 20);
-        if let Ok(st) = nix::sys::statvfs::statvfs(&path) {
-            let available = st.blocks_available() as u64 * st.fragment_size() as u64;
-            if available < needed {
-                out.push((path, needed, available));
-            }
+    for (_, (path, bytes, files)) in per_fs {
+        let Ok(st) = nix::sys::statvfs::statvfs(&path) else { continue };
+        // Every file takes whole blocks: with many small files the rounding outweighs the
+        // bytes (a million 400-byte files take 4 GB of 4 KiB blocks). Then 10 % for
+        // metadata and 64 MiB of head room.
+        let block = (st.fragment_size() as u64).max(512);
+        let needed = bytes + files.saturating_mul(block) + bytes / 10 + (64 << 20);
+        let available = st.blocks_available() as u64 * st.fragment_size() as u64;
+        if available < needed {
+            out.push(Refusal::NoSpace { path: path.clone(), needed, available });
+        }
+        // Filesystems without an inode limit (btrfs, ZFS) report none in use and none free.
+        let inodes_needed = files + files / 10 + 1000;
+        if st.files() > 0 && (st.files_available() as u64) < inodes_needed {
+            out.push(Refusal::NoInodes { path, needed: inodes_needed, available: st.files_available() as u64 });
         }
     }
     out
