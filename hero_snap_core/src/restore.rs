@@ -176,7 +176,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
         },
         dirs: Vec::new(),
         checked_parent: None,
-        writers: writers::Writers::new(),
+        writers: writers::Writers::new()?,
         files: 0,
         bytes: 0,
     };

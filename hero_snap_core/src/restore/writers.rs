@@ -1,6 +1,6 @@
 //! Restore's file writers: the parser reads each regular file's content out of the tar
 //! stream and hashes it, then hands it to a small pool of threads that create the file,
-//! write it and apply its owner, mode, times and extended attributes (decisions/D-09).
+//! write it and apply its owner, mode, times and extended attributes (decisions/D-10).
 //!
 //! Why: creating files and copying their pages is most of a restore's work, and it is
 //! kernel work that one thread does one file at a time. Files are independent once
@@ -67,8 +67,8 @@ struct State {
     /// The first writer error; later jobs are skipped once it is set.
     error: Mutex<Option<Error>>,
     failed: AtomicBool,
-    /// Files handed over and not yet created: a second member of the same name is refused
-    /// at its header whether or not the first is on disk yet.
+    /// Files handed over whose writer has not finished them: a second member of the same
+    /// name is refused at its header whether or not the first is on disk yet.
     writing: Mutex<HashSet<PathBuf>>,
 }
 
@@ -102,21 +102,18 @@ pub(super) struct Writers {
 }
 
 impl Writers {
-    pub fn new() -> Writers {
+    pub fn new() -> Result<Writers> {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WRITERS);
         let (tx, rx) = mpsc::sync_channel::<Job>(QUEUED);
         let rx = Arc::new(Mutex::new(rx));
-        let state = Arc::new(State::default());
-        let threads = (0..n)
-            .map(|i| {
-                let (rx, state) = (Arc::clone(&rx), Arc::clone(&state));
-                std::thread::Builder::new()
-                    .name(format!("hero-snap-writer-{i}"))
-                    .spawn(move || writer(&rx, &state))
-                    .expect("spawning a restore writer thread")
-            })
-            .collect();
-        Writers { jobs: Some(tx), threads, state }
+        let mut pool = Writers { jobs: Some(tx), threads: Vec::new(), state: Arc::new(State::default()) };
+        for i in 0..n {
+            let (rx, state) = (Arc::clone(&rx), Arc::clone(&pool.state));
+            let thread = std::thread::Builder::new().name(format!("hero-snap-writer-{i}")).spawn(move || writer(&rx, &state));
+            // On an error, dropping the pool stops and joins the threads already started.
+            pool.threads.push(thread.map_err(|e| Error::Command(format!("cannot start the restore's writer threads: {e}")))?);
+        }
+        Ok(pool)
     }
 
     /// Whether a file handed over as `dest` is not created yet. A caller that asks this
@@ -244,7 +241,10 @@ fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
         let Ok(job) = job else { return };
         let dest = job.dest.clone();
         if !state.failed.load(Ordering::SeqCst) {
-            if let Err(e) = write_file(job) {
+            // A panic would leave the file counted as pending for ever: it becomes an error.
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_file(job)))
+                .unwrap_or_else(|_| Err(Error::Command(format!("writing {}: a restore writer thread panicked", dest.display()))));
+            if let Err(e) = written {
                 state.fail(e);
             }
         }
