@@ -217,12 +217,8 @@ pub(crate) fn encrypted_head(head: &[u8]) -> Option<bool> {
 /// Opens the decrypted, decompressed tar stream of an archive.
 pub(crate) fn open_tar_stream<'a, R: Read + 'a>(input: R, keys: &Decryption) -> Result<Box<dyn Read + 'a>> {
     let compressed = open_compressed_stream(input, keys)?;
-    Ok(Box::new(decompress(compressed)?))
-}
-
-/// The zstd decoder over a decrypted stream.
-pub(crate) fn decompress<'a, R: Read + 'a>(compressed: R) -> Result<zstd::stream::read::Decoder<'a, BufReader<R>>> {
-    zstd::stream::read::Decoder::new(compressed).map_err(|e| Error::Corrupt(format!("zstd: {e}")))
+    let zstd = zstd::stream::read::Decoder::new(compressed).map_err(|e| Error::Corrupt(format!("zstd: {e}")))?;
+    Ok(Box::new(zstd))
 }
 
 /// Opens the decrypted (still compressed) stream of an archive: what `zstd -d` reads.

@@ -490,17 +490,11 @@ impl Visitor for Extractor<'_> {
             EntryType::Directory => {
                 let mtime = m.entry.header().mtime().unwrap_or(0) as i64;
                 // The tar crate applies PAX xattrs to files only; directories get theirs here.
-                let mut xattrs = Vec::new();
-                if let Ok(Some(exts)) = m.entry.pax_extensions() {
-                    for ext in exts.flatten() {
-                        if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                            xattrs.push((String::from_utf8_lossy(name).into_owned(), ext.value_bytes().to_vec()));
-                        }
-                    }
-                }
+                let xattrs = pax_xattrs(m.entry);
                 m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
                 for (name, value) in xattrs {
-                    xattr::set(&dest, &name, &value).map_err(Error::io(&dest, "setting extended attributes"))?;
+                    use std::os::unix::ffi::OsStrExt;
+                    xattr::set(&dest, std::ffi::OsStr::from_bytes(&name), &value).map_err(Error::io(&dest, "setting extended attributes"))?;
                 }
                 self.dirs.push((dest, mtime));
                 Ok(None)
@@ -534,6 +528,14 @@ impl Extractor<'_> {
         self.files += 1;
         self.bytes += bytes;
     }
+}
+
+/// The extended attributes a member's PAX header carries (`SCHILY.xattr.NAME`): (name, value).
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(Some(exts)) = entry.pax_extensions() else { return Vec::new() };
+    exts.flatten()
+        .filter_map(|ext| ext.key_bytes().strip_prefix(b"SCHILY.xattr.").map(|name| (name.to_vec(), ext.value_bytes().to_vec())))
+        .collect()
 }
 
 /// The tar crate wraps the OS error of an unpack ("failed to unpack X into Y") and its

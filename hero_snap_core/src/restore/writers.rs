@@ -129,27 +129,20 @@ impl Writers {
         self.state.check()?;
         let header = entry.header();
         let owner = |id: u64| u32::try_from(id).map_err(|_| Error::Corrupt(format!("{member}: owner id {id} is out of range")));
-        let mut meta = Meta {
+        let meta = Meta {
             mtime: header.mtime().unwrap_or(0) as i64,
             uid: owner(header.uid().unwrap_or(0))?,
             gid: owner(header.gid().unwrap_or(0))?,
             mode: header.mode().unwrap_or(0o600) & 0o7777,
-            xattrs: Vec::new(),
+            xattrs: super::pax_xattrs(entry),
         };
-        if let Ok(Some(exts)) = entry.pax_extensions() {
-            for ext in exts.flatten() {
-                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-                }
-            }
-        }
         let size = entry.size();
         let mut hasher = blake3::Hasher::new();
         let (content, pieces) = if size <= WHOLE_MAX {
             let mut data = Vec::with_capacity(size as usize);
             let got = entry.read_to_end(&mut data).map_err(|e| Error::Corrupt(format!("{}: {e}", dest.display())))? as u64;
             if got != size {
-                return Err(Error::Corrupt(format!("{}: the archive ends inside this file ({got} of {size} bytes)", dest.display())));
+                return Err(ends_inside(&dest.display(), got, size));
             }
             hasher.update(&data);
             progress.event(&Event::Bytes { bytes: size });
@@ -188,7 +181,7 @@ impl Writers {
             }
         }
         if written != size {
-            return Err(Error::Corrupt(format!("{dest_shown}: the archive ends inside this file ({written} of {size} bytes)")));
+            return Err(ends_inside(&dest_shown, written, size));
         }
         Ok((written, hasher.finalize()))
     }
@@ -254,6 +247,10 @@ fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
     }
 }
 
+fn ends_inside(dest: &dyn std::fmt::Display, got: u64, size: u64) -> Error {
+    Error::Corrupt(format!("{dest}: the archive ends inside this file ({got} of {size} bytes)"))
+}
+
 /// Creates and writes one file, then applies its metadata through the open descriptor.
 fn write_file(job: Job) -> Result<()> {
     let dest = &job.dest;
@@ -280,7 +277,7 @@ fn write_file(job: Job) -> Result<()> {
     };
     if written != job.size {
         // The parser stopped feeding this file; it reports why.
-        return Err(Error::Corrupt(format!("{}: the archive ends inside this file ({written} of {} bytes)", dest.display(), job.size)));
+        return Err(ends_inside(&dest.display(), written, job.size));
     }
     let m = job.meta;
     let mtime = filetime::FileTime::from_unix_time(m.mtime, 0);
