@@ -5,10 +5,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use hero_snap_core::catalog::{self, MinFree, PruneOptions};
-use hero_snap_core::inventory::Inventory;
 use hero_snap_core::{
-    BackupOptions, Cancel, Compression, Decryption, Encryption, Error, Event, Extent, Location, Outcome, Progress, RestoreOptions,
+    Folder, Inventory, Listed, MinFree, PruneOptions, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, Event, Extent, Location, Outcome, Progress, RestoreOptions,
     RestoreSelection, S3Config, Selection, Status,
 };
 use serde::Serialize;
@@ -245,8 +243,8 @@ impl S3Args {
     fn location(&self, text: &str) -> Result<Location, Error> {
         Location::parse(text, &self.config())
     }
-    fn folder(&self, text: &str) -> Result<catalog::Folder, Error> {
-        catalog::Folder::parse(text, &self.config())
+    fn folder(&self, text: &str) -> Result<Folder, Error> {
+        Folder::parse(text, &self.config())
     }
 }
 
@@ -461,7 +459,7 @@ impl Progress for Reporter<'_> {
 /// Prints one line per outcome that is not plain `ok`, and a count; returns the failure
 /// (exit 9) when some outcome failed.
 fn report_outcomes(outcomes: &[Outcome], json: bool, to_stderr: bool) -> Result<(), Error> {
-    let failed: Vec<&Outcome> = hero_snap_core::outcome::failures(outcomes);
+    let failed: Vec<&Outcome> = hero_snap_core::failures(outcomes);
     if !json {
         let mut lines = Vec::new();
         for o in outcomes {
@@ -510,11 +508,11 @@ fn run(cli: Cli, out: &Output, cancel: &Cancel) -> Result<(), Error> {
     match cli.command {
         Cmd::Inventory(args) => {
             let inv = args.load()?;
-            let rows = inv.table()?;
+            let rows = hero_snap_core::surface_table(&inv)?;
             if json {
-                out.result(&serde_json::json!({"instance": inv.instance, "surfaces": rows}));
+                out.result(&serde_json::json!({"instance": inv.instance(), "surfaces": rows}));
             } else {
-                println!("instance {}  ({})", inv.instance, args.config.display());
+                println!("instance {}  ({})", inv.instance(), args.config.display());
                 println!("{:<14} {:<12} {:<9} {:<9} {:>8} {:>12}  {:<24} path", "service", "surface", "scope", "class", "files", "bytes", "contexts");
                 for r in rows {
                     let ctx = if r.contexts.is_empty() { "-".to_string() } else { r.contexts.join(",") };
@@ -661,7 +659,7 @@ fn run(cli: Cli, out: &Output, cancel: &Cancel) -> Result<(), Error> {
         Cmd::Gc(args) => {
             let dir = match &args.state_dir {
                 Some(d) => d.clone(),
-                None => args.load().ok().and_then(|i| i.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/hero-snap")),
+                None => hero_snap_core::state_dir(None, args.load().ok().as_ref()),
             };
             let done = hero_snap_core::gc(&dir)?;
             if json {
@@ -676,7 +674,7 @@ fn run(cli: Cli, out: &Output, cancel: &Cancel) -> Result<(), Error> {
         }
         Cmd::List(args) => {
             let keys = args.keys.decryption()?;
-            let listed = catalog::list(&args.s3.folder(&args.dir)?, &keys)?;
+            let listed = hero_snap_core::list(&args.s3.folder(&args.dir)?, &keys)?;
             out.result(&listed);
             if !json {
                 print_listing(&listed);
@@ -687,10 +685,10 @@ fn run(cli: Cli, out: &Output, cancel: &Cancel) -> Result<(), Error> {
             let min_free = match args.min_free.as_deref() {
                 None => None,
                 Some("auto") => Some(MinFree::NextBackup),
-                Some(s) => Some(MinFree::Bytes(catalog::parse_size(s).map_err(|e| Error::Usage(format!("--min-free: {e}")))?)),
+                Some(s) => Some(s.parse::<MinFree>()?),
             };
             let opts = PruneOptions { keep_last: args.keep_last, keep_daily: args.keep_daily, dry_run: args.dry_run, min_free };
-            let report = catalog::prune(&args.s3.folder(&args.dir)?, &keys, &opts)?;
+            let report = hero_snap_core::prune(&args.s3.folder(&args.dir)?, &keys, &opts)?;
             out.result(&report);
             if !json {
                 let verb = if report.dry_run { "would delete" } else { "deleted" };
@@ -727,7 +725,7 @@ fn run(cli: Cli, out: &Output, cancel: &Cancel) -> Result<(), Error> {
     Ok(())
 }
 
-fn print_listing(listed: &[catalog::Listed]) {
+fn print_listing(listed: &[Listed]) {
     println!("{:<20} {:<14} {:>10} {:<9} {:<32} {:<24} file", "created", "instance", "size", "encrypted", "services", "contexts");
     for l in listed {
         let enc = match l.encrypted {

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hero_snap_core::inventory::Inventory;
+use hero_snap_core::Inventory;
 use hero_snap_core::{
     backup_to_file, restore, BackupOptions, Cancel, Decryption, Encryption, Error, Event, RestoreOptions, RestoreSelection, Selection,
     Status,
@@ -89,7 +89,7 @@ fn run(args: &Args) -> hero_snap_core::Result<()> {
     println!(
         "backed up context {} of {}: {} files, {} bytes -> {} ({} bytes)",
         args.context,
-        inv.instance,
+        inv.instance(),
         report.manifest.files,
         report.manifest.bytes,
         args.archive.display(),

@@ -48,7 +48,7 @@ pub enum Error {
 
     /// The restore pre-flight found reasons not to restore; every one is listed.
     #[error("pre-flight refused the restore:\n{}", .0.iter().map(|r| format!("  - {r}")).collect::<Vec<_>>().join("\n"))]
-    Preflight(Vec<crate::preflight::Refusal>),
+    Preflight(Vec<crate::restore::Refusal>),
 
     /// Bad request from the caller (selection names nothing, conflicting options...).
     #[error("{0}")]

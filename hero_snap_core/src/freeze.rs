@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::Job;
+use crate::archive::format::{Consistency, Warning};
 use crate::error::{Error, Result};
 use crate::inventory::{Command, Inventory, OnError};
-use crate::manifest::{Consistency, Warning};
-use crate::plan::Placement;
+use crate::plan::{Job, Placement};
 use crate::progress::{Event, Progress};
 use crate::snapshot::Taken;
+use crate::state::{Lock, Recovered};
 
 /// A cgroup whose processes are frozen: v2 (`cgroup.freeze`) or the v1 freezer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -36,7 +36,7 @@ impl Cgroup {
     /// Finds a declared cgroup under the cgroup2 mount, else under the v1 freezer.
     pub(crate) fn resolve(name: &str) -> Result<Cgroup> {
         let rel = name.trim_start_matches('/');
-        let mounts = crate::plan::read_mounts()?;
+        let mounts = crate::mounts::read_mounts()?;
         for m in mounts.iter().filter(|m| m.fstype == "cgroup2") {
             let dir = m.mount_point.join(rel);
             if dir.join("cgroup.freeze").exists() {
@@ -95,42 +95,6 @@ fn marker(state: &Path, run: &str, service: &str) -> PathBuf {
     state.join(format!("backup-{run}.pre-{service}"))
 }
 
-/// A lock that keeps two runs apart (flock on state_dir/lock, holding the owner's pid).
-pub(crate) struct Lock {
-    _file: nix::fcntl::Flock<fs::File>,
-}
-
-impl Lock {
-    pub(crate) fn acquire(state: &Path, warnings: &mut Vec<Warning>) -> Result<Lock> {
-        fs::create_dir_all(state).map_err(Error::io(state, "creating the state directory"))?;
-        let path = state.join("lock");
-        let previous = fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<i32>().ok());
-        let file = fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(Error::io(&path, "opening the lock"))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, _)| {
-            Error::Refused(format!(
-                "another hero-snap run holds {} (pid {}); wait for it to finish",
-                path.display(),
-                previous.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-            ))
-        })?;
-        if let Some(pid) = previous.filter(|p| *p != std::process::id() as i32) {
-            if !crate::journal::process_alive(pid as u32) {
-                warnings.push(Warning { code: "stale-lock".into(), message: format!("took over the lock of dead run pid {pid}") });
-            }
-        }
-        let mut f: &fs::File = &lock;
-        f.set_len(0).map_err(Error::io(&path, "writing the lock"))?;
-        write!(f, "{}", std::process::id()).map_err(Error::io(&path, "writing the lock"))?;
-        Ok(Lock { _file: lock })
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        // A clean exit leaves no pid behind, so only a dead run's lock reads as stale.
-        let _ = self._file.set_len(0);
-    }
-}
 
 /// The frozen views of one run; `release` removes the snapshots (Drop does it too).
 pub(crate) struct Frozen {
@@ -430,7 +394,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
 }
 
 /// Completes the backup journals of dead runs: thaw, post hooks, remove snapshots.
-pub(crate) fn recover(state: &Path) -> Result<Vec<crate::Recovered>> {
+pub(crate) fn recover(state: &Path) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
     for (path, j) in crate::journal::dead::<Journal>(state, "backup", |j| j.pid)? {
         for c in &j.cgroups {
@@ -446,7 +410,7 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<crate::Recovered>> {
             t.remove()?;
         }
         let _ = fs::remove_file(&path);
-        out.push(crate::Recovered { run_id: j.run_id, action: "backup-cleaned".into() });
+        out.push(Recovered { run_id: j.run_id, action: "backup-cleaned".into() });
     }
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the stable corpus replay
 //! test (`tests/fuzz_corpus.rs`), so both drive exactly the same code. Not part of the API.
 
-use crate::manifest::Manifest;
+use crate::archive::format::Manifest;
 use crate::{verify, Cancel, Decryption, NoProgress};
 
 /// Largest fuzz input turned into an archive (keeps one run short).

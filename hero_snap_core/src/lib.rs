@@ -4,12 +4,16 @@
 //! streamed into one encrypted archive (tar + YAML manifest + zstd + age), restored whole,
 //! per service or per context, after a pre-flight that refuses what would not work.
 //!
-//! The data's way, one module each: [`inventory`] (what state exists, where) →
-//! [`mod@backup`] (select, archive) → [`archive`] (the format: write, read, verify) →
-//! [`mod@preflight`] (may this archive be restored here?) → [`mod@restore`] (stage, verify, swap).
+//! The data's way: the inventory (what state exists, where) → the plan (which volume and
+//! snapshot backend holds each surface, what consistency that gives) → the freeze
+//! (quiesce, snapshot, thaw) → the archive (walk, tar, zstd, age) → the restore
+//! (pre-flight, stage, verify, swap). The verbs compose those steps: [`plan()`],
+//! [`backup_to`], [`inspect`], [`verify`], [`preflight()`], [`restore()`], [`gc`],
+//! [`list`], [`prune`]. Every public type is re-exported here, at one path.
+//! ARCHITECTURE.md maps the modules.
 //!
 //! ```no_run
-//! use hero_snap_core::{backup_to_file, inventory::Inventory, BackupOptions, Selection, Encryption,
+//! use hero_snap_core::{backup_to_file, Inventory, BackupOptions, Selection, Encryption,
 //!     NoProgress, Cancel};
 //! # fn main() -> hero_snap_core::Result<()> {
 //! let inv = Inventory::load("/etc/hero/inventory.yaml".as_ref())?;
@@ -25,7 +29,7 @@
 //! a cancellation token another thread (or a signal handler) may trigger:
 //!
 //! ```no_run
-//! use hero_snap_core::{restore, inventory::Inventory, Decryption, Event, RestoreOptions,
+//! use hero_snap_core::{restore, Inventory, Decryption, Event, RestoreOptions,
 //!     RestoreSelection, Cancel, Status};
 //! # fn main() -> hero_snap_core::Result<()> {
 //! let target = Inventory::load("/etc/hero/inventory.yaml".as_ref())?;
@@ -53,74 +57,55 @@
 #![warn(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
-pub mod archive;
-pub mod backup;
-pub mod catalog;
-mod crypto;
+// The layers, in the data's order; none of them imports a verb.
 mod error;
+mod fs_tree;
+mod hooks;
+mod inventory;
+mod mounts;
+mod outcome;
+mod progress;
+mod snapshot;
+mod state;
+mod plan;
 mod freeze;
+mod archive;
+mod restore;
+// The verbs: the only modules that compose the layers.
+mod commands;
+
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod hooks;
-mod journal;
-pub mod inventory;
-pub mod manifest;
-pub mod outcome;
-pub mod plan;
-pub mod preflight;
-mod progress;
-pub mod restore;
-mod snapshot;
 
-/// Where journals and locks go when neither the caller nor the inventory says.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/hero-snap";
-
-/// What `gc` completed: one entry per dead run.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Recovered {
-    /// The dead run.
-    pub run_id: String,
-    /// `backup-cleaned`, `rolled-back` or `completed`.
-    pub action: String,
-}
-
-/// Completes the journals of dead runs in `state_dir`: thaws what a backup froze, runs its
-/// post hooks, removes its snapshots; rolls back or completes an interrupted restore;
-/// aborts the multipart upload a dead backup to object storage left.
-pub fn gc(state_dir: &std::path::Path) -> Result<Vec<Recovered>> {
-    let mut out = freeze::recover(state_dir)?;
-    out.extend(restore::recover(state_dir)?);
-    out.extend(archive::s3::recover(state_dir)?);
-    Ok(out)
-}
-
-/// The plan a backup of `selection` would follow: volumes, backends, consistency.
-pub fn plan(inv: &inventory::Inventory, selection: &Selection, allow_live: bool) -> Result<plan::Plan> {
-    let (mut jobs, _, _, _) = backup::select(inv, selection)?;
-    Ok(plan::place(inv, &mut jobs, allow_live)?.plan)
-}
-
-pub use archive::{backup_to, inspect, verify, Compression, Extent, Location, S3Config, S3Object, S3Prefix, VerifyReport};
-pub use backup::{backup, backup_to_file, BackupOptions, BackupReport, Selection};
-pub use crypto::{Decryption, Encryption};
+pub use archive::{
+    Compression, Consistency, Decryption, Encryption, Extent, Folder, LeftOut, Listed, Location, Manifest, ManifestService,
+    ManifestSurface, S3Config, S3Object, S3Prefix, SelectionRecord, Summary, Warning, ARCHIVE_FORMAT,
+};
+pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport};
+pub use commands::gc::gc;
+pub use commands::inspect::inspect;
+pub use commands::inventory::{surface_table, SurfaceRow};
+pub use commands::list::list;
+pub use commands::plan::plan;
+pub use commands::preflight::preflight;
+pub use commands::prune::{prune, Kept, MinFree, PruneOptions, PruneReport, SpaceCheck};
+pub use commands::restore::{restore, RestoreOptions, RestoreReport};
+pub use commands::verify::{verify, VerifyReport};
 pub use error::{Error, Result};
-pub use preflight::{preflight, Refusal, RestorePlan, RestoreSelection};
-pub use outcome::{Outcome, Status};
+pub use inventory::{
+    Class, Command, Hooks, Inventory, Migration, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface,
+    CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
+};
+pub use mounts::Mount;
+pub use outcome::{check_outcomes, failures, Outcome, Status};
+pub use plan::{Plan, Selection};
 pub use progress::{Cancel, Event, NoProgress, Progress};
-pub use restore::{restore, RestoreOptions, RestoreReport};
+pub use restore::{PlannedMigration, Refusal, RestorePlan, RestoreSelection, SurfaceRef, TargetSurface};
+pub use snapshot::Volume;
 
-/// Test hook: when the environment variable `HERO_SNAP_FAILPOINT` names this point, the
-/// process kills itself with SIGKILL here (used by the crash tests; a no-op otherwise).
-/// `NAME:stop` stops it with SIGSTOP instead, so a test can look at the frozen state and
-/// let the freeze deadline expire.
-/// The variable is read once per process: some points are passed once per restored file.
-pub(crate) fn failpoint(name: &str) {
-    use nix::sys::signal::{raise, Signal};
-    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let Some(v) = POINT.get_or_init(|| std::env::var_os("HERO_SNAP_FAILPOINT").map(|v| v.to_string_lossy().into_owned())) else { return };
-    if v == name {
-        let _ = raise(Signal::SIGKILL);
-    } else if v.strip_suffix(":stop") == Some(name) {
-        let _ = raise(Signal::SIGSTOP);
-    }
-}
+// TEMPORARY (issue 14 merge): freeze.rs and archive/s3.rs are being edited on other
+// branches; these two paths go once they are merged.
+use state::failpoint;
+use state::journal;
+pub use state::{state_dir, Recovered, DEFAULT_STATE_DIR};

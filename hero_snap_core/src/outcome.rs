@@ -69,3 +69,19 @@ pub fn failures(outcomes: &[Outcome]) -> Vec<&Outcome> {
 pub(crate) fn sort(outcomes: &mut [Outcome]) {
     outcomes.sort_by(|a, b| (&a.service, &a.surface, &a.context).cmp(&(&b.service, &b.surface, &b.context)));
 }
+
+/// [`crate::Error::Incomplete`] (exit 9) naming every failed outcome, or `Ok` when none
+/// failed. The reports of backup, verify and restore carry outcomes rather than failing,
+/// so that a caller sees what did succeed; this turns them into the run's verdict.
+pub fn check_outcomes(outcomes: &[Outcome]) -> crate::Result<()> {
+    let failed = failures(outcomes);
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(crate::Error::Incomplete(format!(
+        "{} of {} surfaces failed: {}",
+        failed.len(),
+        outcomes.len(),
+        failed.iter().map(|o| format!("{} ({})", o.label(), o.reason.as_deref().unwrap_or("failed"))).collect::<Vec<_>>().join("; ")
+    )))
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::manifest::Warning;
+use crate::archive::format::Warning;
 use crate::outcome::Outcome;
 
 /// Something that happened during a run. Serialised with its kind in `event`; the CLI's

@@ -6,8 +6,8 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use hero_snap_core::inventory::Inventory;
-use hero_snap_core::restore::RestoreOptions;
+use hero_snap_core::Inventory;
+use hero_snap_core::RestoreOptions;
 use hero_snap_core::{backup, inspect, restore, verify, RestoreSelection, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
 
 fn instance(root: &Path) -> Inventory {

@@ -8,9 +8,9 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use age::secrecy::ExposeSecret;
-use hero_snap_core::inventory::Inventory;
-use hero_snap_core::manifest::{Consistency, Manifest};
-use hero_snap_core::restore::RestoreOptions;
+use hero_snap_core::Inventory;
+use hero_snap_core::{Consistency, Manifest};
+use hero_snap_core::RestoreOptions;
 use hero_snap_core::{backup, restore, verify, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
 
 const INVENTORY: &str = r#"format: 1

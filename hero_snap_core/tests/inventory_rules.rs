@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use hero_snap_core::inventory::{Class, Inventory, Scope};
+use hero_snap_core::{Class, Inventory, Scope};
 use hero_snap_core::Error;
 
 const GOOD: &str = r#"format: 1
@@ -49,7 +49,7 @@ fn refused(text: &str, line: u64, field: &str, needle: &str) {
 #[test]
 fn the_good_inventory_parses() {
     let inv = parse(GOOD).unwrap();
-    assert_eq!(inv.instance, "demo");
+    assert_eq!(inv.instance(), "demo");
     let db = inv.service("hero_db").unwrap();
     assert_eq!((db.schema, db.secrets.as_slice()), (2, &["HERO_DB_KEY".to_string()][..]));
     let f = &inv.service("hero_foundry").unwrap().surfaces[0];

@@ -3,14 +3,11 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 
 use super::s3::{self, S3Config, S3Object};
-use crate::backup::{backup, backup_to_file, BackupOptions, BackupReport};
 use crate::error::{Error, Result};
-use crate::inventory::Inventory;
-use crate::progress::{Cancel, Progress};
 
 /// Where an archive is written to or read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,50 +73,3 @@ impl fmt::Display for Location {
     }
 }
 
-/// Backs up to `to`. Whatever the location, a failed run publishes nothing: a file is
-/// renamed into place only when complete, an object appears only when its multipart
-/// upload completes after the archive's last byte (a failed run aborts it; `gc` aborts
-/// what a killed run left).
-pub fn backup_to(inv: &Inventory, opts: &BackupOptions, to: &Location, progress: &dyn Progress, cancel: &Cancel) -> Result<BackupReport> {
-    match to {
-        Location::File(path) => backup_to_file(inv, opts, path, progress, cancel),
-        Location::Stdio => {
-            let stdout = io::stdout();
-            if stdout.is_terminal() {
-                return Err(Error::Usage("refusing to write an archive to a terminal; redirect standard output".into()));
-            }
-            // Not locked: the archive is written from its own thread (`backup`).
-            let out = io::BufWriter::with_capacity(1 << 20, stdout);
-            let (report, mut out) = backup(inv, opts, out, progress, cancel)?;
-            out.flush().map_err(Error::io("-", "writing the archive"))?;
-            Ok(report)
-        }
-        Location::S3(obj) => backup_to_s3(inv, opts, obj, progress, cancel),
-    }
-}
-
-fn backup_to_s3(inv: &Inventory, opts: &BackupOptions, obj: &S3Object, progress: &dyn Progress, cancel: &Cancel) -> Result<BackupReport> {
-    let state = opts.state_dir.clone().or_else(|| inv.state_dir.clone()).unwrap_or_else(|| PathBuf::from(crate::DEFAULT_STATE_DIR));
-    let run = crate::backup::run_id();
-    let (upload, outcome) = s3::Upload::start(obj)?;
-    // Journaled before the first part leaves, so that a killed run's upload can be found.
-    crate::journal::save(&state, "upload", &run, &s3::UploadJournal::new(&run, obj))?;
-    let result = backup(inv, opts, upload, progress, cancel).and_then(|(report, upload)| {
-        let stored = upload.finish()?;
-        if stored != report.archive_bytes {
-            return Err(Error::Storage(format!(
-                "{}: the storage holds {stored} bytes, {} were sent; delete the object and back up again",
-                obj.url(), report.archive_bytes)));
-        }
-        Ok(report)
-    });
-    let mut outcome = outcome.lock().unwrap_or_else(|p| p.into_inner());
-    if result.is_ok() || outcome.aborted {
-        crate::journal::remove(&state, "upload", &run);
-    }
-    result.map_err(|e| match (e, outcome.error.take()) {
-        // The archive writer saw an io::Error; the storage's own error says more.
-        (Error::Io { .. }, Some(storage)) => storage,
-        (e, _) => e,
-    })
-}

@@ -7,9 +7,9 @@ use std::sync::mpsc;
 
 use tar::EntryType;
 
-use crate::crypto::{open_compressed_stream, open_tar_stream, Decryption};
+use super::crypto::{open_compressed_stream, open_tar_stream, Decryption};
 use crate::error::{Error, Result};
-use crate::manifest::{split_member, IndexEntry, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
+use super::format::{split_member, IndexEntry, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
 use crate::progress::Cancel;
 
 /// Largest manifest accepted (a manifest is a few KiB; anything huge is hostile).
@@ -30,7 +30,7 @@ fn declared(m: &Manifest, key: &MemberKey) -> bool {
 /// copy of live (or hook-quiesced) directories may have grown between the scan that
 /// wrote the manifest and the archiving, so it gets slack, still bounded.
 fn member_bounds(m: &Manifest) -> (u64, u64) {
-    use crate::manifest::Consistency::*;
+    use super::format::Consistency::*;
     match m.consistency {
         Atomic | PerVolume => (m.files, m.bytes),
         QuiescedCopy | Live => (m.files.saturating_mul(2).saturating_add(10_000), m.bytes.saturating_mul(2).saturating_add(1 << 30)),
@@ -369,7 +369,7 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest_hash: &blake3::Hash,
     }
     let yaml_err = |e: serde_saphyr::Error| Error::Corrupt(format!("{INDEX_PATH}: {}", e.to_string().lines().next().unwrap_or("")));
     let format: Format = serde_saphyr::from_str(&head).map_err(yaml_err)?;
-    if format.format > crate::manifest::ARCHIVE_FORMAT {
+    if format.format > super::format::ARCHIVE_FORMAT {
         return Err(Error::Refused(format!("{INDEX_PATH}: index format {} is newer than this build reads", format.format)));
     }
     let head: IndexHead = serde_saphyr::from_str(&head).map_err(yaml_err)?;
@@ -411,6 +411,7 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest_hash: &blake3::Hash,
 /// Fuzzing entry point: `data` as the index member of an archive that holds no files and
 /// whose manifest hashes to BLAKE3(""), through the streaming check; and every line of it
 /// through the entry-line parser (which the check reaches only after a matching head).
+#[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_index(data: &[u8]) {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(EntryType::Regular);

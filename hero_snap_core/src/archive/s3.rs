@@ -429,7 +429,7 @@ impl UploadJournal {
 }
 
 /// Aborts the multipart uploads of dead runs' journals (`gc`).
-pub(crate) fn recover(state: &Path) -> Result<Vec<crate::Recovered>> {
+pub(crate) fn recover(state: &Path) -> Result<Vec<crate::state::Recovered>> {
     let mut out = Vec::new();
     for (path, j) in crate::journal::dead::<UploadJournal>(state, "upload", |j| j.pid)? {
         let obj = S3Object { bucket: j.bucket.clone(), key: j.key.clone(), config: j.config.clone() };
@@ -443,7 +443,7 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<crate::Recovered>> {
             aborted += 1;
         }
         let _ = std::fs::remove_file(&path);
-        out.push(crate::Recovered { run_id: j.run_id, action: format!("aborted {aborted} unfinished upload(s) to {}", obj.url()) });
+        out.push(crate::state::Recovered { run_id: j.run_id, action: format!("aborted {aborted} unfinished upload(s) to {}", obj.url()) });
     }
     Ok(out)
 }

@@ -12,9 +12,10 @@ use std::sync::mpsc;
 
 use tar::{EntryType, Header, HeaderMode};
 
-use crate::crypto::{EncryptedWriter, Encryption};
+use super::crypto::{EncryptedWriter, Encryption};
 use crate::error::{Error, Result};
-use crate::manifest::{Index, Manifest, Warning, INDEX_PATH, MANIFEST_PATH};
+use super::format::{Index, Manifest, Warning, INDEX_PATH, MANIFEST_PATH};
+use crate::fs_tree::{hash_reader, walk, walk_error};
 use crate::progress::{Cancel, Event, Progress};
 
 /// Compression settings of the archive.
@@ -453,52 +454,4 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.push(b'\n');
 }
 
-/// A file walk in a stable order that never follows symlinks.
-/// Names starting with `.hero-snap-` are hero-snap's own (snapshots, staging) and skipped.
-pub(crate) fn walk(root: &Path) -> impl Iterator<Item = walkdir::Result<walkdir::DirEntry>> {
-    walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with(crate::snapshot::RESERVED_PREFIX))
-}
-
-fn walk_error(root: &Path, e: walkdir::Error) -> Error {
-    let path = e.path().unwrap_or(root).to_path_buf();
-    match e.into_io_error() {
-        Some(io) => Error::Io { path, action: "walking", source: io },
-        None => Error::Refused(format!("{}: filesystem loop", path.display())),
-    }
-}
-
-/// Counts the regular files and their bytes under `root`, as the manifest announces them.
-pub(crate) fn count_tree(root: &Path, cancel: &Cancel) -> Result<(u64, u64)> {
-    let (mut files, mut bytes) = (0, 0);
-    let mut links = std::collections::HashSet::new();
-    for entry in walk(root) {
-        cancel.check()?;
-        let entry = entry.map_err(|e| walk_error(root, e))?;
-        if entry.file_type().is_file() {
-            let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
-            if meta.nlink() > 1 && !links.insert((meta.dev(), meta.ino())) {
-                continue; // archived once, as a hard link after that
-            }
-            files += 1;
-            bytes += meta.len();
-        }
-    }
-    Ok((files, bytes))
-}
-
-pub(crate) fn hash_reader(r: &mut impl Read) -> io::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hasher.finalize());
-        }
-        hasher.update(&buf[..n]);
-    }
-}
 

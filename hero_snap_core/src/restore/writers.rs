@@ -134,7 +134,7 @@ impl Writers {
             uid: owner(header.uid().unwrap_or(0))?,
             gid: owner(header.gid().unwrap_or(0))?,
             mode: header.mode().unwrap_or(0o600) & 0o7777,
-            xattrs: super::pax_xattrs(entry),
+            xattrs: super::extract::pax_xattrs(entry),
         };
         let size = entry.size();
         let mut hasher = blake3::Hasher::new();
@@ -290,6 +290,6 @@ fn write_file(job: Job) -> Result<()> {
         use xattr::FileExt;
         file.set_xattr(std::ffi::OsStr::from_bytes(&name), &value).map_err(Error::io(dest, "setting extended attributes"))?;
     }
-    crate::failpoint("restore-extract-file");
+    crate::state::failpoint("restore-extract-file");
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::plan::Volume;
+use super::Volume;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Snapshot {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::plan::Volume;
+use super::Volume;
 
 /// Copy-on-write space of a classic snapshot, in percent of the origin LV.
 pub(crate) const COW_PERCENT: u64 = 20;
@@ -125,5 +125,5 @@ impl Snapshot {
 }
 
 fn is_mounted(path: &Path) -> bool {
-    crate::plan::read_mounts().is_ok_and(|m| m.iter().any(|m| m.mount_point == path))
+    crate::mounts::read_mounts().is_ok_and(|m| m.iter().any(|m| m.mount_point == path))
 }

@@ -12,12 +12,66 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::inventory::SnapshotBackend;
-use crate::plan::Volume;
+use crate::mounts::Mount;
 
-/// Prefix of every name hero-snap creates on a filesystem; the archiver never reads them.
-pub const RESERVED_PREFIX: &str = ".hero-snap-";
+pub(crate) use crate::fs_tree::RESERVED_PREFIX;
+
+/// What is snapshotted as one unit: a btrfs subvolume, a ZFS dataset, an LVM LV, or the
+/// surfaces of one filesystem copied by reflink (or read as they are).
+#[derive(Debug, Clone, Serialize)]
+pub struct Volume {
+    /// Stable key within the plan, e.g. `btrfs:/srv/hero@/var/lib/hero`.
+    pub id: String,
+    /// How the volume is snapshotted.
+    pub backend: SnapshotBackend,
+    /// The mount the volume is on.
+    pub mount: Mount,
+    /// btrfs: the subvolume root directory; ZFS: the dataset name; LVM: vg/lv.
+    pub unit: String,
+    /// Surfaces (`service.surface[context]`) read from this volume.
+    pub surfaces: Vec<String>,
+    /// Services with data on this volume.
+    pub services: Vec<String>,
+}
+
+/// The backend a filesystem gets when the inventory does not say.
+pub(crate) fn detect(m: &Mount) -> SnapshotBackend {
+    match m.fstype.as_str() {
+        "btrfs" => SnapshotBackend::Btrfs,
+        "zfs" => SnapshotBackend::Zfs,
+        // An LV snapshot is one instant; prefer it to reflink copies for XFS on LVM.
+        _ if lvm::lv_name(&m.source).is_ok() => SnapshotBackend::Lvm,
+        "xfs" => SnapshotBackend::Reflink,
+        _ => SnapshotBackend::None,
+    }
+}
+
+pub(crate) fn check_backend(b: SnapshotBackend, m: &Mount, path: &Path) -> Result<()> {
+    let ok = match b {
+        SnapshotBackend::Btrfs => m.fstype == "btrfs",
+        SnapshotBackend::Zfs => m.fstype == "zfs",
+        SnapshotBackend::Reflink => m.fstype == "xfs" || m.fstype == "btrfs",
+        SnapshotBackend::Lvm | SnapshotBackend::None => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!("{}: the inventory asks for {} snapshots but it is on {} ({})", path.display(), b.as_str(), m.fstype, m.mount_point.display())))
+    }
+}
+
+/// The snapshot unit that holds `path` on `mount` for `backend`: the btrfs subvolume
+/// root, the ZFS dataset, the LVM `vg/lv`, or the mount point for copies.
+pub(crate) fn unit(backend: SnapshotBackend, path: &Path, mount: &Mount) -> Result<String> {
+    Ok(match backend {
+        SnapshotBackend::Btrfs => btrfs::subvolume_root(path, &mount.mount_point)?.display().to_string(),
+        SnapshotBackend::Zfs => zfs::dataset(mount),
+        SnapshotBackend::Lvm => lvm::lv_name(&mount.source)?,
+        SnapshotBackend::Reflink | SnapshotBackend::None => mount.mount_point.display().to_string(),
+    })
+}
 
 /// One snapshot of one volume (or, for ZFS, of every dataset of one pool).
 #[derive(Debug, Clone, Serialize, Deserialize)]

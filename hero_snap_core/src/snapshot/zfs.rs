@@ -7,7 +7,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::plan::Volume;
+use super::Volume;
+use crate::mounts::Mount;
+
+/// The dataset mounted at `mount` (its mount source).
+pub(crate) fn dataset(mount: &Mount) -> String {
+    mount.source.clone()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Snapshot {

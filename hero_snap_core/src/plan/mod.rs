@@ -1,99 +1,22 @@
 //! Plan: which volume holds each surface, which snapshot backend each volume gets, and
 //! the consistency the run will reach. Reads the mount table; changes nothing.
 
+mod select;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::backup::Job;
+pub use select::Selection;
+pub(crate) use select::{select, Job};
+
+use crate::archive::format::Consistency;
 use crate::error::{Error, Result};
 use crate::inventory::{Inventory, SnapshotBackend};
-use crate::manifest::Consistency;
+use crate::mounts::{mount_of, read_mounts};
+use crate::snapshot::{self, Volume};
 
-/// One line of /proc/self/mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Mount {
-    /// The mount id.
-    pub id: u32,
-    /// "major:minor"
-    pub device: String,
-    /// Path inside the filesystem that is mounted here (btrfs: the subvolume).
-    pub root: PathBuf,
-    /// Where it is mounted.
-    pub mount_point: PathBuf,
-    /// The filesystem type.
-    pub fstype: String,
-    /// The mount source (device, dataset).
-    pub source: String,
-}
 
-/// Parses /proc/self/mountinfo text.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-        if fields.len() < sep + 3 || sep < 6 {
-            continue;
-        }
-        out.push(Mount {
-            id: fields[0].parse().unwrap_or(0),
-            device: fields[2].to_string(),
-            root: PathBuf::from(unescape(fields[3])),
-            mount_point: PathBuf::from(unescape(fields[4])),
-            fstype: fields[sep + 1].to_string(),
-            source: unescape(fields[sep + 2]),
-        });
-    }
-    out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The mount that holds `path` (the last, i.e. topmost, of the longest matching mount points).
-pub fn mount_of<'m>(mounts: &'m [Mount], path: &Path) -> Option<&'m Mount> {
-    let mut best: Option<&Mount> = None;
-    for m in mounts {
-        if path.starts_with(&m.mount_point) && best.is_none_or(|b| m.mount_point.components().count() >= b.mount_point.components().count()) {
-            best = Some(m);
-        }
-    }
-    best
-}
-
-/// What is snapshotted as one unit: a btrfs subvolume, a ZFS dataset, an LVM LV, or the
-/// surfaces of one filesystem copied by reflink (or read as they are).
-#[derive(Debug, Clone, Serialize)]
-pub struct Volume {
-    /// Stable key within the plan, e.g. `btrfs:/srv/hero@/var/lib/hero`.
-    pub id: String,
-    /// How the volume is snapshotted.
-    pub backend: SnapshotBackend,
-    /// The mount the volume is on.
-    pub mount: Mount,
-    /// btrfs: the subvolume root directory; ZFS: the dataset name; LVM: vg/lv.
-    pub unit: String,
-    /// Surfaces (`service.surface[context]`) read from this volume.
-    pub surfaces: Vec<String>,
-    /// Services with data on this volume.
-    pub services: Vec<String>,
-}
 
 /// The plan of a backup run.
 #[derive(Debug, Clone, Serialize)]
@@ -114,10 +37,6 @@ pub(crate) struct Placement {
     pub job_volume: Vec<usize>,
 }
 
-pub(crate) fn read_mounts() -> Result<Vec<Mount>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(Error::io("/proc/self/mountinfo", "reading the mount table"))?;
-    Ok(parse_mountinfo(&text))
-}
 
 /// Places every job on its volume, picks backends and states the consistency.
 pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Result<Placement> {
@@ -139,15 +58,10 @@ pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Resu
         let surface = inv.service(&job.service).and_then(|s| s.surface(&job.surface)).expect("jobs come from the inventory");
         let backend = match surface.snapshot {
             Some(b) => b,
-            None => detect(&mount),
+            None => snapshot::detect(&mount),
         };
-        check_backend(backend, &mount, &path)?;
-        let unit = match backend {
-            SnapshotBackend::Btrfs => crate::snapshot::btrfs::subvolume_root(&path, &mount.mount_point)?.display().to_string(),
-            SnapshotBackend::Zfs => mount.source.clone(),
-            SnapshotBackend::Lvm => crate::snapshot::lvm::lv_name(&mount.source)?,
-            SnapshotBackend::Reflink | SnapshotBackend::None => mount.mount_point.display().to_string(),
-        };
+        snapshot::check_backend(backend, &mount, &path)?;
+        let unit = snapshot::unit(backend, &path, &mount)?;
         let id = format!("{}:{}", backend.as_str(), unit);
         let i = *index.entry(id.clone()).or_insert_with(|| {
             volumes.push(Volume { id: id.clone(), backend, mount: mount.clone(), unit, surfaces: Vec::new(), services: Vec::new() });
@@ -227,48 +141,4 @@ pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Resu
     Ok(Placement { plan: Plan { volumes, consistency, notes, nested_mounts: nested }, job_volume })
 }
 
-/// The backend a filesystem gets when the inventory does not say.
-fn detect(m: &Mount) -> SnapshotBackend {
-    match m.fstype.as_str() {
-        "btrfs" => SnapshotBackend::Btrfs,
-        "zfs" => SnapshotBackend::Zfs,
-        // An LV snapshot is one instant; prefer it to reflink copies for XFS on LVM.
-        _ if crate::snapshot::lvm::lv_name(&m.source).is_ok() => SnapshotBackend::Lvm,
-        "xfs" => SnapshotBackend::Reflink,
-        _ => SnapshotBackend::None,
-    }
-}
 
-fn check_backend(b: SnapshotBackend, m: &Mount, path: &Path) -> Result<()> {
-    let ok = match b {
-        SnapshotBackend::Btrfs => m.fstype == "btrfs",
-        SnapshotBackend::Zfs => m.fstype == "zfs",
-        SnapshotBackend::Reflink => m.fstype == "xfs" || m.fstype == "btrfs",
-        SnapshotBackend::Lvm | SnapshotBackend::None => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Refused(format!("{}: the inventory asks for {} snapshots but it is on {} ({})", path.display(), b.as_str(), m.fstype, m.mount_point.display())))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SAMPLE: &str = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
-        80 22 0:45 /@data /var/lib/hero rw,relatime shared:40 - btrfs /dev/loop0 rw,space_cache=v2,subvolid=256,subvol=/@data\n\
-        81 80 7:1 / /var/lib/hero/with\\040space rw - xfs /dev/loop1 rw\n";
-
-    #[test]
-    fn parses_and_resolves() {
-        let m = parse_mountinfo(SAMPLE);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[1].root, PathBuf::from("/@data"));
-        assert_eq!(m[2].mount_point, PathBuf::from("/var/lib/hero/with space"));
-        assert_eq!(mount_of(&m, Path::new("/var/lib/hero/x")).unwrap().fstype, "btrfs");
-        assert_eq!(mount_of(&m, Path::new("/var/lib/hero/with space/y")).unwrap().fstype, "xfs");
-        assert_eq!(mount_of(&m, Path::new("/etc")).unwrap().fstype, "ext4");
-    }
-}

@@ -1,39 +1,25 @@
-//! Backup: select the surfaces, (freeze), write the archive.
+//! `backup`: select the surfaces, plan, freeze and snapshot, write the archive to a
+//! file, standard output or object storage.
 
-use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::write::{count_tree, ArchiveWriter};
-use crate::archive::Compression;
-use crate::crypto::Encryption;
+use crate::archive::format::{surface_member_root, Manifest, ARCHIVE_FORMAT};
+use crate::archive::s3::{self, S3Object};
+use crate::archive::write::ArchiveWriter;
+use crate::archive::{Compression, Encryption, Location};
 use crate::error::{Error, Result};
-use crate::inventory::{Class, Inventory, Scope, Surface};
-use crate::manifest::{
-    surface_member_root, LeftOut, Manifest, ManifestService, ManifestSurface, SelectionRecord, Warning, ARCHIVE_FORMAT,
-};
-use crate::outcome::{Outcome, Status};
+use crate::freeze::{self, FreezeOptions};
+use crate::fs_tree::count_tree;
+use crate::inventory::Inventory;
+use crate::outcome::{self, Outcome, Status};
+use crate::plan::{self, Selection};
 use crate::progress::{Cancel, Event, Progress};
+use crate::state::{self, failpoint};
 
-/// Which part of an instance a run covers. Empty lists mean "all".
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selection {
-    /// Only these services.
-    pub services: Vec<String>,
-    /// Only these contexts; instance-scoped surfaces are then left out.
-    pub contexts: Vec<String>,
-    /// Archive derived surfaces too (left out by default: they are rebuildable).
-    pub include_derived: bool,
-}
-
-impl Selection {
-    pub(crate) fn record(&self) -> SelectionRecord {
-        SelectionRecord { services: self.services.clone(), contexts: self.contexts.clone(), include_derived: self.include_derived }
-    }
-}
 
 /// Options of [`backup`].
 #[derive(Debug)]
@@ -86,137 +72,6 @@ impl BackupReport {
     }
 }
 
-/// One surface copy to archive.
-#[derive(Debug, Clone)]
-pub(crate) struct Job {
-    pub service: String,
-    pub surface: String,
-    pub context: Option<String>,
-    /// Where the live data is.
-    pub path: PathBuf,
-}
-
-/// What a selection resolves to.
-pub(crate) type Selected = (Vec<Job>, Vec<ManifestService>, Vec<Warning>, Vec<Outcome>);
-
-/// Resolves a selection against the inventory: the jobs, the manifest skeleton (services
-/// with what is in, what is left out and why), and the outcomes of what is left out.
-pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
-    for s in &sel.services {
-        if inv.service(s).is_none() {
-            return Err(Error::Usage(format!(
-                "service `{s}` is not in the inventory {}; known services: {}",
-                inv.source.display(),
-                inv.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-            )));
-        }
-    }
-    let all_contexts = inv.contexts()?;
-    for c in &sel.contexts {
-        if !all_contexts.contains(c) {
-            return Err(Error::Usage(format!(
-                "context `{c}` is not found in the instance; contexts found: {}",
-                if all_contexts.is_empty() { "none".to_string() } else { all_contexts.join(", ") }
-            )));
-        }
-    }
-    let mut jobs = Vec::new();
-    let mut services = Vec::new();
-    let mut warnings = Vec::new();
-    let mut outcomes = Vec::new();
-    for svc in &inv.services {
-        if !sel.services.is_empty() && !sel.services.contains(&svc.name) {
-            continue;
-        }
-        let mut ms = ManifestService {
-            name: svc.name.clone(),
-            version: svc.version.clone(),
-            schema: svc.schema,
-            contexts: Vec::new(),
-            surfaces: Vec::new(),
-            left_out: Vec::new(),
-            secrets: svc.secrets.clone(),
-            files: 0,
-            bytes: 0,
-        };
-        let mut svc_contexts = BTreeSet::new();
-        for surface in &svc.surfaces {
-            let leave = |reason: String| LeftOut { surface: surface.name.clone(), class: surface.class, reason };
-            let mut skip = |reason: &str, status: Status| {
-                outcomes.push(Outcome::new(&svc.name, Some(&surface.name), None, status, Some(reason.to_string())));
-                ms.left_out.push(leave(reason.to_string()));
-            };
-            match surface.class {
-                Class::Transient => {
-                    skip("transient: never archived", Status::Skipped);
-                    continue;
-                }
-                Class::Derived if !sel.include_derived => {
-                    skip("derived: rebuildable from sources; pass --include-derived to archive it", Status::Skipped);
-                    continue;
-                }
-                _ => {}
-            }
-            let contexts: Vec<Option<String>> = match surface.scope {
-                Scope::Instance if !sel.contexts.is_empty() => {
-                    skip("instance-scoped: not part of a per-context backup", Status::Skipped);
-                    continue;
-                }
-                Scope::Instance => {
-                    if !surface.path.is_dir() {
-                        let w = Warning {
-                            code: "surface-missing".into(),
-                            message: format!("{}.{}: {} does not exist; nothing archived for it", svc.name, surface.name, surface.path.display()),
-                        };
-                        warnings.push(w);
-                        // Declared state that is not there is a failure, not a footnote:
-                        // the run exits non-zero and says which surface is missing.
-                        skip(&format!("{} does not exist on the source", surface.path.display()), Status::Failed);
-                        continue;
-                    }
-                    vec![None]
-                }
-                Scope::Context => {
-                    let found = inv.surface_contexts(surface)?;
-                    found.into_iter().filter(|c| sel.contexts.is_empty() || sel.contexts.contains(c)).map(Some).collect()
-                }
-            };
-            let mut msurf = manifest_surface(surface, inv.root.as_deref());
-            for ctx in contexts {
-                if let Some(c) = &ctx {
-                    svc_contexts.insert(c.clone());
-                    msurf.contexts.push(c.clone());
-                }
-                jobs.push(Job { service: svc.name.clone(), surface: surface.name.clone(), path: surface.path_for(ctx.as_deref()), context: ctx });
-            }
-            if surface.scope == Scope::Context && msurf.contexts.is_empty() {
-                outcomes.push(Outcome::new(&svc.name, Some(&surface.name), None, Status::Skipped,
-                    Some("no context of the selection has this surface on disk".into())));
-                ms.left_out.push(leave("no context of the selection has this surface on disk".into()));
-                continue;
-            }
-            ms.surfaces.push(msurf);
-        }
-        ms.contexts = svc_contexts.into_iter().collect();
-        if !sel.contexts.is_empty() && ms.surfaces.is_empty() {
-            continue; // a per-context backup carries only the services that have the context
-        }
-        services.push(ms);
-    }
-    if jobs.is_empty() {
-        return Err(Error::Usage("the selection covers no surface with data on disk; nothing to back up".into()));
-    }
-    Ok((jobs, services, warnings, outcomes))
-}
-
-/// The manifest records the inventory's layout, not where --root placed it on this machine.
-fn manifest_surface(s: &Surface, root: Option<&Path>) -> ManifestSurface {
-    let path = match root.and_then(|r| s.path.strip_prefix(r).ok()) {
-        Some(rel) => Path::new("/").join(rel),
-        None => s.path.clone(),
-    };
-    ManifestSurface { name: s.name.clone(), scope: s.scope, class: s.class, path: path.display().to_string(), contexts: Vec::new(), files: 0, bytes: 0 }
-}
 
 /// Writes an archive of the selected surfaces to `out` and returns it with the report.
 ///
@@ -231,12 +86,12 @@ pub fn backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, 
 }
 
 fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
-    let (mut jobs, mut services, mut warnings, mut outcomes) = select(inv, &opts.selection)?;
-    let placement = crate::plan::place(inv, &mut jobs, opts.allow_live)?;
+    let (mut jobs, mut services, mut warnings, mut outcomes) = plan::select(inv, &opts.selection)?;
+    let placement = plan::place(inv, &mut jobs, opts.allow_live)?;
     cancel.check()?;
-    let state = opts.state_dir.clone().or_else(|| inv.state_dir.clone()).unwrap_or_else(|| PathBuf::from(crate::DEFAULT_STATE_DIR));
-    let run = run_id();
-    let frozen = crate::freeze::freeze(inv, &jobs, &placement, &crate::freeze::FreezeOptions { state: &state, run: &run, deadline: opts.freeze_deadline }, progress)?;
+    let state = state::dir(opts.state_dir.as_deref(), inv);
+    let run = state::run_id();
+    let frozen = freeze::freeze(inv, &jobs, &placement, &FreezeOptions { state: &state, run: &run, deadline: opts.freeze_deadline }, progress)?;
     warnings.extend(frozen.warnings.iter().cloned());
     for w in &frozen.warnings {
         progress.event(&Event::Warning { warning: w.clone() });
@@ -258,13 +113,13 @@ fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, 
         bytes += b;
     }
     progress.event(&Event::Totals { files, bytes });
-    crate::failpoint("backup-scanned");
+    failpoint("backup-scanned");
 
     let manifest = Manifest {
         format: ARCHIVE_FORMAT,
         tool: "hero-snap".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        created: now_rfc3339(),
+        created: state::now_rfc3339(),
         instance: inv.instance.clone(),
         run_id: run.clone(),
         consistency: frozen.consistency,
@@ -278,28 +133,28 @@ fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, 
     let counted = CountingWriter { inner: out, count: 0 };
     let mut writer = ArchiveWriter::new(counted, &opts.encryption, opts.compression)?;
     writer.write_manifest(&manifest)?;
-    crate::failpoint("backup-manifest-written");
+    failpoint("backup-manifest-written");
     progress.event(&Event::Phase { phase: "archive".into() });
     for (job, view) in jobs.iter().zip(&views) {
         progress.event(&Event::Surface { service: job.service.clone(), surface: job.surface.clone(), context: job.context.clone() });
         let member = surface_member_root(&job.service, &job.surface, job.context.as_deref());
         writer.write_tree(view, &member, progress, cancel)?;
         outcomes.push(Outcome::new(&job.service, Some(&job.surface), job.context.as_deref(), Status::Ok, None));
-        crate::failpoint("backup-surface-written");
+        failpoint("backup-surface-written");
     }
     // A snapshot that went bad while it was read (LVM overflow) fails the run before the
     // archive is finished, so no archive of it is ever published.
     frozen.check()?;
     let mut late_warnings = std::mem::take(&mut writer.warnings);
     let (counted, _totals) = writer.finish()?;
-    crate::failpoint("backup-archive-finished");
+    failpoint("backup-archive-finished");
     late_warnings.extend(frozen.release()?);
-    crate::failpoint("backup-snapshots-released");
+    failpoint("backup-snapshots-released");
     let mut manifest = manifest;
     // Warnings found while archiving cannot go back into the manifest (it is already
     // written); they are in the report and the event stream.
     manifest.warnings.extend(late_warnings);
-    crate::outcome::sort(&mut outcomes);
+    outcome::sort(&mut outcomes);
     for o in &outcomes {
         progress.event(&Event::Outcome(o.clone()));
     }
@@ -328,12 +183,60 @@ pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progre
     })?;
     let file: File = buffered.into_inner().map_err(|e| Error::io(tmp.path(), "writing the archive")(e.into_error()))?.file;
     file.sync_all().map_err(Error::io(tmp.path(), "syncing the archive"))?;
-    crate::failpoint("backup-before-rename");
+    failpoint("backup-before-rename");
     tmp.persist(path).map_err(|e| Error::io(path, "renaming the archive into place")(e.error))?;
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
     Ok(report)
+}
+
+/// Backs up to `to`. Whatever the location, a failed run publishes nothing: a file is
+/// renamed into place only when complete, an object appears only when its multipart
+/// upload completes after the archive's last byte (a failed run aborts it; `gc` aborts
+/// what a killed run left).
+pub fn backup_to(inv: &Inventory, opts: &BackupOptions, to: &Location, progress: &dyn Progress, cancel: &Cancel) -> Result<BackupReport> {
+    match to {
+        Location::File(path) => backup_to_file(inv, opts, path, progress, cancel),
+        Location::Stdio => {
+            let stdout = io::stdout();
+            if stdout.is_terminal() {
+                return Err(Error::Usage("refusing to write an archive to a terminal; redirect standard output".into()));
+            }
+            // Not locked: the archive is written from its own thread (`backup`).
+            let out = io::BufWriter::with_capacity(1 << 20, stdout);
+            let (report, mut out) = backup(inv, opts, out, progress, cancel)?;
+            out.flush().map_err(Error::io("-", "writing the archive"))?;
+            Ok(report)
+        }
+        Location::S3(obj) => backup_to_s3(inv, opts, obj, progress, cancel),
+    }
+}
+
+fn backup_to_s3(inv: &Inventory, opts: &BackupOptions, obj: &S3Object, progress: &dyn Progress, cancel: &Cancel) -> Result<BackupReport> {
+    let state = state::dir(opts.state_dir.as_deref(), inv);
+    let run = state::run_id();
+    let (upload, outcome) = s3::Upload::start(obj)?;
+    // Journaled before the first part leaves, so that a killed run's upload can be found.
+    state::journal::save(&state, "upload", &run, &s3::UploadJournal::new(&run, obj))?;
+    let result = backup(inv, opts, upload, progress, cancel).and_then(|(report, upload)| {
+        let stored = upload.finish()?;
+        if stored != report.archive_bytes {
+            return Err(Error::Storage(format!(
+                "{}: the storage holds {stored} bytes, {} were sent; delete the object and back up again",
+                obj.url(), report.archive_bytes)));
+        }
+        Ok(report)
+    });
+    let mut outcome = outcome.lock().unwrap_or_else(|p| p.into_inner());
+    if result.is_ok() || outcome.aborted {
+        state::journal::remove(&state, "upload", &run);
+    }
+    result.map_err(|e| match (e, outcome.error.take()) {
+        // The archive writer saw an io::Error; the storage's own error says more.
+        (Error::Io { .. }, Some(storage)) => storage,
+        (e, _) => e,
+    })
 }
 
 /// Writes the archive file and keeps its writeback going while it grows: the disk writes
@@ -398,7 +301,7 @@ fn remove_dead_partials(dir: &Path, name: &str) {
         let file = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = file.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".partial")) else { continue };
         let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid != std::process::id() && !crate::journal::process_alive(pid) {
+        if pid != std::process::id() && !state::process_alive(pid) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -420,23 +323,3 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
-}
-
-/// A run id: UTC time plus the process id, unique on one machine and sortable.
-pub(crate) fn run_id() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}-{}",
-        now.year(),
-        now.month() as u8,
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        std::process::id()
-    )
-}

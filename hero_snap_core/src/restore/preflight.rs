@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::archive::format::{Manifest, MemberKey, ARCHIVE_FORMAT};
 use crate::inventory::{Class, Command, Inventory, Scope, SecretStore};
-use crate::manifest::{Manifest, MemberKey, ARCHIVE_FORMAT};
 
 /// Options shared by pre-flight and restore.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +22,28 @@ pub struct RestoreSelection {
     pub rename_to: Option<String>,
     /// Allow replacing data that already exists on the target.
     pub replace: bool,
+}
+
+/// One surface of one service. Shown and serialized as `service.surface`; kept as two
+/// names because service names may contain dots.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SurfaceRef {
+    /// The service.
+    pub service: String,
+    /// The surface.
+    pub surface: String,
+}
+
+impl std::fmt::Display for SurfaceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.service, self.surface)
+    }
+}
+
+impl Serialize for SurfaceRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Why a restore is refused. The kind decides the exit code.
@@ -200,13 +222,13 @@ pub struct RestorePlan {
     /// Schema migrations, in the order they run.
     pub migrations: Vec<PlannedMigration>,
     /// Derived surfaces not in the archive: they need rebuilding after the restore.
-    pub rebuild_pending: Vec<String>,
+    pub rebuild_pending: Vec<SurfaceRef>,
     /// Services whose stop/start hooks run around the swap.
     pub services: Vec<String>,
 }
 
 /// Checks a manifest against the target inventory. Returns the plan, or every refusal.
-pub fn preflight(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection) -> Result<RestorePlan> {
+pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection) -> Result<RestorePlan> {
     let mut refusals = Vec::new();
     if manifest.format > ARCHIVE_FORMAT {
         refusals.push(Refusal::FormatTooNew { archive: manifest.format, supported: ARCHIVE_FORMAT });
@@ -291,7 +313,7 @@ pub fn preflight(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection
         // Derived surfaces the archive left out must be rebuilt on the target.
         for s in &ts.surfaces {
             if s.class == Class::Derived && ms.left_out.iter().any(|l| l.surface == s.name) {
-                plan.rebuild_pending.push(format!("{}.{}", ms.name, s.name));
+                plan.rebuild_pending.push(SurfaceRef { service: ms.name.clone(), surface: s.name.clone() });
             }
         }
         if !touched {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::process_alive;
 use crate::error::{Error, Result};
 
 /// `state/<kind>-<run>.json`
@@ -65,6 +66,3 @@ pub(crate) fn dead<T: DeserializeOwned>(state: &Path, kind: &str, pid_of: impl F
     Ok(out)
 }
 
-pub(crate) fn process_alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-}

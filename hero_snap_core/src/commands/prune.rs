@@ -1,0 +1,212 @@
+//! `prune`: retention over a directory or S3 prefix of archives, per series, with a
+//! free-space guard.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::archive::folder::{read_folder, Folder, Listed};
+use crate::archive::Decryption;
+use crate::error::{Error, Result};
+
+/// The free space [`prune`] must leave in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFree {
+    /// At least this many bytes.
+    Bytes(u64),
+    /// Room for one more backup of each series: the sum of each series' newest archive,
+    /// plus 10 %.
+    NextBackup,
+}
+
+impl std::str::FromStr for MinFree {
+    type Err = Error;
+
+    /// `auto` ([`MinFree::NextBackup`]), or a size: bytes, or with a binary suffix `K`,
+    /// `M`, `G`, `T` (`10G` = 10 GiB).
+    ///
+    /// ```
+    /// use hero_snap_core::MinFree;
+    /// assert_eq!("10G".parse::<MinFree>().unwrap(), MinFree::Bytes(10 << 30));
+    /// assert_eq!("auto".parse::<MinFree>().unwrap(), MinFree::NextBackup);
+    /// assert!("10Q".parse::<MinFree>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<MinFree> {
+        if s == "auto" {
+            return Ok(MinFree::NextBackup);
+        }
+        parse_size(s).map(MinFree::Bytes).map_err(|e| Error::Usage(format!("--min-free: {e}")))
+    }
+}
+
+/// Options of [`prune`]. Nothing is deleted unless a retention rule is given.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Keep the newest N archives of each series.
+    pub keep_last: usize,
+    /// Keep the newest archive of each of the N most recent days (UTC) that have one, per series.
+    pub keep_daily: usize,
+    /// Decide and report, delete nothing.
+    pub dry_run: bool,
+    /// After pruning, check that the directory's filesystem has this much room.
+    pub min_free: Option<MinFree>,
+}
+
+/// One archive [`prune`] keeps, and the rules that keep it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kept {
+    /// The archive's path or `s3://` URL.
+    pub path: String,
+    /// When it was made.
+    pub created: String,
+    /// `newest`, `last`, `daily YYYY-MM-DD`.
+    pub reasons: Vec<String>,
+}
+
+/// The free-space check of [`prune`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SpaceCheck {
+    /// The directory checked.
+    pub path: PathBuf,
+    /// Bytes available after pruning (in a dry run: now plus what would be deleted).
+    pub available: u64,
+    /// Bytes required.
+    pub required: u64,
+    /// Whether `available >= required`.
+    pub ok: bool,
+}
+
+/// What [`prune`] kept, deleted (or would delete), and could not judge.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// Whether this was a dry run (then `deleted` lists what would be deleted).
+    pub dry_run: bool,
+    /// Archives kept.
+    pub kept: Vec<Kept>,
+    /// Archives deleted.
+    pub deleted: Vec<String>,
+    /// Bytes freed (or that would be freed).
+    pub freed_bytes: u64,
+    /// Files left alone because their manifest could not be read, with why.
+    pub ignored: Vec<Listed>,
+    /// The free-space check, when asked for.
+    pub space: Option<SpaceCheck>,
+}
+
+impl PruneReport {
+    /// The free-space guard's verdict: [`Error::NoSpace`] (exit 17) when `--min-free` was
+    /// asked for and is not met after pruning, naming the directory and the shortfall.
+    pub fn check_space(&self) -> Result<()> {
+        match self.space.as_ref().filter(|s| !s.ok) {
+            None => Ok(()),
+            Some(sp) => Err(Error::NoSpace(format!(
+                "{}: {} bytes free after pruning, {} required; free space or keep fewer archives before the next backup",
+                sp.path.display(),
+                sp.available,
+                sp.required
+            ))),
+        }
+    }
+}
+
+/// Applies retention to the archives in `folder`, per series (same instance and
+/// selection), by the manifests' creation times. The newest archive of every series is
+/// always kept; only files whose manifest was read are ever deleted. `min_free` applies to
+/// a directory only (object storage reports no free space).
+///
+/// ```no_run
+/// use hero_snap_core::{prune, MinFree, PruneOptions};
+/// use hero_snap_core::Decryption;
+/// use std::path::Path;
+/// # fn main() -> hero_snap_core::Result<()> {
+/// let mut keys = Decryption::default();
+/// keys.add_identity_file("/root/hero-snap.key".as_ref())?;
+/// let opts = PruneOptions { keep_last: 3, keep_daily: 7, dry_run: true, min_free: Some(MinFree::NextBackup) };
+/// let report = prune(&Path::new("/backups").into(), &keys, &opts)?;
+/// println!("would delete {:?}", report.deleted);
+/// # Ok(()) }
+/// ```
+pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<PruneReport> {
+    if opts.keep_last == 0 && opts.keep_daily == 0 {
+        return Err(Error::Usage("prune needs a retention rule: --keep-last N and/or --keep-daily N (N >= 1)".into()));
+    }
+    if let (Some(_), Folder::S3(p)) = (opts.min_free, folder) {
+        return Err(Error::Usage(format!("{}: --min-free checks a local filesystem; object storage has no free space to check", p.url())));
+    }
+    let (archives, ignored): (Vec<Listed>, Vec<Listed>) = read_folder(folder, keys)?.into_iter().partition(|l| l.summary.is_some());
+    let mut series: BTreeMap<(String, String), Vec<Listed>> = BTreeMap::new();
+    for a in archives {
+        let s = a.summary.as_ref().expect("partitioned");
+        series.entry((s.instance.clone(), s.selection.clone())).or_default().push(a);
+    }
+    let mut report = PruneReport { dry_run: opts.dry_run, kept: Vec::new(), deleted: Vec::new(), freed_bytes: 0, ignored, space: None };
+    let mut next_backup = 0u64;
+    for (_, mut list) in series {
+        list.sort_by_key(|a| std::cmp::Reverse(created_key(a)));
+        next_backup += list[0].size;
+        let mut days = BTreeSet::new();
+        for (i, a) in list.into_iter().enumerate() {
+            let created = a.summary.as_ref().expect("partitioned").created.clone();
+            let mut reasons = Vec::new();
+            if i == 0 {
+                reasons.push("newest".to_string());
+            }
+            if i < opts.keep_last {
+                reasons.push("last".to_string());
+            }
+            let day = created_key(&a).map(|t| t.date().to_string()).unwrap_or_else(|| created.chars().take(10).collect());
+            if days.len() < opts.keep_daily && days.insert(day.clone()) {
+                reasons.push(format!("daily {day}"));
+            }
+            if reasons.is_empty() {
+                if !opts.dry_run {
+                    a.item.delete()?;
+                }
+                report.freed_bytes += a.size;
+                report.deleted.push(a.path);
+            } else {
+                report.kept.push(Kept { path: a.path, created, reasons });
+            }
+        }
+    }
+    if let (Some(min), Folder::Dir(dir)) = (opts.min_free, folder) {
+        let required = match min {
+            MinFree::Bytes(n) => n,
+            MinFree::NextBackup => next_backup + next_backup / 10,
+        };
+        let st = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::io(dir, "reading free space")(e.into()))?;
+        let mut available = st.blocks_available() as u64 * st.fragment_size() as u64;
+        if opts.dry_run {
+            available += report.freed_bytes;
+        }
+        report.space = Some(SpaceCheck { path: dir.to_path_buf(), available, required, ok: available >= required });
+    }
+    Ok(report)
+}
+
+fn created_key(l: &Listed) -> Option<time::OffsetDateTime> {
+    let s = l.summary.as_ref()?;
+    time::OffsetDateTime::parse(&s.created, &time::format_description::well_known::Rfc3339).ok().map(|t| t.to_offset(time::UtcOffset::UTC))
+}
+
+/// Parses a size: bytes, or with a binary suffix `K`, `M`, `G`, `T` (`10G` = 10 GiB).
+///
+pub(crate) fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("`{s}`: unknown size suffix (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("`{s}`: not a size (e.g. 500M, 10G)"))?;
+    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("`{s}`: too large"))
+}

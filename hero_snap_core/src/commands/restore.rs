@@ -1,0 +1,231 @@
+//! `restore`: pre-flight, extract into staging, verify, stop the services, swap in, migrate,
+//! start them again; all or nothing.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::archive::read::read_archive;
+use crate::archive::{Decryption, Manifest};
+use crate::error::{Error, Result};
+use crate::hooks;
+use crate::inventory::Inventory;
+use crate::outcome::{self, Outcome, Status};
+use crate::progress::{Cancel, Event, Progress};
+use crate::restore::extract::Extractor;
+use crate::restore::swap::{complete, rollback, swap_in, Phase};
+use crate::restore::{RestorePlan, RestoreSelection, SurfaceRef};
+use crate::state::{self, failpoint, Lock};
+
+/// Options of [`restore`].
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// What to restore, under which names, and whether existing data may be replaced.
+    pub selection: RestoreSelection,
+    /// Keep the replaced data beside the target (`.hero-snap-<run>.old/`) instead of deleting it.
+    pub keep_old: bool,
+    /// Where the journal goes; defaults to the inventory's `state_dir`, then /var/lib/hero-snap.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The archive's manifest.
+    pub manifest: Manifest,
+    /// What the pre-flight decided: the surfaces, their targets, the migrations.
+    pub plan: RestorePlan,
+    /// Regular files restored.
+    pub files: u64,
+    /// Bytes of file data restored.
+    pub bytes: u64,
+    /// Replaced data kept with --keep-old.
+    pub kept_old: Vec<PathBuf>,
+    /// Derived surfaces still to be rebuilt (no rebuild hook, or it failed).
+    pub rebuild_pending: Vec<SurfaceRef>,
+    /// Hooks that failed after the commit (start, rebuild); each is also a failed outcome.
+    pub warnings: Vec<String>,
+    /// One result per surface of the archive (restored, skipped and why) and per service
+    /// whose start or rebuild hook failed after the commit.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl RestoreReport {
+    /// Whether something did not come back as it should (see [`RestoreReport::outcomes`]).
+    /// The restored data is committed either way.
+    pub fn failed(&self) -> bool {
+        self.outcomes.iter().any(|o| o.status == Status::Failed)
+    }
+}
+
+/// Streams an archive into the target instance, all or nothing.
+///
+/// A cancel before the swap is committed rolls everything back (the target is as it
+/// was) and returns [`Error::Cancelled`]; after the commit the restore completes.
+pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &RestoreOptions, progress: &dyn Progress, cancel: &Cancel) -> Result<RestoreReport> {
+    let state = state::dir(opts.state_dir.as_deref(), target);
+    // One run at a time per state directory: a backup's snapshots or another restore's swaps.
+    let mut lock_warnings = Vec::new();
+    let _lock = Lock::acquire(&state, &mut lock_warnings)?;
+    failpoint("restore-locked");
+    let run = state::run_id();
+    let mut ex = Extractor::new(target, &opts.selection, opts.keep_old, &run, &state, progress)?;
+    let outcome = read_archive(input, keys, &mut ex, cancel);
+    let outcome = match outcome.and_then(|o| ex.finish_extraction().map(|_| o)) {
+        Ok(o) => o,
+        Err(e) => {
+            ex.discard();
+            return Err(cancel.explain(e));
+        }
+    };
+    failpoint("restore-extracted");
+    let Some(plan) = ex.plan.take() else {
+        // read_archive refuses an archive without a manifest first; this is only defence.
+        ex.discard();
+        return Err(Error::Corrupt("the archive has no manifest".into()));
+    };
+    let mut warnings = Vec::new();
+
+    // Stop the affected services, swap, migrate; undo everything on a failure.
+    progress.event(&Event::Phase { phase: "swap".into() });
+    let mut stopped = Vec::new();
+    let result = (|| -> Result<()> {
+        for name in &plan.services {
+            let Some(svc) = target.service(name) else { continue };
+            if let Some(stop) = &svc.hooks.stop {
+                // Journaled first: if this process dies, `gc` starts the service again.
+                if let Some(start) = &svc.hooks.start {
+                    ex.journal.stopped.push((name.clone(), start.clone()));
+                    ex.journal.save(&state)?;
+                }
+                hooks::run(stop, &[("service", name)])?;
+                stopped.push(name.clone());
+            }
+        }
+        failpoint("restore-services-stopped");
+        cancel.check()?;
+        ex.journal.phase = Phase::Swapping;
+        ex.journal.save(&state)?;
+        failpoint("restore-swapping");
+        for i in 0..ex.journal.swaps.len() {
+            swap_in(&mut ex.journal.swaps[i])?;
+            failpoint("restore-between-swaps");
+        }
+        failpoint("restore-swapped");
+        progress.event(&Event::Phase { phase: "migrate".into() });
+        for m in &plan.migrations {
+            let from = m.from.to_string();
+            let to = m.to.to_string();
+            hooks::run(&m.command, &[("service", &m.service), ("from_schema", &from), ("to_schema", &to)])?;
+            failpoint("restore-migrated");
+        }
+        if let (Some(new), Some(old)) = (&opts.selection.rename_to, opts.selection.contexts.first()) {
+            for name in &plan.services {
+                if let Some(rename) = target.service(name).and_then(|s| s.hooks.rename.as_ref()) {
+                    hooks::run(rename, &[("service", name), ("context", old), ("new_context", new)])?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let undo = rollback(&ex.journal);
+        ex.journal.remove(&state);
+        start_services(target, &stopped, &mut warnings);
+        return Err(match undo {
+            Ok(()) if cancel.is_cancelled() => Error::Cancelled,
+            Ok(()) => Error::Command(format!("restore failed and was rolled back; the target is as it was: {e}")),
+            Err(u) => Error::Command(format!("restore failed ({e}) and the rollback failed too ({u}); run `hero-snap gc` and check the targets")),
+        });
+    }
+    ex.journal.phase = Phase::Committed;
+    ex.journal.save(&state)?;
+    failpoint("restore-after-commit");
+    let kept_old = complete(&ex.journal);
+    failpoint("restore-completed");
+    ex.journal.remove(&state);
+    let not_started = start_services(target, &stopped, &mut warnings);
+
+    let mut outcomes = Vec::new();
+    let mut rebuild_pending = Vec::new();
+    let pending_services: BTreeSet<&str> = plan.rebuild_pending.iter().map(|s| s.service.as_str()).collect();
+    for name in pending_services {
+        let surfaces = plan.rebuild_pending.iter().filter(|s| s.service == name).cloned();
+        match target.service(name).and_then(|svc| svc.hooks.rebuild.as_ref()) {
+            Some(cmd) => {
+                if let Err(e) = hooks::run(cmd, &[("service", name)]) {
+                    warnings.push(format!("{name}: rebuild hook failed: {e}"));
+                    for s in surfaces {
+                        outcomes.push(surface_outcome(&s, Status::Failed, format!("rebuild hook failed: {e}")));
+                        rebuild_pending.push(s);
+                    }
+                } else {
+                    outcomes.extend(surfaces.map(|s| surface_outcome(&s, Status::Ok, "rebuilt by the service's rebuild hook".into())));
+                }
+            }
+            None => {
+                for s in surfaces {
+                    outcomes.push(surface_outcome(&s, Status::Skipped, "derived and not in the archive; the service has no rebuild hook: rebuild it".into()));
+                    rebuild_pending.push(s);
+                }
+            }
+        }
+    }
+    outcomes.extend(archive_outcomes(&outcome.manifest, &plan));
+    for (name, why) in not_started {
+        outcomes.push(Outcome::new(&name, None, None, Status::Failed, Some(why)));
+    }
+    outcome::sort(&mut outcomes);
+    for o in &outcomes {
+        progress.event(&Event::Outcome(o.clone()));
+    }
+    Ok(RestoreReport { manifest: outcome.manifest, plan, files: ex.files, bytes: ex.bytes, kept_old, rebuild_pending, warnings, outcomes })
+}
+
+/// An outcome for a surface of the plan's rebuild list.
+fn surface_outcome(s: &SurfaceRef, status: Status, reason: String) -> Outcome {
+    Outcome::new(&s.service, Some(&s.surface), None, status, Some(reason))
+}
+
+/// What became of every surface the archive holds, or left out: restored, or skipped and why.
+fn archive_outcomes(manifest: &Manifest, plan: &RestorePlan) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for ms in &manifest.services {
+        for surf in &ms.surfaces {
+            let contexts: Vec<Option<&str>> =
+                if surf.contexts.is_empty() { vec![None] } else { surf.contexts.iter().map(|c| Some(c.as_str())).collect() };
+            for ctx in contexts {
+                let planned = plan.surfaces.iter().find(|t| t.service == ms.name && t.surface == surf.name && t.context.as_deref() == ctx);
+                out.push(match planned {
+                    Some(t) if t.target_context.as_deref() != ctx => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Ok,
+                        Some(format!("restored as context `{}`", t.target_context.as_deref().unwrap_or_default()))),
+                    Some(_) => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Ok, None),
+                    None => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Skipped, Some("not selected for this restore".into())),
+                });
+            }
+        }
+        for l in &ms.left_out {
+            // Derived surfaces to rebuild have their outcome from the rebuild step.
+            if !plan.rebuild_pending.iter().any(|r| r.service == ms.name && r.surface == l.surface) {
+                out.push(Outcome::new(&ms.name, Some(&l.surface), None, Status::Skipped, Some(format!("not in the archive: {}", l.reason))));
+            }
+        }
+    }
+    out
+}
+
+/// Runs the start hooks; returns the services whose hook failed, with the failure.
+fn start_services(target: &Inventory, stopped: &[String], warnings: &mut Vec<String>) -> Vec<(String, String)> {
+    let mut failed = Vec::new();
+    for name in stopped {
+        if let Some(start) = target.service(name).and_then(|s| s.hooks.start.as_ref()) {
+            if let Err(e) = hooks::run(start, &[("service", name)]) {
+                warnings.push(format!("{name}: start hook failed: {e}"));
+                failed.push((name.clone(), format!("start hook failed: {e}")));
+            }
+        }
+    }
+    failed
+}

@@ -1,0 +1,303 @@
+//! Reading an inventory file: YAML with locations kept, so that every validation error
+//! names the file, the line, the field and the fix.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::model::*;
+use crate::error::{Error, Result};
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInventory {
+    format: Spanned<u32>,
+    instance: Spanned<String>,
+    #[serde(default)]
+    contexts: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    secret_store: Option<SecretStore>,
+    #[serde(default)]
+    state_dir: Option<Spanned<String>>,
+    services: BTreeMap<String, Spanned<FileService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileService {
+    version: Spanned<String>,
+    schema: u32,
+    #[serde(default)]
+    secrets: Vec<Spanned<String>>,
+    surfaces: Vec<Spanned<FileSurface>>,
+    #[serde(default)]
+    migrations: Vec<Spanned<Migration>>,
+    #[serde(default)]
+    quiesce: Quiesce,
+    #[serde(default)]
+    hooks: Hooks,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSurface {
+    name: Spanned<String>,
+    path: Spanned<String>,
+    scope: Spanned<String>,
+    class: Spanned<String>,
+    #[serde(default)]
+    snapshot: Option<SnapshotBackend>,
+    #[serde(default)]
+    #[allow(dead_code)] // documentation for humans; kept so the field is accepted
+    description: Option<String>,
+}
+
+/// Names of services, surfaces, contexts and secrets: safe as one path component and in YAML.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !name.starts_with('.')
+        && !name.starts_with('-')
+}
+
+impl Inventory {
+    /// Reads and validates an inventory file.
+    pub fn load(path: &Path) -> Result<Inventory> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path, "reading the inventory"))?;
+        Inventory::parse(&text, path)
+    }
+
+    /// Parses and validates inventory text; `source` is only used in messages.
+    pub fn parse(text: &str, source: &Path) -> Result<Inventory> {
+        let err = |line: u64, field: &str, message: String| Error::Inventory {
+            file: source.to_path_buf(),
+            line,
+            field: field.to_string(),
+            message,
+        };
+        let file: FileInventory = serde_saphyr::from_str(text).map_err(|e| {
+            let line = e.location().map(|l| l.line()).unwrap_or(0);
+            let first = e.to_string();
+            let first = first.lines().next().unwrap_or("").to_string();
+            let hint = if first.contains("unknown field") {
+                "; remove it or check its spelling against docs/INVENTORY.md"
+            } else if first.contains("missing field") {
+                "; add it (docs/INVENTORY.md lists the required fields)"
+            } else {
+                ""
+            };
+            err(line, "(document)", format!("{first}{hint}"))
+        })?;
+
+        if file.format.value != INVENTORY_FORMAT {
+            return Err(err(
+                file.format.referenced.line(),
+                "format",
+                format!(
+                    "inventory format {} is not supported; this build reads format {INVENTORY_FORMAT} (upgrade hero-snap, or rewrite the file)",
+                    file.format.value
+                ),
+            ));
+        }
+        if !valid_name(&file.instance.value) {
+            return Err(err(file.instance.referenced.line(), "instance", format!(
+                "`{}` is not a valid instance name; use letters, digits, `_`, `-`, `.`", file.instance.value)));
+        }
+        let contexts = match file.contexts {
+            None => None,
+            Some(list) => {
+                let mut seen = BTreeSet::new();
+                for c in &list {
+                    if !valid_name(&c.value) {
+                        return Err(err(c.referenced.line(), "contexts", format!(
+                            "`{}` is not a valid context name; use letters, digits, `_`, `-`, `.`", c.value)));
+                    }
+                    if !seen.insert(c.value.clone()) {
+                        return Err(err(c.referenced.line(), "contexts", format!("context `{}` is listed twice; remove one", c.value)));
+                    }
+                }
+                Some(list.into_iter().map(|c| c.value).collect())
+            }
+        };
+        let state_dir = match file.state_dir {
+            None => None,
+            Some(s) => {
+                let p = PathBuf::from(&s.value);
+                if !p.is_absolute() {
+                    return Err(err(s.referenced.line(), "state_dir", format!("`{}` is relative; write an absolute path", s.value)));
+                }
+                Some(p)
+            }
+        };
+
+        let mut services = Vec::new();
+        // (path, service, surface, line) of every surface, for the overlap rule.
+        let mut claimed: Vec<(PathBuf, String, String, u64)> = Vec::new();
+        if file.services.is_empty() {
+            return Err(err(0, "services", "no services are declared; declare at least one".into()));
+        }
+        for (svc_name, svc) in file.services {
+            let line = svc.referenced.line();
+            let svc = svc.value;
+            let field = |f: &str| format!("services.{svc_name}.{f}");
+            if !valid_name(&svc_name) {
+                return Err(err(line, &format!("services.{svc_name}"), "not a valid service name; use letters, digits, `_`, `-`, `.`".into()));
+            }
+            if svc.version.value.trim().is_empty() {
+                return Err(err(svc.version.referenced.line(), &field("version"), "is empty; write the service's version".into()));
+            }
+            let mut secrets = Vec::new();
+            for s in svc.secrets {
+                if !valid_name(&s.value) {
+                    return Err(err(s.referenced.line(), &field("secrets"), format!("`{}` is not a valid secret name", s.value)));
+                }
+                secrets.push(s.value);
+            }
+            if svc.surfaces.is_empty() {
+                return Err(err(line, &field("surfaces"), "no surfaces declared; declare where the service keeps its state".into()));
+            }
+            let mut surfaces: Vec<Surface> = Vec::new();
+            for (i, s) in svc.surfaces.into_iter().enumerate() {
+                let s = s.value;
+                let f = |name: &str| field(&format!("surfaces[{i}].{name}"));
+                if !valid_name(&s.name.value) {
+                    return Err(err(s.name.referenced.line(), &f("name"), format!(
+                        "`{}` is not a valid surface name; use letters, digits, `_`, `-`, `.`", s.name.value)));
+                }
+                if surfaces.iter().any(|o| o.name == s.name.value) {
+                    return Err(err(s.name.referenced.line(), &f("name"), format!(
+                        "duplicate surface `{}` in service `{svc_name}`; give each surface its own name", s.name.value)));
+                }
+                let scope = match s.scope.value.as_str() {
+                    "instance" => Scope::Instance,
+                    "context" => Scope::Context,
+                    other => {
+                        return Err(err(s.scope.referenced.line(), &f("scope"), format!(
+                            "unknown scope `{other}`; use `instance` (one copy per instance) or `context` (one copy per context)")))
+                    }
+                };
+                let class = match s.class.value.as_str() {
+                    "source" => Class::Source,
+                    "derived" => Class::Derived,
+                    "transient" => Class::Transient,
+                    other => {
+                        return Err(err(s.class.referenced.line(), &f("class"), format!(
+                            "unknown class `{other}`; use `source`, `derived` or `transient`")))
+                    }
+                };
+                let pline = s.path.referenced.line();
+                let path = PathBuf::from(&s.path.value);
+                if !path.is_absolute() {
+                    return Err(err(pline, &f("path"), format!("`{}` is relative; write an absolute path", s.path.value)));
+                }
+                if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) || s.path.value.contains("//") {
+                    return Err(err(pline, &f("path"), format!("`{}` contains `.`, `..` or `//`; write the path in its plain form", s.path.value)));
+                }
+                if path == Path::new("/") {
+                    return Err(err(pline, &f("path"), "`/` cannot be a surface; name the service's own directory".into()));
+                }
+                let placeholders = path.components().filter(|c| c.as_os_str() == CONTEXT_PLACEHOLDER).count();
+                let stray = s.path.value.matches(CONTEXT_PLACEHOLDER).count() != placeholders;
+                match scope {
+                    Scope::Context if placeholders != 1 || stray => {
+                        return Err(err(pline, &f("path"), format!(
+                            "a per-context surface needs exactly one `{CONTEXT_PLACEHOLDER}` as a whole path component, e.g. `/var/lib/hero/{svc_name}/{CONTEXT_PLACEHOLDER}/{}`", s.name.value)));
+                    }
+                    Scope::Instance if placeholders > 0 || stray => {
+                        return Err(err(pline, &f("path"), format!(
+                            "an instance surface cannot contain `{CONTEXT_PLACEHOLDER}`; set `scope: context` or remove the placeholder")));
+                    }
+                    _ => {}
+                }
+                if path.components().nth(1).is_some_and(|c| c.as_os_str() == CONTEXT_PLACEHOLDER) {
+                    return Err(err(pline, &f("path"), "`{context}` cannot be the first component; put the contexts in a directory of their own".into()));
+                }
+                for (other, osvc, osurf, oline) in &claimed {
+                    if paths_overlap(other, &path) {
+                        return Err(err(pline, &f("path"), format!(
+                            "`{}` overlaps `{}` of surface `{osvc}.{osurf}` (line {oline}); a path can belong to one surface only: move one, or narrow it",
+                            path.display(), other.display())));
+                    }
+                }
+                claimed.push((path.clone(), svc_name.clone(), s.name.value.clone(), pline));
+                surfaces.push(Surface { name: s.name.value, path, scope, class, snapshot: s.snapshot });
+            }
+            let mut migrations: Vec<Migration> = Vec::new();
+            for m in svc.migrations {
+                let mline = m.referenced.line();
+                let m = m.value;
+                if m.from >= svc.schema {
+                    return Err(err(mline, &field("migrations"), format!(
+                        "a migration from schema {} cannot apply to a service at schema {}; migrations go from older schemas only", m.from, svc.schema)));
+                }
+                if migrations.iter().any(|o| o.from == m.from) {
+                    return Err(err(mline, &field("migrations"), format!("two migrations from schema {}; keep one", m.from)));
+                }
+                if m.run.argv.is_empty() {
+                    return Err(err(mline, &field("migrations"), "the migration's `argv` is empty".into()));
+                }
+                migrations.push(m);
+            }
+            for (hook, cmd) in [("quiesce.pre", &svc.quiesce.pre), ("quiesce.post", &svc.quiesce.post),
+                ("hooks.stop", &svc.hooks.stop), ("hooks.start", &svc.hooks.start),
+                ("hooks.rebuild", &svc.hooks.rebuild), ("hooks.rename", &svc.hooks.rename)] {
+                if cmd.as_ref().is_some_and(|c| c.argv.is_empty()) {
+                    return Err(err(line, &field(hook), "`argv` is empty; give the program to run".into()));
+                }
+            }
+            services.push(Service {
+                name: svc_name,
+                version: svc.version.value,
+                schema: svc.schema,
+                secrets,
+                surfaces,
+                migrations,
+                quiesce: svc.quiesce,
+                hooks: svc.hooks,
+            });
+        }
+
+        Ok(Inventory {
+            source: source.to_path_buf(),
+            instance: file.instance.value,
+            contexts,
+            secret_store: file.secret_store,
+            state_dir,
+            root: None,
+            services,
+        })
+    }
+
+}
+
+/// True when one path is a prefix of the other, `{context}` matching any one component.
+fn paths_overlap(a: &Path, b: &Path) -> bool {
+    a.components().zip(b.components()).all(|(x, y)| {
+        x == y || x.as_os_str() == CONTEXT_PLACEHOLDER || y.as_os_str() == CONTEXT_PLACEHOLDER
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_rules() {
+        assert!(paths_overlap(Path::new("/a/b"), Path::new("/a/b/c")));
+        assert!(paths_overlap(Path::new("/a/{context}/x"), Path::new("/a/shared/x/y")));
+        assert!(!paths_overlap(Path::new("/a/{context}/x"), Path::new("/a/shared/y")));
+        assert!(!paths_overlap(Path::new("/a/b"), Path::new("/a/c")));
+    }
+
+    #[test]
+    fn path_for_context() {
+        let s = Surface { name: "f".into(), path: "/v/{context}/files".into(), scope: Scope::Context, class: Class::Source, snapshot: None };
+        assert_eq!(s.path_for(Some("geomind")), PathBuf::from("/v/geomind/files"));
+        assert_eq!(s.context_layout(), Some((PathBuf::from("/v"), PathBuf::from("files"))));
+    }
+}

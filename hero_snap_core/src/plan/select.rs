@@ -1,0 +1,159 @@
+//! Selection: which surfaces (and contexts) of the inventory a backup covers, resolved
+//! into jobs and the manifest's skeleton.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::archive::format::{LeftOut, ManifestService, ManifestSurface, SelectionRecord, Warning};
+use crate::error::{Error, Result};
+use crate::inventory::{Class, Inventory, Scope, Surface};
+use crate::outcome::{Outcome, Status};
+
+/// Which part of an instance a run covers. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Only these services.
+    pub services: Vec<String>,
+    /// Only these contexts; instance-scoped surfaces are then left out.
+    pub contexts: Vec<String>,
+    /// Archive derived surfaces too (left out by default: they are rebuildable).
+    pub include_derived: bool,
+}
+
+impl Selection {
+    pub(crate) fn record(&self) -> SelectionRecord {
+        SelectionRecord { services: self.services.clone(), contexts: self.contexts.clone(), include_derived: self.include_derived }
+    }
+}
+
+/// One surface copy to archive.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    pub service: String,
+    pub surface: String,
+    pub context: Option<String>,
+    /// Where the live data is.
+    pub path: PathBuf,
+}
+
+/// What a selection resolves to.
+pub(crate) type Selected = (Vec<Job>, Vec<ManifestService>, Vec<Warning>, Vec<Outcome>);
+
+/// Resolves a selection against the inventory: the jobs, the manifest skeleton (services
+/// with what is in, what is left out and why), and the outcomes of what is left out.
+pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
+    for s in &sel.services {
+        if inv.service(s).is_none() {
+            return Err(Error::Usage(format!(
+                "service `{s}` is not in the inventory {}; known services: {}",
+                inv.source.display(),
+                inv.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let all_contexts = inv.contexts()?;
+    for c in &sel.contexts {
+        if !all_contexts.contains(c) {
+            return Err(Error::Usage(format!(
+                "context `{c}` is not found in the instance; contexts found: {}",
+                if all_contexts.is_empty() { "none".to_string() } else { all_contexts.join(", ") }
+            )));
+        }
+    }
+    let mut jobs = Vec::new();
+    let mut services = Vec::new();
+    let mut warnings = Vec::new();
+    let mut outcomes = Vec::new();
+    for svc in &inv.services {
+        if !sel.services.is_empty() && !sel.services.contains(&svc.name) {
+            continue;
+        }
+        let mut ms = ManifestService {
+            name: svc.name.clone(),
+            version: svc.version.clone(),
+            schema: svc.schema,
+            contexts: Vec::new(),
+            surfaces: Vec::new(),
+            left_out: Vec::new(),
+            secrets: svc.secrets.clone(),
+            files: 0,
+            bytes: 0,
+        };
+        let mut svc_contexts = BTreeSet::new();
+        for surface in &svc.surfaces {
+            let leave = |reason: String| LeftOut { surface: surface.name.clone(), class: surface.class, reason };
+            let mut skip = |reason: &str, status: Status| {
+                outcomes.push(Outcome::new(&svc.name, Some(&surface.name), None, status, Some(reason.to_string())));
+                ms.left_out.push(leave(reason.to_string()));
+            };
+            match surface.class {
+                Class::Transient => {
+                    skip("transient: never archived", Status::Skipped);
+                    continue;
+                }
+                Class::Derived if !sel.include_derived => {
+                    skip("derived: rebuildable from sources; pass --include-derived to archive it", Status::Skipped);
+                    continue;
+                }
+                _ => {}
+            }
+            let contexts: Vec<Option<String>> = match surface.scope {
+                Scope::Instance if !sel.contexts.is_empty() => {
+                    skip("instance-scoped: not part of a per-context backup", Status::Skipped);
+                    continue;
+                }
+                Scope::Instance => {
+                    if !surface.path.is_dir() {
+                        let w = Warning {
+                            code: "surface-missing".into(),
+                            message: format!("{}.{}: {} does not exist; nothing archived for it", svc.name, surface.name, surface.path.display()),
+                        };
+                        warnings.push(w);
+                        // Declared state that is not there is a failure, not a footnote:
+                        // the run exits non-zero and says which surface is missing.
+                        skip(&format!("{} does not exist on the source", surface.path.display()), Status::Failed);
+                        continue;
+                    }
+                    vec![None]
+                }
+                Scope::Context => {
+                    let found = inv.surface_contexts(surface)?;
+                    found.into_iter().filter(|c| sel.contexts.is_empty() || sel.contexts.contains(c)).map(Some).collect()
+                }
+            };
+            let mut msurf = manifest_surface(surface, inv.root.as_deref());
+            for ctx in contexts {
+                if let Some(c) = &ctx {
+                    svc_contexts.insert(c.clone());
+                    msurf.contexts.push(c.clone());
+                }
+                jobs.push(Job { service: svc.name.clone(), surface: surface.name.clone(), path: surface.path_for(ctx.as_deref()), context: ctx });
+            }
+            if surface.scope == Scope::Context && msurf.contexts.is_empty() {
+                outcomes.push(Outcome::new(&svc.name, Some(&surface.name), None, Status::Skipped,
+                    Some("no context of the selection has this surface on disk".into())));
+                ms.left_out.push(leave("no context of the selection has this surface on disk".into()));
+                continue;
+            }
+            ms.surfaces.push(msurf);
+        }
+        ms.contexts = svc_contexts.into_iter().collect();
+        if !sel.contexts.is_empty() && ms.surfaces.is_empty() {
+            continue; // a per-context backup carries only the services that have the context
+        }
+        services.push(ms);
+    }
+    if jobs.is_empty() {
+        return Err(Error::Usage("the selection covers no surface with data on disk; nothing to back up".into()));
+    }
+    Ok((jobs, services, warnings, outcomes))
+}
+
+/// The manifest records the inventory's layout, not where --root placed it on this machine.
+fn manifest_surface(s: &Surface, root: Option<&Path>) -> ManifestSurface {
+    let path = match root.and_then(|r| s.path.strip_prefix(r).ok()) {
+        Some(rel) => Path::new("/").join(rel),
+        None => s.path.clone(),
+    };
+    ManifestSurface { name: s.name.clone(), scope: s.scope, class: s.class, path: path.display().to_string(), contexts: Vec::new(), files: 0, bytes: 0 }
+}

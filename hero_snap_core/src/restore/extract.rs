@@ -1,0 +1,267 @@
+//! Extracting an archive into staging directories beside each target: every member
+//! checked for its place, regular files handed to the writer pool, hashes returned to the
+//! reader for the index check.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tar::EntryType;
+
+use super::paths::{check_parents, contained};
+use super::preflight::{self, RestorePlan, RestoreSelection};
+use super::swap::{mtime_of, undo_dirs, Journal, Phase, Swap};
+use super::writers::Writers;
+use crate::archive::format::{split_member, Manifest, MemberKey};
+use crate::archive::read::{Member, Visitor};
+use crate::error::{Error, Result};
+use crate::fs_tree::{hash_reader, CountingReader};
+use crate::inventory::Inventory;
+use crate::progress::{Event, Progress};
+use crate::state::failpoint;
+
+/// Where one surface is being extracted.
+struct Stage {
+    root: PathBuf,
+}
+
+/// The archive reader's visitor for a restore: it owns the run's journal until the swap.
+pub(crate) struct Extractor<'a> {
+    target: &'a Inventory,
+    selection: &'a RestoreSelection,
+    run: String,
+    state: PathBuf,
+    progress: &'a dyn Progress,
+    pub(crate) plan: Option<RestorePlan>,
+    stages: BTreeMap<MemberKey, Stage>,
+    pub(crate) journal: Journal,
+    /// Directories extracted, with their mtime, applied once their contents are in.
+    dirs: Vec<(PathBuf, i64)>,
+    /// The last directory whose parents `check_parents` accepted.
+    checked_parent: Option<PathBuf>,
+    /// Regular files are written by these threads.
+    writers: Writers,
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+}
+
+impl<'a> Extractor<'a> {
+    /// A restore run `run` into `target`, journaled in `state`.
+    pub(crate) fn new(target: &'a Inventory, selection: &'a RestoreSelection, keep_old: bool, run: &str, state: &Path, progress: &'a dyn Progress) -> Result<Extractor<'a>> {
+        Ok(Extractor {
+            target,
+            selection,
+            run: run.to_string(),
+            state: state.to_path_buf(),
+            progress,
+            plan: None,
+            stages: BTreeMap::new(),
+            journal: Journal {
+                run_id: run.to_string(),
+                pid: std::process::id(),
+                phase: Phase::Extracting,
+                keep_old,
+                work_dirs: Vec::new(),
+                created_dirs: Vec::new(),
+                parent_times: Vec::new(),
+                swaps: Vec::new(),
+                stopped: Vec::new(),
+            },
+            dirs: Vec::new(),
+            checked_parent: None,
+            writers: Writers::new()?,
+            files: 0,
+            bytes: 0,
+        })
+    }
+
+    fn work_dir(&mut self, parent: &Path, kind: &str) -> Result<PathBuf> {
+        let dir = parent.join(format!(".hero-snap-{}.{kind}", self.run));
+        if !self.journal.work_dirs.contains(&dir) {
+            self.journal.work_dirs.push(dir.clone());
+            self.journal.save(&self.state)?;
+            fs::create_dir_all(&dir).map_err(Error::io(&dir, "creating the staging directory"))?;
+        }
+        Ok(dir)
+    }
+
+    /// Waits for the writers, sets directory times, records each stage's identity, syncs.
+    pub(crate) fn finish_extraction(&mut self) -> Result<()> {
+        // Every file is in before directory times are set (creating a file changes its
+        // directory's mtime) and before anything is synced.
+        self.writers.finish()?;
+        // Deepest first, so that setting a parent's mtime comes after its children.
+        self.dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+        for (dir, mtime) in &self.dirs {
+            filetime::set_symlink_file_times(dir, filetime::FileTime::from_unix_time(*mtime, 0), filetime::FileTime::from_unix_time(*mtime, 0))
+                .map_err(Error::io(dir, "setting the mtime"))?;
+        }
+        for swap in &mut self.journal.swaps {
+            let meta = fs::symlink_metadata(&swap.stage).map_err(|_| {
+                Error::Corrupt(format!("the archive holds no data for {} (expected its root directory)", swap.target.display()))
+            })?;
+            swap.stage_ino = meta.ino();
+            swap.stage_mtime = Some((meta.mtime(), meta.mtime_nsec() as u32));
+            let f = fs::File::open(&swap.stage).map_err(Error::io(&swap.stage, "opening"))?;
+            nix::unistd::syncfs(&f).map_err(|e| Error::io(&swap.stage, "syncing")(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything this restore created (before any swap).
+    pub(crate) fn discard(&mut self) {
+        self.writers.stop();
+        undo_dirs(&self.journal);
+        self.journal.remove(&self.state);
+    }
+
+    /// Makes sure `parent` exists, recording what is created and which existing directory changes.
+    fn prepare_parent(&mut self, parent: &Path) -> Result<()> {
+        let mut existing = parent;
+        while fs::symlink_metadata(existing).is_err() {
+            existing = existing.parent().expect("/ exists");
+        }
+        for dir in [existing, parent] {
+            if let Ok(md) = fs::symlink_metadata(dir) {
+                if !self.journal.parent_times.iter().any(|(p, _, _)| p == dir) {
+                    self.journal.parent_times.push((dir.to_path_buf(), md.mtime(), md.mtime_nsec() as u32));
+                }
+            }
+        }
+        if existing != parent {
+            let rest = parent.strip_prefix(existing).expect("ancestor");
+            let top = existing.join(rest.components().next().expect("non-empty"));
+            self.journal.created_dirs.push(top);
+            self.journal.save(&self.state)?;
+            fs::create_dir_all(parent).map_err(Error::io(parent, "creating the target's parent directory"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Visitor for Extractor<'_> {
+    fn manifest(&mut self, manifest: &Manifest) -> Result<()> {
+        let plan = preflight::check(manifest, self.target, self.selection)?;
+        self.progress.event(&Event::Totals { files: manifest.files, bytes: manifest.bytes });
+        self.progress.event(&Event::Phase { phase: "extract".into() });
+        for ts in &plan.surfaces {
+            let parent = ts.path.parent().ok_or_else(|| Error::Usage(format!("{}: cannot restore to /", ts.path.display())))?;
+            self.prepare_parent(parent)?;
+            if ts.exists && fs::metadata(&ts.path).is_ok_and(|m| fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())) {
+                return Err(Error::Refused(format!(
+                    "{}: is a mount point; hero-snap swaps directories by rename and cannot replace a mount point (restore into a directory inside it)",
+                    ts.path.display())));
+            }
+            let leaf = ts.path.file_name().expect("surface paths have a last component").to_owned();
+            let stage = self.work_dir(parent, "stage")?.join(&leaf);
+            let old = parent.join(format!(".hero-snap-{}.old", self.run)).join(&leaf);
+            let target_mtime = if ts.exists { mtime_of(&ts.path) } else { None };
+            self.journal.swaps.push(Swap { target: ts.path.clone(), stage: stage.clone(), old, had_old: ts.exists, stage_ino: 0, stage_mtime: None, target_mtime });
+            self.stages.insert(ts.key(), Stage { root: stage });
+        }
+        self.journal.save(&self.state)?;
+        failpoint("restore-journaled");
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    fn member<R: Read>(&mut self, m: Member<'_, '_, R>) -> Result<Option<(u64, blake3::Hash)>> {
+        let kind = m.entry.header().entry_type();
+        let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
+        let Some(stage) = self.stages.get(&m.key) else {
+            // Not selected: read through it, so the archive is still checked whole.
+            if !is_file {
+                return Ok(None);
+            }
+            let mut counter = CountingReader { inner: &mut *m.entry, count: 0 };
+            let h = hash_reader(&mut counter).map_err(|e| Error::Corrupt(format!("{}: {e}", m.path)))?;
+            return Ok(Some((counter.count, h)));
+        };
+        let dest = contained(&stage.root, m.inner).ok_or_else(|| Error::Refused(format!("member `{}`: unsafe path", m.path)))?;
+        // Files of one directory come one after another: check the chain of parents once
+        // per directory. A checked directory stays one: no later member may replace it.
+        if self.checked_parent.as_deref() != dest.parent() {
+            check_parents(&stage.root, &dest, m.path)?;
+            self.checked_parent = dest.parent().map(Path::to_path_buf);
+        }
+        // Asked in this order, a file still with a writer or already written is never missed.
+        if kind != EntryType::Directory && (self.writers.writing(&dest) || fs::symlink_metadata(&dest).is_ok()) {
+            return Err(Error::Refused(format!("member `{}` appears twice", m.path)));
+        }
+        match kind {
+            EntryType::Link => {
+                let link = m.entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let (_, linner) = split_member(&link)
+                    .filter(|(k, _)| *k == m.key)
+                    .ok_or_else(|| Error::Refused(format!("member `{}` is a hard link to `{link}`, outside its surface", m.path)))?;
+                let src = contained(&stage.root, linner).ok_or_else(|| Error::Refused(format!("member `{}`: unsafe link target", m.path)))?;
+                // The target may still be with a writer.
+                self.writers.wait()?;
+                if !fs::symlink_metadata(&src).is_ok_and(|md| md.is_file()) {
+                    return Err(Error::Refused(format!("member `{}` links to `{link}`, which is not a file extracted before it", m.path)));
+                }
+                fs::hard_link(&src, &dest).map_err(Error::io(&dest, "creating a hard link"))?;
+                Ok(None)
+            }
+            EntryType::Directory => {
+                let mtime = m.entry.header().mtime().unwrap_or(0) as i64;
+                // The tar crate applies PAX xattrs to files only; directories get theirs here.
+                let xattrs = pax_xattrs(m.entry);
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
+                for (name, value) in xattrs {
+                    use std::os::unix::ffi::OsStrExt;
+                    xattr::set(&dest, std::ffi::OsStr::from_bytes(&name), &value).map_err(Error::io(&dest, "setting extended attributes"))?;
+                }
+                self.dirs.push((dest, mtime));
+                Ok(None)
+            }
+            EntryType::Symlink => {
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
+                Ok(None)
+            }
+            EntryType::GNUSparse => {
+                // The tar crate places the sparse map's holes; hash the logical content back from disk.
+                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
+                failpoint("restore-extract-file");
+                let mut f = fs::File::open(&dest).map_err(Error::io(&dest, "reading back"))?;
+                let mut counter = CountingReader { inner: &mut f, count: 0 };
+                let h = hash_reader(&mut counter).map_err(Error::io(&dest, "reading back"))?;
+                self.extracted(counter.count);
+                self.progress.event(&Event::Bytes { bytes: counter.count });
+                Ok(Some((counter.count, h)))
+            }
+            _ => {
+                let (size, h) = self.writers.write(m.entry, dest, m.path, self.progress)?;
+                self.extracted(size);
+                Ok(Some((size, h)))
+            }
+        }
+    }
+}
+
+impl Extractor<'_> {
+    fn extracted(&mut self, bytes: u64) {
+        self.files += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// The extended attributes a member's PAX header carries (`SCHILY.xattr.NAME`): (name, value).
+pub(crate) fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(Some(exts)) = entry.pax_extensions() else { return Vec::new() };
+    exts.flatten()
+        .filter_map(|ext| ext.key_bytes().strip_prefix(b"SCHILY.xattr.").map(|name| (name.to_vec(), ext.value_bytes().to_vec())))
+        .collect()
+}
+
+/// The tar crate wraps the OS error of an unpack ("failed to unpack X into Y") and its
+/// message drops the cause; keep the cause (e.g. "No space left on device"), the path is
+/// named by the caller.
+fn unpack_cause(e: std::io::Error) -> std::io::Error {
+    match e.get_ref().and_then(|inner| inner.source()) {
+        Some(cause) => std::io::Error::new(e.kind(), cause.to_string()),
+        None => e,
+    }
+}

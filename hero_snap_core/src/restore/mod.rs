@@ -1,0 +1,13 @@
+//! Transactional restore, the parts below the `restore` verb: pre-flight ([`preflight`]),
+//! extraction into staging beside each target ([`extract`], with a pool of file
+//! [`writers`]), the rules for where a member may go ([`paths`]), and swapping in with
+//! renames, rolled back on failure and finished or undone by `gc` ([`swap`]).
+
+pub(crate) mod extract;
+pub(crate) mod paths;
+pub(crate) mod preflight;
+pub(crate) mod swap;
+mod writers;
+
+pub use preflight::{PlannedMigration, Refusal, RestorePlan, RestoreSelection, SurfaceRef, TargetSurface};
+pub(crate) use swap::recover;
