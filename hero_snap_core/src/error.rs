@@ -8,6 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong. The variant decides the CLI's exit code ([`Error::exit_code`]).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The inventory file is malformed or breaks a validation rule.
     #[error("{file}:{line}: {field}: {message}")]
@@ -91,7 +92,17 @@ impl Error {
     /// assert_eq!(Error::Cancelled.exit_code(), 130);
     /// assert_eq!(Error::Cancelled.kind(), "cancelled");
     /// ```
+    ///
+    /// Pre-flight refusals all of one kind exit with that kind's code (10-16); mixed kinds
+    /// exit 4.
     pub fn exit_code(&self) -> i32 {
+        if let Error::Preflight(list) = self {
+            if let Some(first) = list.first().map(|r| r.exit_code()) {
+                if list.iter().all(|r| r.exit_code() == first) {
+                    return first;
+                }
+            }
+        }
         match self {
             Error::Io { .. } | Error::Command(_) => 1,
             Error::Usage(_) => 2,
