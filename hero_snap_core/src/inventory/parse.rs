@@ -20,7 +20,7 @@ struct FileInventory {
     #[serde(default)]
     contexts: Option<Vec<Spanned<String>>>,
     #[serde(default)]
-    secret_store: Option<SecretStore>,
+    secret_store: Option<Spanned<SecretStore>>,
     #[serde(default)]
     state_dir: Option<Spanned<String>>,
     services: BTreeMap<String, Spanned<FileService>>,
@@ -262,11 +262,21 @@ impl Inventory {
             });
         }
 
+        let secret_store = match file.secret_store {
+            Some(Spanned { value: SecretStore::Command(c), referenced, .. }) if c.argv.is_empty() => {
+                return Err(err(
+                    referenced.line(),
+                    "secret_store.command.argv",
+                    "`argv` is empty; give the program that prints the secret names, e.g. [hero_proc, secret, list]".into(),
+                ));
+            }
+            other => other.map(|s| s.value),
+        };
         Ok(Inventory {
             source: source.to_path_buf(),
             instance: file.instance.value,
             contexts,
-            secret_store: file.secret_store,
+            secret_store,
             state_dir,
             root: None,
             services,
@@ -285,6 +295,21 @@ fn paths_overlap(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An empty secret-store command used to reach pre-flight and panic there (review
+    /// finding, issue 14); it is refused where it is written.
+    #[test]
+    fn an_empty_secret_store_command_is_refused_with_its_line() {
+        let text = "format: 1\ninstance: demo\nsecret_store:\n  command:\n    argv: []\nservices:\n  hero_db:\n    version: \"1\"\n    schema: 1\n    surfaces:\n      - {name: data, path: /var/lib/hero/db, scope: instance, class: source}\n";
+        match Inventory::parse(text, Path::new("inv.yaml")) {
+            Err(Error::Inventory { line, field, message, .. }) => {
+                assert_eq!(field, "secret_store.command.argv");
+                assert!((3..=5).contains(&line), "line {line}");
+                assert!(message.contains("argv"), "{message}");
+            }
+            other => panic!("expected an inventory error, got {other:?}"),
+        }
+    }
 
     #[test]
     fn overlap_rules() {

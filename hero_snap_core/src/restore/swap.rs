@@ -204,11 +204,7 @@ pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
 
 /// Atomically exchanges two paths (renameat2 RENAME_EXCHANGE): neither is ever missing.
 pub(crate) fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let ca = CString::new(a.as_os_str().as_bytes())?;
-    let cb = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: both are valid NUL-terminated paths; the call has no other memory effects.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    use nix::fcntl::{renameat2, RenameFlags};
+    let cwd = nix::fcntl::AT_FDCWD;
+    renameat2(cwd, a, cwd, b, RenameFlags::RENAME_EXCHANGE).map_err(std::io::Error::from)
 }

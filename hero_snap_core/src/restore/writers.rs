@@ -18,7 +18,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -59,6 +59,10 @@ struct Job {
 }
 
 /// Shared between the parser and the writers.
+///
+/// A poisoned lock is taken over rather than unwrapped: every critical section on these
+/// is one insert, remove or count, so a panic elsewhere cannot leave them half-updated, and
+/// a panic inside a writer's file work is caught and becomes that file's error.
 #[derive(Default)]
 struct State {
     /// Files handed over and not yet finished (written or failed).
@@ -74,7 +78,7 @@ struct State {
 
 impl State {
     fn fail(&self, e: Error) {
-        let mut first = self.error.lock().unwrap();
+        let mut first = self.error.lock().unwrap_or_else(PoisonError::into_inner);
         if first.is_none() {
             *first = Some(e);
         }
@@ -83,7 +87,7 @@ impl State {
 
     /// The first error, once; later callers learn only that the writers failed.
     fn error(&self) -> Error {
-        self.error.lock().unwrap().take().unwrap_or_else(|| Error::Command("the restore's file writers stopped".into()))
+        self.error.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| Error::Command("the restore's file writers stopped".into()))
     }
 
     fn check(&self) -> Result<()> {
@@ -119,7 +123,7 @@ impl Writers {
     /// Whether a file handed over as `dest` is not created yet. A caller that asks this
     /// first and then looks on disk misses no file handed over before.
     pub fn writing(&self, dest: &std::path::Path) -> bool {
-        self.state.writing.lock().unwrap().contains(dest)
+        self.state.writing.lock().unwrap_or_else(PoisonError::into_inner).contains(dest)
     }
 
     /// Reads a regular file's content from `entry`, hashing it, and hands it to a writer
@@ -152,12 +156,12 @@ impl Writers {
             (Content::Pieces(rx), Some(pieces))
         };
         let dest_shown = dest.display().to_string();
-        self.state.writing.lock().unwrap().insert(dest.clone());
-        *self.state.pending.lock().unwrap() += 1;
+        self.state.writing.lock().unwrap_or_else(PoisonError::into_inner).insert(dest.clone());
+        *self.state.pending.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         let job = Job { dest, member: member.to_string(), size, meta, content };
         if let Err(mpsc::SendError(job)) = self.jobs.as_ref().expect("the pool is running").send(job) {
             // No writer is left to take it (they stop only after a failure).
-            self.state.writing.lock().unwrap().remove(&job.dest);
+            self.state.writing.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.dest);
             finished(&self.state);
             return Err(self.state.error());
         }
@@ -188,9 +192,9 @@ impl Writers {
 
     /// Waits until every file handed over is written; the first writer error, if any.
     pub fn wait(&self) -> Result<()> {
-        let mut pending = self.state.pending.lock().unwrap();
+        let mut pending = self.state.pending.lock().unwrap_or_else(PoisonError::into_inner);
         while *pending > 0 {
-            pending = self.state.done.wait(pending).unwrap();
+            pending = self.state.done.wait(pending).unwrap_or_else(PoisonError::into_inner);
         }
         drop(pending);
         self.state.check()
@@ -221,7 +225,7 @@ impl Drop for Writers {
 }
 
 fn finished(state: &State) {
-    let mut pending = state.pending.lock().unwrap();
+    let mut pending = state.pending.lock().unwrap_or_else(PoisonError::into_inner);
     *pending -= 1;
     if *pending == 0 {
         state.done.notify_all();
@@ -230,7 +234,7 @@ fn finished(state: &State) {
 
 fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
     loop {
-        let job = jobs.lock().unwrap().recv();
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = job else { return };
         let dest = job.dest.clone();
         if !state.failed.load(Ordering::SeqCst) {
@@ -241,7 +245,7 @@ fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
                 state.fail(e);
             }
         }
-        state.writing.lock().unwrap().remove(&dest);
+        state.writing.lock().unwrap_or_else(PoisonError::into_inner).remove(&dest);
         // A skipped job's pieces channel drops here, which stops the parser feeding it.
         finished(state);
     }
@@ -292,4 +296,26 @@ fn write_file(job: Job) -> Result<()> {
     }
     crate::state::failpoint("restore-extract-file");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lock poisoned by a panicking thread is still usable: the pool's bookkeeping must
+    /// not turn one panic into a second one in the parser (review finding, issue 14).
+    #[test]
+    fn a_poisoned_lock_is_taken_over() {
+        let state = Arc::new(State::default());
+        let s2 = Arc::clone(&state);
+        let _ = std::thread::spawn(move || {
+            let _guard = s2.writing.lock().unwrap_or_else(PoisonError::into_inner);
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(state.writing.is_poisoned());
+        state.writing.lock().unwrap_or_else(PoisonError::into_inner).insert(PathBuf::from("x"));
+        state.fail(Error::Cancelled);
+        assert!(matches!(state.check(), Err(Error::Cancelled)));
+    }
 }
