@@ -207,6 +207,7 @@ fn spawn_watchdog(state: &Path, j: &Journal, deadline: Option<Duration>) -> Resu
     cmd.arg("-c").arg(s).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
     // Own session: a Ctrl-C to hero-snap's process group must not kill the watchdog.
     // SAFETY: setsid is async-signal-safe and touches no memory.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();

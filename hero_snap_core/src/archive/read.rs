@@ -249,11 +249,11 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     // (path, size, hash) of every regular file seen, in archive order, spilled to a file:
     // memory stays flat however many files the archive holds.
     let mut seen = SeenFiles::new()?;
-    let mut data_members = 0u64;
     let (mut declared_files, mut declared_bytes) = (0u64, 0u64);
     let (max_files, max_bytes) = member_bounds(&manifest);
     let mut index = None;
-    for entry in entries.by_ref() {
+    // Members before the index: the index's own count must match it.
+    for (data_members, entry) in (0u64..).zip(entries.by_ref()) {
         cancel.check()?;
         let mut entry = entry.map_err(corrupt)?;
         let path = String::from_utf8(entry.path_bytes().into_owned())
@@ -281,7 +281,6 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
         if kind != EntryType::Directory && mode & 0o6000 != 0 {
             return Err(Error::Refused(format!("member `{path}` is setuid or setgid (mode {mode:o}); hero-snap does not restore such files")));
         }
-        data_members += 1;
         let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
         // The manifest bounds what follows: a member stream larger than it declares is
         // refused at the header, before its content is decompressed or written.
@@ -314,7 +313,6 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
         let name = extra.ok().map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned()).unwrap_or_default();
         return Err(Error::Refused(format!("member `{name}` follows the index; the index must be the last member")));
     }
-    drop(entries);
     // Read to the end so that zstd checks its frame checksum and age its last chunk.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(|e| Error::Corrupt(format!("after the index: {e}")))?;
     Ok(ReadOutcome { manifest, index })

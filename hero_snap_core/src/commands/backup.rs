@@ -264,6 +264,8 @@ impl WriteBehind {
         WriteBehind { file, written: 0, started: 0, settled: 0 }
     }
 
+    // nix has no sync_file_range; std neither.
+    #[allow(unsafe_code)]
     fn range(&self, from: u64, to: u64, flags: libc::c_uint) {
         use std::os::fd::AsRawFd;
         // SAFETY: a plain syscall on a file descriptor this struct owns; no memory is shared.

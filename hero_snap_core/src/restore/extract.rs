@@ -93,7 +93,7 @@ impl<'a> Extractor<'a> {
         // directory's mtime) and before anything is synced.
         self.writers.finish()?;
         // Deepest first, so that setting a parent's mtime comes after its children.
-        self.dirs.sort_by(|a, b| b.0.components().count().cmp(&a.0.components().count()));
+        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
         for (dir, mtime) in &self.dirs {
             filetime::set_symlink_file_times(dir, filetime::FileTime::from_unix_time(*mtime, 0), filetime::FileTime::from_unix_time(*mtime, 0))
                 .map_err(Error::io(dir, "setting the mtime"))?;

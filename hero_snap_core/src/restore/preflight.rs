@@ -409,16 +409,16 @@ fn space_shortfalls(surfaces: &[TargetSurface]) -> Vec<Refusal> {
         // Every file takes whole blocks: with many small files the rounding outweighs the
         // bytes (a million 400-byte files take 4 GB of 4 KiB blocks). Then 10 % for
         // metadata and 64 MiB of head room.
-        let block = (st.fragment_size() as u64).max(512);
+        let block = st.fragment_size().max(512);
         let needed = bytes + files.saturating_mul(block) + bytes / 10 + (64 << 20);
-        let available = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let available = st.blocks_available() * st.fragment_size();
         if available < needed {
             out.push(Refusal::NoSpace { path: path.clone(), needed, available });
         }
         // Filesystems without an inode limit (btrfs, ZFS) report none in use and none free.
         let inodes_needed = files + files / 10 + 1000;
-        if st.files() > 0 && (st.files_available() as u64) < inodes_needed {
-            out.push(Refusal::NoInodes { path, needed: inodes_needed, available: st.files_available() as u64 });
+        if st.files() > 0 && st.files_available() < inodes_needed {
+            out.push(Refusal::NoInodes { path, needed: inodes_needed, available: st.files_available() });
         }
     }
     out
