@@ -1,5 +1,5 @@
 //! Archives in S3-compatible object storage (AWS S3, Ceph RGW, Garage, MinIO), through
-//! opendal on a private tokio runtime. decisions/D-07-object-storage.md says why.
+//! opendal on the process's one tokio runtime. decisions/D-07-object-storage.md says why.
 //!
 //! - Backup streams into a multipart upload (parts are sent while the archive is written);
 //!   the object appears only when the upload completes after the archive's last byte. A
@@ -8,12 +8,14 @@
 //! - Restore and verify read with parallel ranged GETs; inspect and preflight read the head
 //!   of the object in small ranged GETs, never the whole object.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use opendal::layers::RetryLayer;
+use reqsign_core::Signer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -143,9 +145,10 @@ impl S3Prefix {
 
 /// The objects directly in the folder (not under a further `/`), with their sizes.
 pub(crate) fn list(folder: &S3Prefix) -> Result<Vec<(S3Object, u64)>> {
-    let store = connect(&folder.as_object())?;
+    let at = folder.as_object();
+    let store = Store::get(&at)?;
     let path = if folder.prefix.is_empty() { "/" } else { folder.prefix.as_str() };
-    let entries = store.rt.block_on(store.op.list(path)).map_err(|e| store.error("listing the folder", e))?;
+    let entries = store.block_on(store.op.list(path)).map_err(|e| store.error(&at, "listing the folder", e))?;
     let mut out = Vec::new();
     for e in entries {
         if !e.metadata().is_file() {
@@ -160,75 +163,144 @@ pub(crate) fn list(folder: &S3Prefix) -> Result<Vec<(S3Object, u64)>> {
 
 /// Deletes one object.
 pub(crate) fn delete(obj: &S3Object) -> Result<()> {
-    let store = connect(obj)?;
-    store.rt.block_on(store.op.delete(&obj.key)).map_err(|e| store.error("deleting the archive", e))
+    let store = Store::get(obj)?;
+    store.block_on(store.op.delete(&obj.key)).map_err(|e| store.error(obj, "deleting the archive", e))
 }
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// A connection: the operator and the runtime its futures run on.
-struct Store {
-    // Field order matters: the operator must drop before the runtime that drives it.
-    op: opendal::Operator,
-    rt: tokio::runtime::Runtime,
-    obj: S3Object,
-    endpoint: String,
-}
-
-fn connect(obj: &S3Object) -> Result<Store> {
+/// The one I/O runtime of the process. A runtime per connection cost two threads per
+/// archive in `list`, and connections pooled by the shared HTTP client died with the
+/// runtime that opened them. Being a static it is never dropped, so process exit does not
+/// wait for it. Callers are ordinary threads that `block_on` it; never call from a task.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("hero-snap-s3")
         .enable_all()
         .build()
-        .map_err(|e| Error::Storage(format!("{}: starting the I/O runtime: {e}", obj.url())))?;
-    let region = obj.region();
-    let endpoint = obj.endpoint();
-    let mut b = opendal::services::S3::default().bucket(&obj.bucket).root("/").region(&region);
-    if let Some(e) = &endpoint {
-        // Not AWS: the EC2 metadata service has no credentials for it, and probing it stalls.
-        b = b.endpoint(e).disable_ec2_metadata();
-    }
-    if let Some(p) = obj.profile() {
-        b = b.profile(&p);
-    }
-    if obj.config.virtual_host_style {
-        b = b.enable_virtual_host_style();
-    }
-    let op = opendal::Operator::new(b)
-        .map_err(|e| Error::Storage(format!("{}: {e}", obj.url())))?
-        // Transient failures (5xx, throttling, resets) are retried with exponential backoff
-        // and jitter; opendal marks which errors are temporary.
-        .layer(RetryLayer::new().with_max_times(5).with_min_delay(Duration::from_millis(200)).with_max_delay(Duration::from_secs(10)).with_jitter());
-    let endpoint = endpoint.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-    Ok(Store { op, rt, obj: obj.clone(), endpoint })
+        .map_err(|e| Error::Storage(format!("starting the I/O runtime: {e}")))?;
+    // Two threads may race here; the loser's runtime never ran a task and drops quietly.
+    let _ = RT.set(rt);
+    Ok(RT.get().expect("set just above"))
+}
+
+/// The one HTTP client (and so one connection pool) of the process, shared by opendal and
+/// the multipart calls.
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
+/// What makes two objects reachable through the same operator: the bucket and the
+/// resolved endpoint, region, profile and addressing style.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StoreKey {
+    bucket: String,
+    endpoint: Option<String>,
+    region: String,
+    profile: Option<String>,
+    virtual_host: bool,
+}
+
+/// A connection to one bucket: opendal's operator (async and blocking faces) and the
+/// signer of the calls opendal lacks. Kept for the process, so that `list` and `prune`
+/// read and delete every archive of a folder through one operator.
+struct Store {
+    op: opendal::Operator,
+    bop: opendal::blocking::Operator,
+    rt: &'static tokio::runtime::Runtime,
+    key: StoreKey,
+    /// Where requests go, for messages and the multipart calls.
+    endpoint: String,
+    signer: Signer<reqsign_aws_v4::Credential>,
 }
 
 impl Store {
+    /// The store of the object's bucket and configuration, connected on first use.
+    fn get(obj: &S3Object) -> Result<Arc<Store>> {
+        static STORES: OnceLock<Mutex<HashMap<StoreKey, Arc<Store>>>> = OnceLock::new();
+        let key = StoreKey {
+            bucket: obj.bucket.clone(),
+            endpoint: obj.endpoint(),
+            region: obj.region(),
+            profile: obj.profile(),
+            virtual_host: obj.config.virtual_host_style,
+        };
+        let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stores.get(&key) {
+            return Ok(s.clone());
+        }
+        let store = Arc::new(Store::connect(obj, key.clone())?);
+        stores.insert(key, store.clone());
+        Ok(store)
+    }
+
+    fn connect(obj: &S3Object, key: StoreKey) -> Result<Store> {
+        let rt = runtime()?;
+        let mut b = opendal::services::S3::default().bucket(&key.bucket).root("/").region(&key.region);
+        if let Some(e) = &key.endpoint {
+            // Not AWS: the EC2 metadata service has no credentials for it, and probing it stalls.
+            b = b.endpoint(e).disable_ec2_metadata();
+        }
+        if let Some(p) = &key.profile {
+            b = b.profile(p);
+        }
+        if key.virtual_host {
+            b = b.enable_virtual_host_style();
+        }
+        let transport = opendal::HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(http_client().clone()));
+        let op = opendal::Operator::new(b)
+            .map_err(|e| Error::Storage(format!("{}: {e}", obj.url())))?
+            .with_context(opendal::OperationContext::new().with_http_transport(transport))
+            // Transient failures (5xx, throttling, resets) are retried with exponential backoff
+            // and jitter; opendal marks which errors are temporary.
+            .layer(RetryLayer::new().with_max_times(5).with_min_delay(Duration::from_millis(200)).with_max_delay(Duration::from_secs(10)).with_jitter());
+        let endpoint = key.endpoint.clone().unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", key.region));
+        // The blocking face takes the runtime it is created in.
+        let bop = {
+            let _guard = rt.enter();
+            opendal::blocking::Operator::new(op.clone()).map_err(|e| Error::Storage(describe(obj, &endpoint, "connecting", &e)))?
+        };
+        let signer = multipart::signer(&key);
+        Ok(Store { op, bop, rt, key, endpoint, signer })
+    }
+
+    /// Runs a future to completion from an ordinary (non-runtime) thread.
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
     /// Turns an opendal error into one that says what is wrong and what to do.
-    fn error(&self, action: &str, e: opendal::Error) -> Error {
-        Error::Storage(describe(&self.obj, &self.endpoint, action, &e))
+    fn error(&self, obj: &S3Object, action: &str, e: opendal::Error) -> Error {
+        Error::Storage(describe(obj, &self.endpoint, action, &e))
     }
 
     /// A list call answers with the bucket's own error (a HEAD has no body to say
     /// "no such bucket" or "bad key"): used to explain a failed stat.
-    fn probe_bucket(&self) -> Option<opendal::Error> {
-        let prefix = match self.obj.key.rfind('/') {
-            Some(i) => &self.obj.key[..=i],
+    fn probe_bucket(&self, obj: &S3Object) -> Option<opendal::Error> {
+        let prefix = match obj.key.rfind('/') {
+            Some(i) => &obj.key[..=i],
             None => "",
         };
-        self.rt.block_on(async { self.op.list_with(prefix).limit(1).await }).err()
+        self.block_on(async { self.op.list_with(prefix).limit(1).await }).err()
     }
 
-    fn explain(&self, action: &str, e: opendal::Error) -> Error {
+    fn explain(&self, obj: &S3Object, action: &str, e: opendal::Error) -> Error {
         if matches!(e.kind(), opendal::ErrorKind::NotFound | opendal::ErrorKind::PermissionDenied) {
-            if let Some(probe) = self.probe_bucket().filter(|p| p.kind() != opendal::ErrorKind::PermissionDenied || e.kind() == opendal::ErrorKind::PermissionDenied) {
-                return self.error(action, probe);
+            if let Some(probe) =
+                self.probe_bucket(obj).filter(|p| p.kind() != opendal::ErrorKind::PermissionDenied || e.kind() == opendal::ErrorKind::PermissionDenied)
+            {
+                return self.error(obj, action, probe);
             }
         }
-        self.error(action, e)
+        self.error(obj, action, e)
     }
 }
 
@@ -260,36 +332,20 @@ fn describe(o: &S3Object, endpoint: &str, action: &str, e: &opendal::Error) -> S
     }
 }
 
-/// A reader of the object; the runtime lives as long as it.
-struct ObjectReader {
-    inner: opendal::blocking::StdReader,
-    _store: Store,
-}
-
-impl Read for ObjectReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
-    }
-}
-
 /// Opens the object for reading: the head only (small sequential ranged GETs, for
 /// inspect and preflight) or the whole (parallel ranged GETs, for restore and verify).
 pub(crate) fn open(obj: &S3Object, whole: bool) -> Result<Box<dyn Read>> {
-    let store = connect(obj)?;
-    let bop = {
-        let _guard = store.rt.enter();
-        opendal::blocking::Operator::new(store.op.clone()).map_err(|e| store.error("connecting", e))?
-    };
-    let meta = bop.stat(&obj.key).map_err(|e| store.explain("reading the archive", e))?;
+    let store = Store::get(obj)?;
+    let meta = store.bop.stat(&obj.key).map_err(|e| store.explain(obj, "reading the archive", e))?;
     let size = meta.content_length();
     let opts = opendal::options::ReaderOptions {
         chunk: Some(if whole { READ_CHUNK } else { HEAD_CHUNK }),
         concurrent: if whole { READ_CONCURRENCY } else { 1 },
         ..Default::default()
     };
-    let reader = bop.reader_options(&obj.key, opts).map_err(|e| store.explain("reading the archive", e))?;
-    let inner = reader.into_std_read(0..size).map_err(|e| store.error("reading the archive", e))?;
-    Ok(Box::new(ObjectReader { inner, _store: store }))
+    let reader = store.bop.reader_options(&obj.key, opts).map_err(|e| store.explain(obj, "reading the archive", e))?;
+    let inner = reader.into_std_read(0..size).map_err(|e| store.error(obj, "reading the archive", e))?;
+    Ok(Box::new(inner))
 }
 
 /// What an upload left for its caller: the first storage error (its text says more than
@@ -307,22 +363,22 @@ pub(crate) struct Upload {
     part: Vec<u8>,
     parts_sent: u64,
     outcome: Arc<Mutex<UploadOutcome>>,
-    store: Store,
+    store: Arc<Store>,
+    obj: S3Object,
 }
 
 impl Upload {
     pub(crate) fn start(obj: &S3Object) -> Result<(Upload, Arc<Mutex<UploadOutcome>>)> {
-        let store = connect(obj)?;
+        let store = Store::get(obj)?;
         // Fail before anything is frozen when the bucket is missing or the keys are wrong.
-        if let Some(e) = store.probe_bucket().filter(|e| !e.to_string().contains("AccessDenied")) {
-            return Err(store.error("checking the bucket", e));
+        if let Some(e) = store.probe_bucket(obj).filter(|e| !e.to_string().contains("AccessDenied")) {
+            return Err(store.error(obj, "checking the bucket", e));
         }
         let writer = store
-            .rt
             .block_on(async { store.op.writer_with(&obj.key).concurrent(UPLOAD_CONCURRENCY).await })
-            .map_err(|e| store.error("starting the upload", e))?;
+            .map_err(|e| store.error(obj, "starting the upload", e))?;
         let outcome = Arc::new(Mutex::new(UploadOutcome::default()));
-        let up = Upload { writer: Some(writer), part: Vec::with_capacity(part_size(0)), parts_sent: 0, outcome: outcome.clone(), store };
+        let up = Upload { writer: Some(writer), part: Vec::with_capacity(part_size(0)), parts_sent: 0, outcome: outcome.clone(), store, obj: obj.clone() };
         Ok((up, outcome))
     }
 
@@ -337,8 +393,8 @@ impl Upload {
         let size = part_size(self.parts_sent + 1);
         let data = std::mem::replace(&mut self.part, Vec::with_capacity(size));
         let w = self.writer.as_mut().expect("an upload writes only while open");
-        if let Err(e) = self.store.rt.block_on(w.write(data)) {
-            let e = self.store.error("uploading a part", e);
+        if let Err(e) = self.store.block_on(w.write(data)) {
+            let e = self.store.error(&self.obj, "uploading a part", e);
             return Err(self.record(e));
         }
         self.parts_sent += 1;
@@ -354,16 +410,16 @@ impl Upload {
             self.send_part().map_err(|e| self.take_error().unwrap_or_else(|| Error::Storage(e.to_string())))?;
         }
         let mut w = self.writer.take().expect("finish runs once");
-        match self.store.rt.block_on(w.close()) {
+        match self.store.block_on(w.close()) {
             Ok(_) => {}
             Err(e) => {
-                let err = self.store.error("completing the upload", e);
-                let _ = self.store.rt.block_on(w.abort());
+                let err = self.store.error(&self.obj, "completing the upload", e);
+                let _ = self.store.block_on(w.abort());
                 return Err(err);
             }
         }
         // opendal's returned metadata can lack the size on RGW; ask the storage.
-        let meta = self.store.rt.block_on(self.store.op.stat(&self.store.obj.key)).map_err(|e| self.store.error("checking the uploaded archive", e))?;
+        let meta = self.store.block_on(self.store.op.stat(&self.obj.key)).map_err(|e| self.store.error(&self.obj, "checking the uploaded archive", e))?;
         Ok(meta.content_length())
     }
 
@@ -392,10 +448,10 @@ impl Write for Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         if let Some(mut w) = self.writer.take() {
-            let ok = self.store.rt.block_on(w.abort()).is_ok();
+            let ok = self.store.block_on(w.abort()).is_ok();
             self.outcome.lock().unwrap_or_else(|p| p.into_inner()).aborted = ok;
             if !ok {
-                tracing::warn!("{}: could not abort the multipart upload; `hero-snap gc` will", self.store.obj.url());
+                tracing::warn!("{}: could not abort the multipart upload; `hero-snap gc` will", self.obj.url());
             }
         }
     }
@@ -433,13 +489,13 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<crate::state::Recovered>> {
     let mut out = Vec::new();
     for (path, j) in crate::journal::dead::<UploadJournal>(state, "upload", |j| j.pid)? {
         let obj = S3Object { bucket: j.bucket.clone(), key: j.key.clone(), config: j.config.clone() };
-        let store = connect(&obj)?;
+        let store = Store::get(&obj)?;
         // Clocks of this host and the storage may disagree a little.
         let since = j.started - 300;
-        let uploads = store.rt.block_on(multipart::list(&store, &obj.key))?;
+        let uploads = store.block_on(multipart::list(&store, &obj))?;
         let mut aborted = 0;
         for u in uploads.iter().filter(|u| u.key == obj.key && u.initiated >= since) {
-            store.rt.block_on(multipart::abort(&store, &u.key, &u.upload_id))?;
+            store.block_on(multipart::abort(&store, &obj, &u.key, &u.upload_id))?;
             aborted += 1;
         }
         let _ = std::fs::remove_file(&path);
@@ -449,13 +505,25 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<crate::state::Recovered>> {
 }
 
 /// The two S3 calls opendal does not offer, signed with reqsign (opendal's signer) from
-/// the same credential chain.
+/// the same credential chain and sent with the process's one HTTP client.
 mod multipart {
-    use reqsign_aws_v4::{DefaultCredentialProvider, RequestSigner};
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    use reqsign_aws_v4::{Credential, DefaultCredentialProvider, RequestSigner};
     use reqsign_core::{Context, OsEnv, ProvideCredentialChain, Signer};
+    use serde::Deserialize;
 
-    use super::Store;
+    use super::{http_client, S3Object, Store, StoreKey};
     use crate::error::{Error, Result};
+
+    /// SigV4 signs the URI in canonical form, in which only the unreserved characters stay
+    /// as they are; reqsign signs what it is given, so the URI must already be in that form.
+    pub(super) const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    /// In an object's path `/` separates segments and stays.
+    pub(super) const PATH: &AsciiSet = &QUERY_VALUE.remove(b'/');
+
+    pub(super) fn enc(s: &str, set: &'static AsciiSet) -> String {
+        utf8_percent_encode(s, set).to_string()
+    }
 
     pub(super) struct InProgress {
         pub key: String,
@@ -464,21 +532,60 @@ mod multipart {
         pub initiated: i64,
     }
 
-    fn enc(s: &str, keep_slash: bool) -> String {
-        let mut out = String::new();
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
+    /// The reply to ListMultipartUploads; elements not named here are skipped.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "PascalCase", default)]
+    pub(super) struct ListUploadsReply {
+        pub is_truncated: bool,
+        pub next_key_marker: Option<String>,
+        pub next_upload_id_marker: Option<String>,
+        #[serde(rename = "Upload")]
+        pub uploads: Vec<UploadEntry>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "PascalCase", default)]
+    pub(super) struct UploadEntry {
+        pub key: Option<String>,
+        pub upload_id: Option<String>,
+        pub initiated: Option<String>,
+    }
+
+    /// An S3 error reply: `<Error><Code>NoSuchBucket</Code>...</Error>`.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "PascalCase", default)]
+    pub(super) struct ErrorReply {
+        pub code: String,
+    }
+
+    impl UploadEntry {
+        /// Entries without a key or an upload id name nothing that could be aborted.
+        fn into_in_progress(self) -> Option<InProgress> {
+            // An unreadable start time counts as recent: the upload is then the dead run's.
+            let initiated = self
+                .initiated
+                .and_then(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok())
+                .map_or(i64::MAX, |t| t.unix_timestamp());
+            Some(InProgress { key: self.key?, upload_id: self.upload_id?, initiated })
         }
-        out
+    }
+
+    /// One signer per store: it caches the credentials it loads.
+    pub(super) fn signer(key: &StoreKey) -> Signer<Credential> {
+        let mut provider = DefaultCredentialProvider::builder();
+        if let Some(p) = &key.profile {
+            provider = provider.with_profile(p);
+        }
+        if key.endpoint.is_some() {
+            provider = provider.no_imds();
+        }
+        let ctx = Context::new().with_file_read(reqsign_file_read_tokio::TokioFileRead).with_env(OsEnv);
+        Signer::new(ctx, ProvideCredentialChain::new().push(provider.build()), RequestSigner::new("s3", &key.region))
     }
 
     fn bucket_url(store: &Store) -> String {
-        let (b, e) = (&store.obj.bucket, &store.endpoint);
-        if store.obj.config.virtual_host_style {
+        let (b, e) = (&store.key.bucket, &store.endpoint);
+        if store.key.virtual_host {
             match e.split_once("://") {
                 Some((scheme, host)) => format!("{scheme}://{b}.{host}/"),
                 None => format!("https://{b}.{e}/"),
@@ -488,17 +595,8 @@ mod multipart {
         }
     }
 
-    async fn send(store: &Store, method: http::Method, url: String) -> Result<String> {
+    async fn send(store: &Store, obj: &S3Object, method: http::Method, url: String) -> Result<String> {
         let what = format!("{method} {url}");
-        let mut provider = DefaultCredentialProvider::builder();
-        if let Some(p) = store.obj.profile() {
-            provider = provider.with_profile(p);
-        }
-        if store.obj.endpoint().is_some() || store.obj.config.endpoint.is_some() {
-            provider = provider.no_imds();
-        }
-        let ctx = Context::new().with_file_read(reqsign_file_read_tokio::TokioFileRead).with_env(OsEnv);
-        let signer = Signer::new(ctx, ProvideCredentialChain::new().push(provider.build()), RequestSigner::new("s3", &store.obj.region()));
         let req = http::Request::builder()
             .method(method.clone())
             .uri(&url)
@@ -506,8 +604,8 @@ mod multipart {
             .body(())
             .map_err(|e| Error::Storage(format!("{what}: {e}")))?;
         let (mut parts, ()) = req.into_parts();
-        signer.sign(&mut parts, None).await.map_err(|e| Error::Storage(format!("{what}: signing: {e}")))?;
-        let client = reqwest::Client::new();
+        store.signer.sign(&mut parts, None).await.map_err(|e| Error::Storage(format!("{what}: signing: {e}")))?;
+        let client = http_client();
         let mut last = String::new();
         // The same backoff idea as opendal's retry layer, for these two calls.
         for attempt in 0..5u32 {
@@ -521,8 +619,13 @@ mod multipart {
                 Ok(r) => {
                     let status = r.status();
                     let body = r.text().await.unwrap_or_default();
-                    let code = tag(&body, "Code").unwrap_or_default();
-                    return Err(store.error("managing multipart uploads", opendal::Error::new(opendal::ErrorKind::Unexpected, format!("HTTP {status} {code}"))));
+                    // describe() recognises the S3 error code in the message.
+                    let code = quick_xml::de::from_str::<ErrorReply>(&body).map(|e| e.code).unwrap_or_default();
+                    return Err(store.error(
+                        obj,
+                        "managing multipart uploads",
+                        opendal::Error::new(opendal::ErrorKind::Unexpected, format!("HTTP {status} {code}")),
+                    ));
                 }
                 Err(e) => last = e.to_string(),
             }
@@ -530,53 +633,44 @@ mod multipart {
         Err(Error::Storage(format!("{what}: {last} (after retries)")))
     }
 
-    /// In-progress multipart uploads whose key starts with `prefix` (all pages).
-    pub(super) async fn list(store: &Store, prefix: &str) -> Result<Vec<InProgress>> {
+    /// The query of ListMultipartUploads for `prefix`, after the page that ended at `markers`.
+    /// Parameters in the order SigV4 sorts them.
+    pub(super) fn list_query(prefix: &str, markers: Option<&(String, String)>) -> String {
+        let prefix = enc(prefix, QUERY_VALUE);
+        match markers {
+            None => format!("prefix={prefix}&uploads="),
+            Some((k, u)) => format!("key-marker={}&prefix={prefix}&upload-id-marker={}&uploads=", enc(k, QUERY_VALUE), enc(u, QUERY_VALUE)),
+        }
+    }
+
+    /// In-progress multipart uploads whose key starts with `obj`'s key (all pages).
+    pub(super) async fn list(store: &Store, obj: &S3Object) -> Result<Vec<InProgress>> {
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
-            let mut url = format!("{}?prefix={}&uploads=", bucket_url(store), enc(prefix, false));
-            if let Some((k, u)) = &markers {
-                url = format!("{}?key-marker={}&prefix={}&upload-id-marker={}&uploads=", bucket_url(store), enc(k, false), enc(prefix, false), enc(u, false));
-            }
-            let body = send(store, http::Method::GET, url).await?;
-            for block in body.split("<Upload>").skip(1) {
-                let block = block.split("</Upload>").next().unwrap_or_default();
-                let (Some(key), Some(upload_id)) = (tag(block, "Key"), tag(block, "UploadId")) else { continue };
-                let initiated = tag(block, "Initiated")
-                    .and_then(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok())
-                    .map(|t| t.unix_timestamp())
-                    .unwrap_or(i64::MAX);
-                out.push(InProgress { key, upload_id, initiated });
-            }
-            if tag(&body, "IsTruncated").as_deref() != Some("true") {
+            let url = format!("{}?{}", bucket_url(store), list_query(&obj.key, markers.as_ref()));
+            let what = format!("GET {url}");
+            let body = send(store, obj, http::Method::GET, url).await?;
+            let page: ListUploadsReply = quick_xml::de::from_str(&body).map_err(|e| Error::Storage(format!("{what}: unreadable reply: {e}")))?;
+            out.extend(page.uploads.into_iter().filter_map(UploadEntry::into_in_progress));
+            if !page.is_truncated {
                 return Ok(out);
             }
-            match (tag(&body, "NextKeyMarker"), tag(&body, "NextUploadIdMarker")) {
+            // An empty marker would ask for the first page again.
+            match (page.next_key_marker.filter(|k| !k.is_empty()), page.next_upload_id_marker.filter(|u| !u.is_empty())) {
                 (Some(k), Some(u)) => markers = Some((k, u)),
                 _ => return Ok(out),
             }
         }
     }
 
-    pub(super) async fn abort(store: &Store, key: &str, upload_id: &str) -> Result<()> {
-        let url = format!("{}{}?uploadId={}", bucket_url(store), enc(key, true), enc(upload_id, false));
-        send(store, http::Method::DELETE, url).await.map(|_| ())
+    /// The URL of AbortMultipartUpload for one upload.
+    pub(super) fn abort_url(store: &Store, key: &str, upload_id: &str) -> String {
+        format!("{}{}?uploadId={}", bucket_url(store), enc(key, PATH), enc(upload_id, QUERY_VALUE))
     }
 
-    /// The text of the first `<name>` element, XML entities decoded.
-    fn tag(xml: &str, name: &str) -> Option<String> {
-        let open = format!("<{name}>");
-        let start = xml.find(&open)? + open.len();
-        let end = xml[start..].find(&format!("</{name}>"))? + start;
-        Some(
-            xml[start..end]
-                .replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&quot;", "\"")
-                .replace("&apos;", "'")
-                .replace("&amp;", "&"),
-        )
+    pub(super) async fn abort(store: &Store, obj: &S3Object, key: &str, upload_id: &str) -> Result<()> {
+        send(store, obj, http::Method::DELETE, abort_url(store, key, upload_id)).await.map(|_| ())
     }
 }
 
@@ -622,5 +716,82 @@ mod tests {
         assert!(total > 5 << 40, "10 000 parts hold only {total} bytes");
         assert!(part_size(0) >= 5 << 20, "S3's smallest part is 5 MiB");
         assert!((0..10_000).all(|n| part_size(n) <= 5 << 30), "S3's largest part is 5 GiB");
+    }
+
+    #[test]
+    fn keys_are_encoded_as_sigv4_signs_them() {
+        use multipart::{enc, PATH, QUERY_VALUE};
+        let key = "dir/a b+c=d&e/ünï~x_y-z.hsnap";
+        assert_eq!(enc(key, PATH), "dir/a%20b%2Bc%3Dd%26e/%C3%BCn%C3%AF~x_y-z.hsnap");
+        assert_eq!(enc(key, QUERY_VALUE), "dir%2Fa%20b%2Bc%3Dd%26e%2F%C3%BCn%C3%AF~x_y-z.hsnap");
+        let unreserved = "ABCXYZabcxyz0189-_.~";
+        assert_eq!(enc(unreserved, QUERY_VALUE), unreserved);
+        assert_eq!(enc("%?#:@!*'()", QUERY_VALUE), "%25%3F%23%3A%40%21%2A%27%28%29");
+        assert_eq!(multipart::list_query("p/a b", None), "prefix=p%2Fa%20b&uploads=");
+        let markers = ("p/k+1".to_string(), "2~x/y=".to_string());
+        assert_eq!(multipart::list_query("p/", Some(&markers)), "key-marker=p%2Fk%2B1&prefix=p%2F&upload-id-marker=2~x%2Fy%3D&uploads=");
+    }
+
+    #[test]
+    fn abort_urls_keep_slashes_in_the_path_only() {
+        let config = S3Config { endpoint: Some("http://127.0.0.1:9/".into()), region: Some("r1".into()), ..Default::default() };
+        let obj = S3Object::parse("s3://bkt/d/a b+.hsnap", config.clone()).unwrap();
+        let store = Store::get(&obj).unwrap();
+        assert_eq!(multipart::abort_url(&store, &obj.key, "id/1+="), "http://127.0.0.1:9/bkt/d/a%20b%2B.hsnap?uploadId=id%2F1%2B%3D");
+        let vhost = S3Object { config: S3Config { virtual_host_style: true, ..config }, ..obj };
+        let store = Store::get(&vhost).unwrap();
+        assert_eq!(multipart::abort_url(&store, "k", "u"), "http://bkt.127.0.0.1:9/k?uploadId=u");
+    }
+
+    /// AWS's documented reply, with the elements hero-snap does not read.
+    #[test]
+    fn multipart_listings_parse() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>bucket</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
+  <NextKeyMarker>my-movie.m2ts</NextKeyMarker><NextUploadIdMarker>YW55IGlkZWEgd2h5</NextUploadIdMarker>
+  <Prefix>dir/</Prefix><MaxUploads>3</MaxUploads><IsTruncated>true</IsTruncated>
+  <Upload>
+    <Key>dir/a &amp; b &lt;1&gt;.hsnap</Key><UploadId>XXBsb2FkIElEIGZvciBlbHZpbmcncyBteS1tb3ZpZS5tMnRzIHVwbG9hZA</UploadId>
+    <Initiator><ID>arn:aws:iam::111122223333:user/user1-11111a31-17b5-4fb7-9df5-b111111f13de</ID><DisplayName>user1</DisplayName></Initiator>
+    <Owner><ID>75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a</ID><DisplayName>OwnerDisplayName</DisplayName></Owner>
+    <StorageClass>STANDARD</StorageClass><Initiated>2010-11-10T20:48:33.000Z</Initiated>
+  </Upload>
+  <Upload><Key>dir/b.hsnap</Key><UploadId>VXBsb2FkIElE</UploadId><Initiated>not a time</Initiated></Upload>
+  <Upload><Key>dir/c.hsnap</Key></Upload>
+  <CommonPrefixes><Prefix>dir/sub/</Prefix></CommonPrefixes>
+</ListMultipartUploadsResult>"#;
+        let page: multipart::ListUploadsReply = quick_xml::de::from_str(xml).unwrap();
+        assert!(page.is_truncated);
+        assert_eq!((page.next_key_marker.as_deref(), page.next_upload_id_marker.as_deref()), (Some("my-movie.m2ts"), Some("YW55IGlkZWEgd2h5")));
+        let keys: Vec<_> = page.uploads.iter().map(|u| u.key.as_deref()).collect();
+        assert_eq!(keys, [Some("dir/a & b <1>.hsnap"), Some("dir/b.hsnap"), Some("dir/c.hsnap")]);
+        assert_eq!(page.uploads[0].initiated.as_deref(), Some("2010-11-10T20:48:33.000Z"));
+        assert_eq!(page.uploads[2].upload_id, None);
+
+        let last: multipart::ListUploadsReply = quick_xml::de::from_str(
+            "<ListMultipartUploadsResult><Bucket>b</Bucket><NextKeyMarker/><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>",
+        )
+        .unwrap();
+        assert!(!last.is_truncated && last.uploads.is_empty());
+
+        let err: multipart::ErrorReply =
+            quick_xml::de::from_str("<?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><BucketName>x</BucketName><RequestId>tx1</RequestId></Error>")
+                .unwrap();
+        assert_eq!(err.code, "NoSuchBucket");
+    }
+
+    /// `list` and `prune` reach every archive of a folder through one operator, and every
+    /// connection shares the process's runtime.
+    #[test]
+    fn a_bucket_is_connected_once() {
+        let config = S3Config { endpoint: Some("http://127.0.0.1:9".into()), region: Some("r2".into()), ..Default::default() };
+        let folder = S3Prefix::parse("s3://once/dir/", config.clone()).unwrap();
+        let a = Store::get(&folder.object("a.hsnap")).unwrap();
+        let b = Store::get(&folder.object("b.hsnap")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = Store::get(&S3Object::parse("s3://other/a.hsnap", config).unwrap()).unwrap();
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert!(std::ptr::eq(a.rt, other.rt));
     }
 }
