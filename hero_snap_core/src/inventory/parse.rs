@@ -108,158 +108,17 @@ impl Inventory {
             return Err(err(file.instance.referenced.line(), "instance", format!(
                 "`{}` is not a valid instance name; use letters, digits, `_`, `-`, `.`", file.instance.value)));
         }
-        let contexts = match file.contexts {
-            None => None,
-            Some(list) => {
-                let mut seen = BTreeSet::new();
-                for c in &list {
-                    if !valid_name(&c.value) {
-                        return Err(err(c.referenced.line(), "contexts", format!(
-                            "`{}` is not a valid context name; use letters, digits, `_`, `-`, `.`", c.value)));
-                    }
-                    if !seen.insert(c.value.clone()) {
-                        return Err(err(c.referenced.line(), "contexts", format!("context `{}` is listed twice; remove one", c.value)));
-                    }
-                }
-                Some(list.into_iter().map(|c| c.value).collect())
-            }
-        };
-        let state_dir = match file.state_dir {
-            None => None,
-            Some(s) => {
-                let p = PathBuf::from(&s.value);
-                if !p.is_absolute() {
-                    return Err(err(s.referenced.line(), "state_dir", format!("`{}` is relative; write an absolute path", s.value)));
-                }
-                Some(p)
-            }
-        };
-
-        let mut services = Vec::new();
-        // (path, service, surface, line) of every surface, for the overlap rule.
-        let mut claimed: Vec<(PathBuf, String, String, u64)> = Vec::new();
+        let rules = Rules { source };
+        let contexts = rules.contexts(file.contexts)?;
+        let state_dir = rules.state_dir(file.state_dir)?;
         if file.services.is_empty() {
             return Err(err(0, "services", "no services are declared; declare at least one".into()));
         }
+        // (path, service, surface, line) of every surface, for the overlap rule.
+        let mut claimed: Vec<(PathBuf, String, String, u64)> = Vec::new();
+        let mut services = Vec::new();
         for (svc_name, svc) in file.services {
-            let line = svc.referenced.line();
-            let svc = svc.value;
-            let field = |f: &str| format!("services.{svc_name}.{f}");
-            if !valid_name(&svc_name) {
-                return Err(err(line, &format!("services.{svc_name}"), "not a valid service name; use letters, digits, `_`, `-`, `.`".into()));
-            }
-            if svc.version.value.trim().is_empty() {
-                return Err(err(svc.version.referenced.line(), &field("version"), "is empty; write the service's version".into()));
-            }
-            let mut secrets = Vec::new();
-            for s in svc.secrets {
-                if !valid_name(&s.value) {
-                    return Err(err(s.referenced.line(), &field("secrets"), format!("`{}` is not a valid secret name", s.value)));
-                }
-                secrets.push(s.value);
-            }
-            if svc.surfaces.is_empty() {
-                return Err(err(line, &field("surfaces"), "no surfaces declared; declare where the service keeps its state".into()));
-            }
-            let mut surfaces: Vec<Surface> = Vec::new();
-            for (i, s) in svc.surfaces.into_iter().enumerate() {
-                let s = s.value;
-                let f = |name: &str| field(&format!("surfaces[{i}].{name}"));
-                if !valid_name(&s.name.value) {
-                    return Err(err(s.name.referenced.line(), &f("name"), format!(
-                        "`{}` is not a valid surface name; use letters, digits, `_`, `-`, `.`", s.name.value)));
-                }
-                if surfaces.iter().any(|o| o.name == s.name.value) {
-                    return Err(err(s.name.referenced.line(), &f("name"), format!(
-                        "duplicate surface `{}` in service `{svc_name}`; give each surface its own name", s.name.value)));
-                }
-                let scope = match s.scope.value.as_str() {
-                    "instance" => Scope::Instance,
-                    "context" => Scope::Context,
-                    other => {
-                        return Err(err(s.scope.referenced.line(), &f("scope"), format!(
-                            "unknown scope `{other}`; use `instance` (one copy per instance) or `context` (one copy per context)")))
-                    }
-                };
-                let class = match s.class.value.as_str() {
-                    "source" => Class::Source,
-                    "derived" => Class::Derived,
-                    "transient" => Class::Transient,
-                    other => {
-                        return Err(err(s.class.referenced.line(), &f("class"), format!(
-                            "unknown class `{other}`; use `source`, `derived` or `transient`")))
-                    }
-                };
-                let pline = s.path.referenced.line();
-                let path = PathBuf::from(&s.path.value);
-                if !path.is_absolute() {
-                    return Err(err(pline, &f("path"), format!("`{}` is relative; write an absolute path", s.path.value)));
-                }
-                if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) || s.path.value.contains("//") {
-                    return Err(err(pline, &f("path"), format!("`{}` contains `.`, `..` or `//`; write the path in its plain form", s.path.value)));
-                }
-                if path == Path::new("/") {
-                    return Err(err(pline, &f("path"), "`/` cannot be a surface; name the service's own directory".into()));
-                }
-                let placeholders = path.components().filter(|c| c.as_os_str() == CONTEXT_PLACEHOLDER).count();
-                let stray = s.path.value.matches(CONTEXT_PLACEHOLDER).count() != placeholders;
-                match scope {
-                    Scope::Context if placeholders != 1 || stray => {
-                        return Err(err(pline, &f("path"), format!(
-                            "a per-context surface needs exactly one `{CONTEXT_PLACEHOLDER}` as a whole path component, e.g. `/var/lib/hero/{svc_name}/{CONTEXT_PLACEHOLDER}/{}`", s.name.value)));
-                    }
-                    Scope::Instance if placeholders > 0 || stray => {
-                        return Err(err(pline, &f("path"), format!(
-                            "an instance surface cannot contain `{CONTEXT_PLACEHOLDER}`; set `scope: context` or remove the placeholder")));
-                    }
-                    _ => {}
-                }
-                if path.components().nth(1).is_some_and(|c| c.as_os_str() == CONTEXT_PLACEHOLDER) {
-                    return Err(err(pline, &f("path"), "`{context}` cannot be the first component; put the contexts in a directory of their own".into()));
-                }
-                for (other, osvc, osurf, oline) in &claimed {
-                    if paths_overlap(other, &path) {
-                        return Err(err(pline, &f("path"), format!(
-                            "`{}` overlaps `{}` of surface `{osvc}.{osurf}` (line {oline}); a path can belong to one surface only: move one, or narrow it",
-                            path.display(), other.display())));
-                    }
-                }
-                claimed.push((path.clone(), svc_name.clone(), s.name.value.clone(), pline));
-                surfaces.push(Surface { name: s.name.value, path, scope, class, snapshot: s.snapshot });
-            }
-            let mut migrations: Vec<Migration> = Vec::new();
-            for m in svc.migrations {
-                let mline = m.referenced.line();
-                let m = m.value;
-                if m.from >= svc.schema {
-                    return Err(err(mline, &field("migrations"), format!(
-                        "a migration from schema {} cannot apply to a service at schema {}; migrations go from older schemas only", m.from, svc.schema)));
-                }
-                if migrations.iter().any(|o| o.from == m.from) {
-                    return Err(err(mline, &field("migrations"), format!("two migrations from schema {}; keep one", m.from)));
-                }
-                if m.run.argv.is_empty() {
-                    return Err(err(mline, &field("migrations"), "the migration's `argv` is empty".into()));
-                }
-                migrations.push(m);
-            }
-            for (hook, cmd) in [("quiesce.pre", &svc.quiesce.pre), ("quiesce.post", &svc.quiesce.post),
-                ("hooks.stop", &svc.hooks.stop), ("hooks.start", &svc.hooks.start),
-                ("hooks.rebuild", &svc.hooks.rebuild), ("hooks.rename", &svc.hooks.rename)] {
-                if cmd.as_ref().is_some_and(|c| c.argv.is_empty()) {
-                    return Err(err(line, &field(hook), "`argv` is empty; give the program to run".into()));
-                }
-            }
-            services.push(Service {
-                name: svc_name,
-                version: svc.version.value,
-                schema: svc.schema,
-                secrets,
-                surfaces,
-                migrations,
-                quiesce: svc.quiesce,
-                hooks: svc.hooks,
-            });
+            services.push(rules.service(svc_name, svc, &mut claimed)?);
         }
 
         let secret_store = match file.secret_store {
@@ -283,6 +142,169 @@ impl Inventory {
         })
     }
 
+}
+
+/// The validation rules past the file's syntax; every error names the file and line.
+struct Rules<'a> {
+    source: &'a Path,
+}
+
+impl Rules<'_> {
+    fn err(&self, line: u64, field: &str, message: String) -> Error {
+        Error::Inventory { file: self.source.to_path_buf(), line, field: field.to_string(), message }
+    }
+
+    fn contexts(&self, list: Option<Vec<Spanned<String>>>) -> Result<Option<Vec<String>>> {
+        let Some(list) = list else { return Ok(None) };
+        let mut seen = BTreeSet::new();
+        for c in &list {
+            if !valid_name(&c.value) {
+                return Err(self.err(c.referenced.line(), "contexts", format!(
+                    "`{}` is not a valid context name; use letters, digits, `_`, `-`, `.`", c.value)));
+            }
+            if !seen.insert(c.value.clone()) {
+                return Err(self.err(c.referenced.line(), "contexts", format!("context `{}` is listed twice; remove one", c.value)));
+            }
+        }
+        Ok(Some(list.into_iter().map(|c| c.value).collect()))
+    }
+
+    fn state_dir(&self, dir: Option<Spanned<String>>) -> Result<Option<PathBuf>> {
+        let Some(s) = dir else { return Ok(None) };
+        let p = PathBuf::from(&s.value);
+        if !p.is_absolute() {
+            return Err(self.err(s.referenced.line(), "state_dir", format!("`{}` is relative; write an absolute path", s.value)));
+        }
+        Ok(Some(p))
+    }
+
+    /// One service and its surfaces, migrations and hooks.
+    fn service(&self, svc_name: String, svc: Spanned<FileService>, claimed: &mut Vec<(PathBuf, String, String, u64)>) -> Result<Service> {
+        let line = svc.referenced.line();
+        let svc = svc.value;
+        let field = |f: &str| format!("services.{svc_name}.{f}");
+        if !valid_name(&svc_name) {
+            return Err(self.err(line, &format!("services.{svc_name}"), "not a valid service name; use letters, digits, `_`, `-`, `.`".into()));
+        }
+        if svc.version.value.trim().is_empty() {
+            return Err(self.err(svc.version.referenced.line(), &field("version"), "is empty; write the service's version".into()));
+        }
+        let mut secrets = Vec::new();
+        for s in svc.secrets {
+            if !valid_name(&s.value) {
+                return Err(self.err(s.referenced.line(), &field("secrets"), format!("`{}` is not a valid secret name", s.value)));
+            }
+            secrets.push(s.value);
+        }
+        if svc.surfaces.is_empty() {
+            return Err(self.err(line, &field("surfaces"), "no surfaces declared; declare where the service keeps its state".into()));
+        }
+        let mut surfaces: Vec<Surface> = Vec::new();
+        for (i, s) in svc.surfaces.into_iter().enumerate() {
+            let surface = self.surface(&svc_name, i, s.value, &surfaces, claimed)?;
+            surfaces.push(surface);
+        }
+        let mut migrations: Vec<Migration> = Vec::new();
+        for m in svc.migrations {
+            let mline = m.referenced.line();
+            let m = m.value;
+            if m.from >= svc.schema {
+                return Err(self.err(mline, &field("migrations"), format!(
+                    "a migration from schema {} cannot apply to a service at schema {}; migrations go from older schemas only", m.from, svc.schema)));
+            }
+            if migrations.iter().any(|o| o.from == m.from) {
+                return Err(self.err(mline, &field("migrations"), format!("two migrations from schema {}; keep one", m.from)));
+            }
+            if m.run.argv.is_empty() {
+                return Err(self.err(mline, &field("migrations"), "the migration's `argv` is empty".into()));
+            }
+            migrations.push(m);
+        }
+        for (hook, cmd) in [("quiesce.pre", &svc.quiesce.pre), ("quiesce.post", &svc.quiesce.post),
+            ("hooks.stop", &svc.hooks.stop), ("hooks.start", &svc.hooks.start),
+            ("hooks.rebuild", &svc.hooks.rebuild), ("hooks.rename", &svc.hooks.rename)] {
+            if cmd.as_ref().is_some_and(|c| c.argv.is_empty()) {
+                return Err(self.err(line, &field(hook), "`argv` is empty; give the program to run".into()));
+            }
+        }
+        Ok(Service {
+            name: svc_name,
+            version: svc.version.value,
+            schema: svc.schema,
+            secrets,
+            surfaces,
+            migrations,
+            quiesce: svc.quiesce,
+            hooks: svc.hooks,
+        })
+    }
+
+    /// One surface of service `svc_name` (its `i`th); `earlier` are the service's surfaces
+    /// before it, `claimed` every surface path so far (path, service, surface, line).
+    fn surface(&self, svc_name: &str, i: usize, s: FileSurface, earlier: &[Surface], claimed: &mut Vec<(PathBuf, String, String, u64)>) -> Result<Surface> {
+        let f = |name: &str| format!("services.{svc_name}.surfaces[{i}].{name}");
+        if !valid_name(&s.name.value) {
+            return Err(self.err(s.name.referenced.line(), &f("name"), format!(
+                "`{}` is not a valid surface name; use letters, digits, `_`, `-`, `.`", s.name.value)));
+        }
+        if earlier.iter().any(|o| o.name == s.name.value) {
+            return Err(self.err(s.name.referenced.line(), &f("name"), format!(
+                "duplicate surface `{}` in service `{svc_name}`; give each surface its own name", s.name.value)));
+        }
+        let scope = match s.scope.value.as_str() {
+            "instance" => Scope::Instance,
+            "context" => Scope::Context,
+            other => {
+                return Err(self.err(s.scope.referenced.line(), &f("scope"), format!(
+                    "unknown scope `{other}`; use `instance` (one copy per instance) or `context` (one copy per context)")))
+            }
+        };
+        let class = match s.class.value.as_str() {
+            "source" => Class::Source,
+            "derived" => Class::Derived,
+            "transient" => Class::Transient,
+            other => {
+                return Err(self.err(s.class.referenced.line(), &f("class"), format!(
+                    "unknown class `{other}`; use `source`, `derived` or `transient`")))
+            }
+        };
+        let pline = s.path.referenced.line();
+        let path = PathBuf::from(&s.path.value);
+        if !path.is_absolute() {
+            return Err(self.err(pline, &f("path"), format!("`{}` is relative; write an absolute path", s.path.value)));
+        }
+        if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) || s.path.value.contains("//") {
+            return Err(self.err(pline, &f("path"), format!("`{}` contains `.`, `..` or `//`; write the path in its plain form", s.path.value)));
+        }
+        if path == Path::new("/") {
+            return Err(self.err(pline, &f("path"), "`/` cannot be a surface; name the service's own directory".into()));
+        }
+        let placeholders = path.components().filter(|c| c.as_os_str() == CONTEXT_PLACEHOLDER).count();
+        let stray = s.path.value.matches(CONTEXT_PLACEHOLDER).count() != placeholders;
+        match scope {
+            Scope::Context if placeholders != 1 || stray => {
+                return Err(self.err(pline, &f("path"), format!(
+                    "a per-context surface needs exactly one `{CONTEXT_PLACEHOLDER}` as a whole path component, e.g. `/var/lib/hero/{svc_name}/{CONTEXT_PLACEHOLDER}/{}`", s.name.value)));
+            }
+            Scope::Instance if placeholders > 0 || stray => {
+                return Err(self.err(pline, &f("path"), format!(
+                    "an instance surface cannot contain `{CONTEXT_PLACEHOLDER}`; set `scope: context` or remove the placeholder")));
+            }
+            _ => {}
+        }
+        if path.components().nth(1).is_some_and(|c| c.as_os_str() == CONTEXT_PLACEHOLDER) {
+            return Err(self.err(pline, &f("path"), "`{context}` cannot be the first component; put the contexts in a directory of their own".into()));
+        }
+        for (other, osvc, osurf, oline) in claimed.iter() {
+            if paths_overlap(other, &path) {
+                return Err(self.err(pline, &f("path"), format!(
+                    "`{}` overlaps `{}` of surface `{osvc}.{osurf}` (line {oline}); a path can belong to one surface only: move one, or narrow it",
+                    path.display(), other.display())));
+            }
+        }
+        claimed.push((path.clone(), svc_name.to_string(), s.name.value.clone(), pline));
+        Ok(Surface { name: s.name.value, path, scope, class, snapshot: s.snapshot })
+    }
 }
 
 /// True when one path is a prefix of the other, `{context}` matching any one component.
