@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::archive::format::{Manifest, MemberKey, ARCHIVE_FORMAT};
-use crate::inventory::{Class, Command, Inventory, Scope, SecretStore};
+use crate::archive::format::{Manifest, ManifestService, MemberKey, ARCHIVE_FORMAT};
+use crate::inventory::{Class, Command, Inventory, Scope, SecretStore, Service};
 
 /// Options shared by pre-flight and restore.
 #[derive(Debug, Clone, Default)]
@@ -262,7 +262,6 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
         if !sel.services.is_empty() && !sel.services.contains(&ms.name) {
             continue;
         }
-        let mut touched = false;
         let Some(ts) = target.service(&ms.name) else {
             // Only a refusal if the selection would restore something of it.
             let wanted = ms.surfaces.iter().any(|s| surface_selected(s.scope, &s.contexts, sel));
@@ -271,45 +270,7 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
             }
             continue;
         };
-        for s in &ms.surfaces {
-            if !surface_selected(s.scope, &s.contexts, sel) {
-                continue;
-            }
-            let Some(tsurf) = ts.surface(&s.name) else {
-                refusals.push(Refusal::UnknownSurface { service: ms.name.clone(), surface: s.name.clone() });
-                continue;
-            };
-            if tsurf.scope != s.scope {
-                refusals.push(Refusal::UnknownSurface { service: ms.name.clone(), surface: format!("{} (scope differs)", s.name) });
-                continue;
-            }
-            let copies: Vec<Option<String>> = match s.scope {
-                Scope::Instance => vec![None],
-                Scope::Context => s.contexts.iter().filter(|c| sel.contexts.is_empty() || sel.contexts.contains(c)).cloned().map(Some).collect(),
-            };
-            for ctx in copies {
-                let target_ctx = match (&ctx, &sel.rename_to) {
-                    (Some(_), Some(new)) => Some(new.clone()),
-                    (c, _) => c.clone(),
-                };
-                let path = tsurf.path_for(target_ctx.as_deref());
-                let exists = std::fs::symlink_metadata(&path).is_ok();
-                if exists && !sel.replace && !is_empty_dir(&path) {
-                    refusals.push(Refusal::Collision { service: ms.name.clone(), surface: s.name.clone(), context: target_ctx.clone(), path: path.clone() });
-                }
-                touched = true;
-                plan.surfaces.push(TargetSurface {
-                    service: ms.name.clone(),
-                    surface: s.name.clone(),
-                    context: ctx,
-                    target_context: target_ctx,
-                    path,
-                    exists,
-                    bytes: s.bytes / (s.contexts.len().max(1) as u64),
-                    files: s.files / (s.contexts.len().max(1) as u64),
-                });
-            }
-        }
+        let touched = plan_surfaces(ms, ts, sel, &mut plan, &mut refusals);
         // Derived surfaces the archive left out must be rebuilt on the target.
         for s in &ts.surfaces {
             if s.class == Class::Derived && ms.left_out.iter().any(|l| l.surface == s.name) {
@@ -321,20 +282,7 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
         }
         plan.services.push(ms.name.clone());
         secrets_needed.extend(ts.secrets.iter().cloned());
-        if ms.schema > ts.schema {
-            refusals.push(Refusal::SchemaNewer { service: ms.name.clone(), archive: ms.schema, target: ts.schema });
-        } else if ms.schema < ts.schema {
-            // One step per schema: from the archive's up to the target's.
-            for from in ms.schema..ts.schema {
-                match ts.migrations.iter().find(|m| m.from == from) {
-                    Some(m) => plan.migrations.push(PlannedMigration { service: ms.name.clone(), from, to: from + 1, argv: m.run.argv.clone(), command: m.run.clone() }),
-                    None => {
-                        refusals.push(Refusal::NoMigration { service: ms.name.clone(), archive: ms.schema, target: ts.schema });
-                        break;
-                    }
-                }
-            }
-        }
+        plan_migrations(ms, ts, &mut plan, &mut refusals);
     }
     if plan.surfaces.is_empty() && refusals.is_empty() {
         refusals.push(Refusal::Selection { message: "the selection restores nothing from this archive".into() });
@@ -358,6 +306,69 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
         Ok(plan)
     } else {
         Err(Error::Preflight(refusals))
+    }
+}
+
+/// The target of every selected copy of `ms`'s surfaces; whether any was selected.
+fn plan_surfaces(ms: &ManifestService, ts: &Service, sel: &RestoreSelection, plan: &mut RestorePlan, refusals: &mut Vec<Refusal>) -> bool {
+    let mut touched = false;
+    for s in &ms.surfaces {
+        if !surface_selected(s.scope, &s.contexts, sel) {
+            continue;
+        }
+        let Some(tsurf) = ts.surface(&s.name) else {
+            refusals.push(Refusal::UnknownSurface { service: ms.name.clone(), surface: s.name.clone() });
+            continue;
+        };
+        if tsurf.scope != s.scope {
+            refusals.push(Refusal::UnknownSurface { service: ms.name.clone(), surface: format!("{} (scope differs)", s.name) });
+            continue;
+        }
+        let copies: Vec<Option<String>> = match s.scope {
+            Scope::Instance => vec![None],
+            Scope::Context => s.contexts.iter().filter(|c| sel.contexts.is_empty() || sel.contexts.contains(c)).cloned().map(Some).collect(),
+        };
+        for ctx in copies {
+            let target_ctx = match (&ctx, &sel.rename_to) {
+                (Some(_), Some(new)) => Some(new.clone()),
+                (c, _) => c.clone(),
+            };
+            let path = tsurf.path_for(target_ctx.as_deref());
+            let exists = std::fs::symlink_metadata(&path).is_ok();
+            if exists && !sel.replace && !is_empty_dir(&path) {
+                refusals.push(Refusal::Collision { service: ms.name.clone(), surface: s.name.clone(), context: target_ctx.clone(), path: path.clone() });
+            }
+            touched = true;
+            plan.surfaces.push(TargetSurface {
+                service: ms.name.clone(),
+                surface: s.name.clone(),
+                context: ctx,
+                target_context: target_ctx,
+                path,
+                exists,
+                bytes: s.bytes / (s.contexts.len().max(1) as u64),
+                files: s.files / (s.contexts.len().max(1) as u64),
+            });
+        }
+    }
+    touched
+}
+
+/// One migration per schema step from the archive's schema up to the target's.
+fn plan_migrations(ms: &ManifestService, ts: &Service, plan: &mut RestorePlan, refusals: &mut Vec<Refusal>) {
+    if ms.schema > ts.schema {
+        refusals.push(Refusal::SchemaNewer { service: ms.name.clone(), archive: ms.schema, target: ts.schema });
+    } else if ms.schema < ts.schema {
+        // One step per schema: from the archive's up to the target's.
+        for from in ms.schema..ts.schema {
+            match ts.migrations.iter().find(|m| m.from == from) {
+                Some(m) => plan.migrations.push(PlannedMigration { service: ms.name.clone(), from, to: from + 1, argv: m.run.argv.clone(), command: m.run.clone() }),
+                None => {
+                    refusals.push(Refusal::NoMigration { service: ms.name.clone(), archive: ms.schema, target: ts.schema });
+                    break;
+                }
+            }
+        }
     }
 }
 
