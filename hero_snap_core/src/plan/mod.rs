@@ -78,6 +78,12 @@ pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Resu
         job_volume.push(i);
     }
 
+    let consistency = consistency(inv, &volumes, allow_live, &mut notes)?;
+    Ok(Placement { plan: Plan { volumes, consistency, notes, nested_mounts: nested }, job_volume })
+}
+
+/// The consistency the volumes give (decisions/D-01), with a note saying why.
+fn consistency(inv: &Inventory, volumes: &[Volume], allow_live: bool, notes: &mut Vec<String>) -> Result<Consistency> {
     // Consistency. A service held still (cgroup, unit or pre hook) does not change during
     // the freeze window, so it agrees with any instant inside it. The run is atomic when the
     // services that are not held still sit on at most one atomic snapshot unit (a btrfs
@@ -88,7 +94,7 @@ pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Resu
     let mut torn: Vec<String> = Vec::new();
     let mut in_place: Vec<&Volume> = Vec::new();
     let mut loose_units: Vec<String> = Vec::new();
-    for v in &volumes {
+    for v in volumes {
         match v.backend {
             SnapshotBackend::None => {
                 in_place.push(v);
@@ -108,7 +114,7 @@ pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Resu
     }
     torn.sort();
     torn.dedup();
-    let consistency = if !torn.is_empty() {
+    Ok(if !torn.is_empty() {
         if !allow_live {
             return Err(Error::Refused(format!(
                 "{} would be copied while running: no atomic snapshot (btrfs, LVM, ZFS) holds it and nothing quiesces it. \
@@ -137,8 +143,7 @@ pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Resu
             loose_units.join(", ")
         ));
         Consistency::PerVolume
-    };
-    Ok(Placement { plan: Plan { volumes, consistency, notes, nested_mounts: nested }, job_volume })
+    })
 }
 
 

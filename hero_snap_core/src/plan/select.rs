@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::format::{LeftOut, ManifestService, ManifestSurface, SelectionRecord, Warning};
 use crate::error::{Error, Result};
-use crate::inventory::{Class, Inventory, Scope, Surface};
+use crate::inventory::{Class, Inventory, Scope, Service, Surface};
 use crate::outcome::{Outcome, Status};
 
 /// Which part of an instance a run covers. Empty lists mean "all".
@@ -42,24 +42,7 @@ pub(crate) type Selected = (Vec<Job>, Vec<ManifestService>, Vec<Warning>, Vec<Ou
 /// Resolves a selection against the inventory: the jobs, the manifest skeleton (services
 /// with what is in, what is left out and why), and the outcomes of what is left out.
 pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
-    for s in &sel.services {
-        if inv.service(s).is_none() {
-            return Err(Error::Usage(format!(
-                "service `{s}` is not in the inventory {}; known services: {}",
-                inv.source.display(),
-                inv.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-            )));
-        }
-    }
-    let all_contexts = inv.contexts()?;
-    for c in &sel.contexts {
-        if !all_contexts.contains(c) {
-            return Err(Error::Usage(format!(
-                "context `{c}` is not found in the instance; contexts found: {}",
-                if all_contexts.is_empty() { "none".to_string() } else { all_contexts.join(", ") }
-            )));
-        }
-    }
+    check_selection(inv, sel)?;
     let mut jobs = Vec::new();
     let mut services = Vec::new();
     let mut warnings = Vec::new();
@@ -68,17 +51,7 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
         if !sel.services.is_empty() && !sel.services.contains(&svc.name) {
             continue;
         }
-        let mut ms = ManifestService {
-            name: svc.name.clone(),
-            version: svc.version.clone(),
-            schema: svc.schema,
-            contexts: Vec::new(),
-            surfaces: Vec::new(),
-            left_out: Vec::new(),
-            secrets: svc.secrets.clone(),
-            files: 0,
-            bytes: 0,
-        };
+        let mut ms = manifest_service(svc);
         let mut svc_contexts = BTreeSet::new();
         for surface in &svc.surfaces {
             let leave = |reason: String| LeftOut { surface: surface.name.clone(), class: surface.class, reason };
@@ -147,6 +120,44 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
         return Err(Error::Usage("the selection covers no surface with data on disk; nothing to back up".into()));
     }
     Ok((jobs, services, warnings, outcomes))
+}
+
+/// Every service and context the selection names must exist.
+fn check_selection(inv: &Inventory, sel: &Selection) -> Result<()> {
+    for s in &sel.services {
+        if inv.service(s).is_none() {
+            return Err(Error::Usage(format!(
+                "service `{s}` is not in the inventory {}; known services: {}",
+                inv.source.display(),
+                inv.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let all_contexts = inv.contexts()?;
+    for c in &sel.contexts {
+        if !all_contexts.contains(c) {
+            return Err(Error::Usage(format!(
+                "context `{c}` is not found in the instance; contexts found: {}",
+                if all_contexts.is_empty() { "none".to_string() } else { all_contexts.join(", ") }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The manifest's entry for `svc`, before its surfaces are counted.
+fn manifest_service(svc: &Service) -> ManifestService {
+    ManifestService {
+        name: svc.name.clone(),
+        version: svc.version.clone(),
+        schema: svc.schema,
+        contexts: Vec::new(),
+        surfaces: Vec::new(),
+        left_out: Vec::new(),
+        secrets: svc.secrets.clone(),
+        files: 0,
+        bytes: 0,
+    }
 }
 
 /// The manifest records the inventory's layout, not where --root placed it on this machine.
