@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -91,45 +91,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
     // Stop the affected services, swap, migrate; undo everything on a failure.
     progress.event(&Event::Phase { phase: "swap".into() });
     let mut stopped = Vec::new();
-    let result = (|| -> Result<()> {
-        for name in &plan.services {
-            let Some(svc) = target.service(name) else { continue };
-            if let Some(stop) = &svc.hooks.stop {
-                // Journaled first: if this process dies, `gc` starts the service again.
-                if let Some(start) = &svc.hooks.start {
-                    ex.journal.stopped.push((name.clone(), start.clone()));
-                    ex.journal.save(&state)?;
-                }
-                hooks::run(stop, &[("service", name)])?;
-                stopped.push(name.clone());
-            }
-        }
-        failpoint("restore-services-stopped");
-        cancel.check()?;
-        ex.journal.phase = Phase::Swapping;
-        ex.journal.save(&state)?;
-        failpoint("restore-swapping");
-        for i in 0..ex.journal.swaps.len() {
-            swap_in(&mut ex.journal.swaps[i])?;
-            failpoint("restore-between-swaps");
-        }
-        failpoint("restore-swapped");
-        progress.event(&Event::Phase { phase: "migrate".into() });
-        for m in &plan.migrations {
-            let from = m.from.to_string();
-            let to = m.to.to_string();
-            hooks::run(&m.command, &[("service", &m.service), ("from_schema", &from), ("to_schema", &to)])?;
-            failpoint("restore-migrated");
-        }
-        if let (Some(new), Some(old)) = (&opts.selection.rename_to, opts.selection.contexts.first()) {
-            for name in &plan.services {
-                if let Some(rename) = target.service(name).and_then(|s| s.hooks.rename.as_ref()) {
-                    hooks::run(rename, &[("service", name), ("context", old), ("new_context", new)])?;
-                }
-            }
-        }
-        Ok(())
-    })();
+    let result = swap_in_place(&mut ex, target, opts, &plan, &state, &mut stopped, progress, cancel);
     if let Err(e) = result {
         let undo = rollback(&ex.journal);
         ex.journal.remove(&state);
@@ -148,6 +110,73 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
     ex.journal.remove(&state);
     let not_started = start_services(target, &stopped, &mut warnings);
 
+    let (mut outcomes, rebuild_pending) = rebuild_derived(target, &plan, &mut warnings);
+    outcomes.extend(archive_outcomes(&outcome.manifest, &plan));
+    for (name, why) in not_started {
+        outcomes.push(Outcome::new(&name, None, None, Status::Failed, Some(why)));
+    }
+    outcome::sort(&mut outcomes);
+    for o in &outcomes {
+        progress.event(&Event::Outcome(o.clone()));
+    }
+    Ok(RestoreReport { manifest: outcome.manifest, plan, files: ex.files, bytes: ex.bytes, kept_old, rebuild_pending, warnings, outcomes })
+}
+
+/// Stops the affected services, swaps every stage in, runs the migrations and rename
+/// hooks. The caller rolls back on an error.
+#[allow(clippy::too_many_arguments)]
+fn swap_in_place(
+    ex: &mut Extractor<'_>,
+    target: &Inventory,
+    opts: &RestoreOptions,
+    plan: &RestorePlan,
+    state: &Path,
+    stopped: &mut Vec<String>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<()> {
+    for name in &plan.services {
+        let Some(svc) = target.service(name) else { continue };
+        if let Some(stop) = &svc.hooks.stop {
+            // Journaled first: if this process dies, `gc` starts the service again.
+            if let Some(start) = &svc.hooks.start {
+                ex.journal.stopped.push((name.clone(), start.clone()));
+                ex.journal.save(state)?;
+            }
+            hooks::run(stop, &[("service", name)])?;
+            stopped.push(name.clone());
+        }
+    }
+    failpoint("restore-services-stopped");
+    cancel.check()?;
+    ex.journal.phase = Phase::Swapping;
+    ex.journal.save(state)?;
+    failpoint("restore-swapping");
+    for i in 0..ex.journal.swaps.len() {
+        swap_in(&mut ex.journal.swaps[i])?;
+        failpoint("restore-between-swaps");
+    }
+    failpoint("restore-swapped");
+    progress.event(&Event::Phase { phase: "migrate".into() });
+    for m in &plan.migrations {
+        let from = m.from.to_string();
+        let to = m.to.to_string();
+        hooks::run(&m.command, &[("service", &m.service), ("from_schema", &from), ("to_schema", &to)])?;
+        failpoint("restore-migrated");
+    }
+    if let (Some(new), Some(old)) = (&opts.selection.rename_to, opts.selection.contexts.first()) {
+        for name in &plan.services {
+            if let Some(rename) = target.service(name).and_then(|s| s.hooks.rename.as_ref()) {
+                hooks::run(rename, &[("service", name), ("context", old), ("new_context", new)])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the rebuild hooks of derived surfaces the archive left out: their outcomes, and
+/// the surfaces still to rebuild.
+fn rebuild_derived(target: &Inventory, plan: &RestorePlan, warnings: &mut Vec<String>) -> (Vec<Outcome>, Vec<SurfaceRef>) {
     let mut outcomes = Vec::new();
     let mut rebuild_pending = Vec::new();
     let pending_services: BTreeSet<&str> = plan.rebuild_pending.iter().map(|s| s.service.as_str()).collect();
@@ -173,15 +202,7 @@ pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &R
             }
         }
     }
-    outcomes.extend(archive_outcomes(&outcome.manifest, &plan));
-    for (name, why) in not_started {
-        outcomes.push(Outcome::new(&name, None, None, Status::Failed, Some(why)));
-    }
-    outcome::sort(&mut outcomes);
-    for o in &outcomes {
-        progress.event(&Event::Outcome(o.clone()));
-    }
-    Ok(RestoreReport { manifest: outcome.manifest, plan, files: ex.files, bytes: ex.bytes, kept_old, rebuild_pending, warnings, outcomes })
+    (outcomes, rebuild_pending)
 }
 
 /// An outcome for a surface of the plan's rebuild list.
