@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hero_snap_core::{
-    BackupOptions, Compression, Decryption, DecryptionChoice, EncryptionChoice, Extent, Folder, Inventory, Location, RestoreOptions, RestoreSelection,
-    Result, S3Config, Selection,
+    BackupOptions, Compression, Decryption, DecryptionChoice, EncryptionChoice, Extent, Folder, Inventory, Location, RestoreOptions, RestoreSelection, Result,
+    S3Config, Selection,
 };
 
 /// Atomic, cross-service-consistent snapshots of a Hero instance into one encrypted
@@ -214,11 +214,8 @@ pub struct KeyArgs {
 impl KeyArgs {
     /// The keys given, read.
     pub fn decryption(&self) -> Result<Decryption> {
-        let choice = DecryptionChoice {
-            identities: self.identities.clone(),
-            passphrase_file: self.passphrase_file.clone(),
-            allow_plaintext: self.allow_plaintext,
-        };
+        let choice =
+            DecryptionChoice { identities: self.identities.clone(), passphrase_file: self.passphrase_file.clone(), allow_plaintext: self.allow_plaintext };
         choice.resolve()
     }
 }
