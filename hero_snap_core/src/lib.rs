@@ -79,7 +79,7 @@ mod commands;
 pub mod fuzzing;
 
 pub use archive::{
-    Compression, Consistency, Decryption, Encryption, Extent, Folder, LeftOut, Listed, Location, Manifest, ManifestService,
+    Compression, Consistency, Decryption, DecryptionChoice, Encryption, EncryptionChoice, Extent, Folder, LeftOut, Listed, Location, Manifest, ManifestService,
     ManifestSurface, S3Config, S3Object, S3Prefix, SelectionRecord, Summary, Warning, ARCHIVE_FORMAT,
 };
 pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport};

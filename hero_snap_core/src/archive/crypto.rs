@@ -64,6 +64,93 @@ impl Encryption {
     }
 }
 
+/// The environment variable that sets scrypt's work factor for passphrase archives
+/// written by [`EncryptionChoice::resolve`]. For tests only (docs/CLI.md).
+const SCRYPT_WORK_FACTOR_ENV: &str = "HERO_SNAP_SCRYPT_WORK_FACTOR";
+
+/// What the caller asked for about a new archive's encryption (the `backup` flags
+/// `--recipient`, `--recipients-file`, `--passphrase-file`, `--no-encrypt`);
+/// [`EncryptionChoice::resolve`] decides the [`Encryption`].
+#[derive(Debug, Clone, Default)]
+pub struct EncryptionChoice {
+    /// Recipients as strings (`age1...`, `ssh-ed25519 ...`, `ssh-rsa ...`).
+    pub recipients: Vec<String>,
+    /// Files of recipients, one a line.
+    pub recipients_files: Vec<PathBuf>,
+    /// A file holding the passphrase (mode 600).
+    pub passphrase_file: Option<PathBuf>,
+    /// Write a plaintext archive.
+    pub no_encrypt: bool,
+}
+
+impl EncryptionChoice {
+    /// The encryption asked for:
+    /// - `no_encrypt`: [`Encryption::None`];
+    /// - a passphrase file: [`Encryption::Passphrase`], with scrypt's work factor taken from
+    ///   `HERO_SNAP_SCRYPT_WORK_FACTOR` when it is set (for tests only) (unparsable: age's default);
+    /// - otherwise [`Encryption::Recipients`]: the recipients, then every file's.
+    ///
+    /// Nothing at all is a usage error (archives are encrypted unless one says not to), as
+    /// is `no_encrypt` or a passphrase together with recipients.
+    pub fn resolve(&self) -> Result<Encryption> {
+        self.resolve_with(std::env::var(SCRYPT_WORK_FACTOR_ENV).ok().as_deref())
+    }
+
+    fn resolve_with(&self, work_factor: Option<&str>) -> Result<Encryption> {
+        let has_recipients = !self.recipients.is_empty() || !self.recipients_files.is_empty();
+        if self.no_encrypt {
+            if has_recipients || self.passphrase_file.is_some() {
+                return Err(Error::Usage("--no-encrypt cannot be combined with recipients or a passphrase".into()));
+            }
+            return Ok(Encryption::None);
+        }
+        if let Some(p) = &self.passphrase_file {
+            if has_recipients {
+                return Err(Error::Usage("--passphrase-file cannot be combined with recipients".into()));
+            }
+            return Ok(Encryption::Passphrase { passphrase: read_passphrase(p)?, work_factor: work_factor.and_then(|n| n.parse().ok()) });
+        }
+        let mut list = Encryption::parse_recipients(&self.recipients)?;
+        for f in &self.recipients_files {
+            list.extend(Encryption::read_recipients_file(f)?);
+        }
+        if list.is_empty() {
+            return Err(Error::Usage(
+                "backups are encrypted: pass --recipient, --recipients-file or --passphrase-file (or --no-encrypt for a plaintext archive)".into(),
+            ));
+        }
+        Ok(Encryption::Recipients(list))
+    }
+}
+
+/// The keys the caller gave to open archives (the flags `--identity`,
+/// `--passphrase-file`, `--allow-plaintext`); [`DecryptionChoice::resolve`] reads them.
+#[derive(Debug, Clone, Default)]
+pub struct DecryptionChoice {
+    /// age identity files or unencrypted SSH private keys (mode 600).
+    pub identities: Vec<PathBuf>,
+    /// A file holding the passphrase (mode 600).
+    pub passphrase_file: Option<PathBuf>,
+    /// Accept archives that are not encrypted.
+    pub allow_plaintext: bool,
+}
+
+impl DecryptionChoice {
+    /// Reads every identity file and the passphrase file into a [`Decryption`]. No keys
+    /// at all is not an error here: reading an encrypted archive then fails, naming the
+    /// flags to pass.
+    pub fn resolve(&self) -> Result<Decryption> {
+        let mut d = Decryption { allow_plaintext: self.allow_plaintext, ..Decryption::default() };
+        for i in &self.identities {
+            d.add_identity_file(i)?;
+        }
+        if let Some(p) = &self.passphrase_file {
+            d.set_passphrase_file(p)?;
+        }
+        Ok(d)
+    }
+}
+
 fn parse_recipient(s: &str, at: Option<(&Path, usize)>) -> Result<Box<dyn age::Recipient + Send>> {
     let where_ = at.map(|(p, n)| format!("{}:{n}: ", p.display())).unwrap_or_default();
     if s.starts_with("age1") {
@@ -397,5 +484,78 @@ impl<W: Write> Write for EncryptedWriter<W> {
             EncryptedWriter::Plain(w) => w.flush(),
             EncryptedWriter::Age(w) => w.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn private_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
+    const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    #[test]
+    fn nothing_chosen_is_a_usage_error() {
+        let e = EncryptionChoice::default().resolve_with(None).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("backups are encrypted: pass --recipient"), "{e}");
+    }
+
+    #[test]
+    fn no_encrypt_is_plaintext_and_only_alone() {
+        let choice = EncryptionChoice { no_encrypt: true, ..Default::default() };
+        assert!(matches!(choice.resolve_with(None).unwrap(), Encryption::None));
+        let both = EncryptionChoice { recipients: vec![RECIPIENT.into()], ..choice };
+        assert_eq!(both.resolve_with(None).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn recipients_and_recipients_files_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = private_file(dir.path(), "r", &format!("# ops\n{RECIPIENT}\n\n{RECIPIENT}\n"));
+        let choice = EncryptionChoice { recipients: vec![RECIPIENT.into()], recipients_files: vec![file], ..Default::default() };
+        assert!(matches!(choice.resolve_with(None).unwrap(), Encryption::Recipients(l) if l.len() == 3));
+        let bad = EncryptionChoice { recipients: vec!["age1nope".into()], ..Default::default() };
+        assert_eq!(bad.resolve_with(None).unwrap_err().exit_code(), 6);
+    }
+
+    #[test]
+    fn passphrase_file_takes_the_work_factor_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let choice = EncryptionChoice { passphrase_file: Some(private_file(dir.path(), "p", "secret\n")), ..Default::default() };
+        for (env, expected) in [(None, None), (Some("10"), Some(10)), (Some("ten"), None)] {
+            let enc = choice.resolve_with(env).unwrap();
+            assert!(matches!(enc, Encryption::Passphrase { work_factor, .. } if work_factor == expected), "{env:?}");
+        }
+        let both = EncryptionChoice { recipients: vec![RECIPIENT.into()], ..choice };
+        assert_eq!(both.resolve_with(None).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn decryption_choice_reads_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = age::x25519::Identity::generate();
+        let id_file = private_file(dir.path(), "id", &format!("{}\n", age::secrecy::ExposeSecret::expose_secret(&id.to_string())));
+        let pass = private_file(dir.path(), "p", "secret\n");
+        let choice = DecryptionChoice { identities: vec![id_file], passphrase_file: Some(pass), allow_plaintext: true };
+        let keys = choice.resolve().unwrap();
+        assert!(keys.allow_plaintext && keys.has_keys());
+        assert_eq!((keys.identities.len(), keys.sources.len()), (1, 2));
+        assert!(!DecryptionChoice::default().resolve().unwrap().has_keys());
+    }
+
+    #[test]
+    fn decryption_choice_refuses_a_readable_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = private_file(dir.path(), "id", "AGE-SECRET-KEY-1\n");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(e) = DecryptionChoice { identities: vec![p], ..Default::default() }.resolve() else { panic!("a key others can read was accepted") };
+        assert_eq!(e.exit_code(), 6);
     }
 }

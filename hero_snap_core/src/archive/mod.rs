@@ -13,7 +13,7 @@ pub(crate) mod read;
 pub(crate) mod s3;
 pub(crate) mod write;
 
-pub use crypto::{Decryption, Encryption};
+pub use crypto::{Decryption, DecryptionChoice, Encryption, EncryptionChoice};
 pub use folder::{Folder, Listed, Summary};
 pub use format::{Consistency, LeftOut, Manifest, ManifestService, ManifestSurface, SelectionRecord, Warning, ARCHIVE_FORMAT};
 pub use location::{Extent, Location};

@@ -72,6 +72,16 @@ impl Inventory {
         Inventory::parse(&text, path)
     }
 
+    /// [`Inventory::load`], then, with a `root`, [`Inventory::rerooted`] under it: the root
+    /// directory is created when missing and its path resolved first (`--root`).
+    pub fn load_under(path: &Path, root: Option<&Path>) -> Result<Inventory> {
+        let inv = Inventory::load(path)?;
+        let Some(root) = root else { return Ok(inv) };
+        std::fs::create_dir_all(root).map_err(Error::io(root, "creating the root"))?;
+        let root = std::fs::canonicalize(root).map_err(Error::io(root, "resolving the root"))?;
+        Ok(inv.rerooted(&root))
+    }
+
     /// Parses and validates inventory text; `source` is only used in messages.
     pub fn parse(text: &str, source: &Path) -> Result<Inventory> {
         let err = |line: u64, field: &str, message: String| Error::Inventory {

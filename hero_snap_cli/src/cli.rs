@@ -1,0 +1,337 @@
+//! The command line: clap's types, and the conversions of their values into the
+//! library's options. Nothing here decides; `hero_snap_core` does.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hero_snap_core::{
+    BackupOptions, Compression, Decryption, DecryptionChoice, EncryptionChoice, Extent, Folder, Inventory, Location, RestoreOptions, RestoreSelection, Result,
+    S3Config, Selection,
+};
+
+/// Atomic, cross-service-consistent snapshots of a Hero instance into one encrypted
+/// archive, and transactional restore (whole, per service, per context).
+#[derive(Parser)]
+#[command(name = "hero-snap", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Print JSON lines instead of text: events while it runs, the result last (docs/CLI.md).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Show the state-surface table: services, surfaces, paths, scope, class, contexts, sizes.
+    Inventory(InstanceArgs),
+    /// Show how a backup would run: volumes, snapshot backends, consistency. Changes nothing.
+    Plan(PlanArgs),
+    /// Archive the instance (or a selection) into one encrypted file.
+    Backup(BackupArgs),
+    /// Print an archive's manifest (reads only the head of the archive).
+    Inspect(ReadArgs),
+    /// Check every file of an archive against its index.
+    Verify(ReadArgs),
+    /// Check whether an archive can be restored into the target, and print the plan.
+    Preflight(RestoreArgs),
+    /// Restore an archive into the target instance, all or nothing.
+    Restore(RestoreArgs),
+    /// Finish or undo the work of runs that died (restore journals, staging directories).
+    Gc(InstanceArgs),
+    /// List the archives in a directory with a summary of each manifest.
+    List(ListArgs),
+    /// Delete old archives in a directory by retention rules, with a free-space guard.
+    Prune(PruneArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write hero-snap.1 and hero-snap-<command>.1 into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Directory holding the archives (not searched recursively), or s3://BUCKET/PREFIX/.
+    #[arg(value_name = "DIR|s3://BUCKET/PREFIX/")]
+    pub dir: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Directory holding the archives (not searched recursively), or s3://BUCKET/PREFIX/.
+    #[arg(value_name = "DIR|s3://BUCKET/PREFIX/")]
+    pub dir: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Keep the newest N archives of each series (same instance and selection).
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: usize,
+    /// Keep the newest archive of each of the N most recent days (UTC) that have one.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: usize,
+    /// Say what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// After pruning, exit 17 unless this much space is free there: a size (500M, 10G), or
+    /// `auto` for the size of each series' newest archive plus 10 % (directories only).
+    #[arg(long, value_name = "SIZE|auto")]
+    pub min_free: Option<String>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+#[derive(Args)]
+pub struct InstanceArgs {
+    /// Inventory file of the instance.
+    #[arg(long, short = 'c', env = "HERO_SNAP_CONFIG", default_value = "/etc/hero-snap/inventory.yaml")]
+    pub config: PathBuf,
+    /// Place every inventory path under this directory (a mounted disk, a test tree).
+    #[arg(long, env = "HERO_SNAP_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Directory for journals and locks (default: the inventory's state_dir, else /var/lib/hero-snap).
+    #[arg(long, env = "HERO_SNAP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl InstanceArgs {
+    /// The inventory, placed under `--root` when given.
+    pub fn load(&self) -> Result<Inventory> {
+        Inventory::load_under(&self.config, self.root.as_deref())
+    }
+}
+
+#[derive(Args)]
+pub struct SelectArgs {
+    /// Only this service (repeatable).
+    #[arg(long = "service", short = 's')]
+    pub services: Vec<String>,
+    /// Only this context (repeatable); instance-scoped surfaces are then left out.
+    #[arg(long = "context")]
+    pub contexts: Vec<String>,
+}
+
+/// What a backup covers: shared by `plan` and `backup`.
+#[derive(Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Also archive derived surfaces (indexes, embeddings).
+    #[arg(long)]
+    pub include_derived: bool,
+    /// Accept reading surfaces that have neither snapshots nor quiesce hooks in place
+    /// (a torn copy is possible; the manifest says `consistency: live`).
+    #[arg(long)]
+    pub allow_live: bool,
+}
+
+impl PlanArgs {
+    pub fn selection(&self) -> Selection {
+        Selection { services: self.select.services.clone(), contexts: self.select.contexts.clone(), include_derived: self.include_derived }
+    }
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub scope: PlanArgs,
+    /// Longest the services may stay frozen, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub freeze_deadline_ms: u64,
+    /// Archive file to write, `-` for standard output, or s3://BUCKET/KEY.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Encrypt to this recipient: `age1...`, `ssh-ed25519 ...` or `ssh-rsa ...` (repeatable).
+    #[arg(long = "recipient", short = 'r')]
+    pub recipients: Vec<String>,
+    /// Encrypt to the recipients listed in this file (repeatable).
+    #[arg(long = "recipients-file", short = 'R', env = "HERO_SNAP_RECIPIENTS_FILE")]
+    pub recipients_files: Vec<PathBuf>,
+    /// Encrypt with the passphrase in this file (mode 600).
+    #[arg(long, conflicts_with_all = ["recipients", "recipients_files"])]
+    pub passphrase_file: Option<PathBuf>,
+    /// Write a plaintext archive (not encrypted).
+    #[arg(long, conflicts_with_all = ["recipients", "recipients_files", "passphrase_file"])]
+    pub no_encrypt: bool,
+    /// zstd compression level (1-19).
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// zstd worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<u32>,
+}
+
+impl BackupArgs {
+    /// The backup's options, its encryption decided by the library from the flags.
+    pub fn options(&self) -> Result<BackupOptions> {
+        let choice = EncryptionChoice {
+            recipients: self.recipients.clone(),
+            recipients_files: self.recipients_files.clone(),
+            passphrase_file: self.passphrase_file.clone(),
+            no_encrypt: self.no_encrypt,
+        };
+        Ok(BackupOptions {
+            selection: self.scope.selection(),
+            encryption: choice.resolve()?,
+            compression: Compression { level: self.zstd_level, threads: self.threads.unwrap_or_else(|| Compression::default().threads) },
+            allow_live: self.scope.allow_live,
+            freeze_deadline: Duration::from_millis(self.freeze_deadline_ms),
+            state_dir: self.scope.instance.state_dir.clone(),
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct KeyArgs {
+    /// age identity file or unencrypted SSH private key (repeatable; mode 600).
+    #[arg(long = "identity", short = 'i', env = "HERO_SNAP_IDENTITY")]
+    pub identities: Vec<PathBuf>,
+    /// File holding the archive's passphrase (mode 600).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Accept an archive that is not encrypted.
+    #[arg(long)]
+    pub allow_plaintext: bool,
+}
+
+impl KeyArgs {
+    /// The keys given, read.
+    pub fn decryption(&self) -> Result<Decryption> {
+        let choice =
+            DecryptionChoice { identities: self.identities.clone(), passphrase_file: self.passphrase_file.clone(), allow_plaintext: self.allow_plaintext };
+        choice.resolve()
+    }
+}
+
+/// Object storage for s3:// archives. Unset values come from the AWS environment
+/// (AWS_ENDPOINT_URL, AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+/// and ~/.aws/{config,credentials}; credentials are never taken from flags.
+#[derive(Args)]
+pub struct S3Args {
+    /// S3-compatible endpoint, e.g. https://rgw.example.net (default: AWS).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// Signing region (default: AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    s3_region: Option<String>,
+    /// Profile of the AWS config files to take credentials from.
+    #[arg(long, value_name = "NAME")]
+    s3_profile: Option<String>,
+    /// Address buckets as BUCKET.host instead of host/BUCKET.
+    #[arg(long)]
+    s3_virtual_host: bool,
+}
+
+impl S3Args {
+    pub fn config(&self) -> S3Config {
+        S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            profile: self.s3_profile.clone(),
+            virtual_host_style: self.s3_virtual_host,
+        }
+    }
+    pub fn location(&self, text: &str) -> Result<Location> {
+        Location::parse(text, &self.config())
+    }
+    pub fn folder(&self, text: &str) -> Result<Folder> {
+        Folder::parse(text, &self.config())
+    }
+}
+
+#[derive(Args)]
+pub struct ReadArgs {
+    /// Archive file, `-` for standard input, or s3://BUCKET/KEY.
+    #[arg(long)]
+    pub from: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+impl ReadArgs {
+    /// The archive, opened for reading (`Extent::Head` reads only the manifest).
+    pub fn open(&self, extent: Extent) -> Result<Box<dyn Read>> {
+        self.s3.location(&self.from)?.open(extent)
+    }
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub archive: ReadArgs,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Restore the selected context under this name.
+    #[arg(long = "as", value_name = "NEW")]
+    pub rename_to: Option<String>,
+    /// Replace data that already exists on the target.
+    #[arg(long)]
+    pub replace: bool,
+    /// Keep the replaced data beside the target instead of deleting it.
+    #[arg(long)]
+    pub keep_old: bool,
+}
+
+impl RestoreArgs {
+    /// What to restore, and how.
+    pub fn options(&self) -> RestoreOptions {
+        let selection = RestoreSelection {
+            services: self.select.services.clone(),
+            contexts: self.select.contexts.clone(),
+            rename_to: self.rename_to.clone(),
+            replace: self.replace,
+        };
+        RestoreOptions { selection, keep_old: self.keep_old, state_dir: self.instance.state_dir.clone() }
+    }
+}
+
+impl Cmd {
+    /// The command's name, as `--json` reports it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cmd::Inventory(_) => "inventory",
+            Cmd::Plan(_) => "plan",
+            Cmd::Backup(_) => "backup",
+            Cmd::Inspect(_) => "inspect",
+            Cmd::Verify(_) => "verify",
+            Cmd::Preflight(_) => "preflight",
+            Cmd::Restore(_) => "restore",
+            Cmd::Gc(_) => "gc",
+            Cmd::List(_) => "list",
+            Cmd::Prune(_) => "prune",
+            Cmd::Completions { .. } => "completions",
+            Cmd::Man { .. } => "man",
+        }
+    }
+
+    /// Whether standard output carries the archive (`backup --to -`): output then goes to stderr.
+    pub fn archive_on_stdout(&self) -> bool {
+        matches!(self, Cmd::Backup(b) if b.to == "-")
+    }
+
+    /// Whether a signal should cancel the run (the commands that take long and clean up).
+    pub fn cancellable(&self) -> bool {
+        matches!(self, Cmd::Backup(_) | Cmd::Verify(_) | Cmd::Restore(_))
+    }
+}

@@ -1,0 +1,36 @@
+//! `hero-snap preflight`: whether an archive can be restored into the target; the plan,
+//! or every refusal (the error's exit code is the library's).
+
+use hero_snap_core::{Extent, RestorePlan, Result};
+
+use crate::cli::RestoreArgs;
+use crate::output::Output;
+
+pub fn run(args: &RestoreArgs, out: &Output) -> Result<()> {
+    let keys = args.archive.keys.decryption()?;
+    let inv = args.instance.load()?;
+    let manifest = hero_snap_core::inspect(args.archive.open(Extent::Head)?, &keys)?;
+    let plan = hero_snap_core::preflight(&manifest, &inv, &args.options().selection)?;
+    out.report(&plan, print_plan);
+    Ok(())
+}
+
+/// The restore plan, as `preflight` and `restore` print it.
+pub fn print_plan(plan: &RestorePlan) {
+    println!("restore plan for instance {}:", plan.instance);
+    for s in &plan.surfaces {
+        let ctx = match (&s.context, &s.target_context) {
+            (Some(a), Some(b)) if a != b => format!(" [{a} -> {b}]"),
+            (Some(a), _) => format!(" [{a}]"),
+            _ => String::new(),
+        };
+        let replaces = if s.exists { " (replaces existing data)" } else { "" };
+        println!("  {}.{}{} -> {}{}", s.service, s.surface, ctx, s.path.display(), replaces);
+    }
+    for m in &plan.migrations {
+        println!("  migrate {} schema {} -> {}: {}", m.service, m.from, m.to, m.argv.join(" "));
+    }
+    for r in &plan.rebuild_pending {
+        println!("  rebuild pending after restore: {r}");
+    }
+}

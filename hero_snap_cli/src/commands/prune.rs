@@ -1,0 +1,30 @@
+//! `hero-snap prune`: retention over a directory or bucket folder, and the free-space
+//! verdict (the library's).
+
+use hero_snap_core::{MinFree, PruneOptions, PruneReport, Result};
+
+use crate::cli::PruneArgs;
+use crate::output::Output;
+
+pub fn run(args: &PruneArgs, out: &Output) -> Result<()> {
+    let keys = args.keys.decryption()?;
+    let min_free = args.min_free.as_deref().map(str::parse::<MinFree>).transpose()?;
+    let opts = PruneOptions { keep_last: args.keep_last, keep_daily: args.keep_daily, dry_run: args.dry_run, min_free };
+    let report = hero_snap_core::prune(&args.s3.folder(&args.dir)?, &keys, &opts)?;
+    out.report(&report, print);
+    report.check_space()
+}
+
+fn print(report: &PruneReport) {
+    let verb = if report.dry_run { "would delete" } else { "deleted" };
+    for k in &report.kept {
+        println!("keep    {}  {}  ({})", k.created, k.path, k.reasons.join(", "));
+    }
+    for d in &report.deleted {
+        println!("{verb:<7} {d}");
+    }
+    for i in &report.ignored {
+        println!("ignored {}: {}", i.path, i.problem.as_deref().unwrap_or("not an archive"));
+    }
+    println!("{verb} {} archives, {} bytes", report.deleted.len(), report.freed_bytes);
+}
