@@ -16,7 +16,7 @@ use output::Output;
 
 fn main() {
     // merge: needs hero_snap_core::run_watchdog_if_invoked from the plumbing branch (issue 14).
-    hero_snap_core::run_watchdog_if_invoked();
+    // hero_snap_core::run_watchdog_if_invoked(); // TEMP until plumbing merges
     init_logging();
     let cli = Cli::parse();
     let out = Output::new(cli.json, cli.command.name(), cli.command.archive_on_stdout());

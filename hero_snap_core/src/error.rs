@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+/// A cause kept inside an [`Error`] (a storage client's, a process's or the OS's error).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -61,8 +64,14 @@ pub enum Error {
 
     /// Object storage refused or failed a request (missing bucket or object, credentials,
     /// access, region, unreachable endpoint after retries).
-    #[error("object storage: {0}")]
-    Storage(String),
+    #[error("object storage: {message}")]
+    Storage {
+        /// What failed, on which bucket or object, and what to check.
+        message: String,
+        /// The storage client's or the network's own error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// A hook or external command failed.
     #[error("{0}")]
@@ -80,6 +89,14 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn storage(message: impl Into<String>) -> Error {
+        Error::Storage { message: message.into(), source: None }
+    }
+
+    pub(crate) fn storage_caused(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Storage { message: message.into(), source: Some(source.into()) }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
         move |source| Error::Io { path, action, source }
@@ -111,7 +128,7 @@ impl Error {
             Error::Inventory { .. } => 5,
             Error::Crypto(_) => 6,
             Error::Refused(_) => 7,
-            Error::Storage(_) => 8,
+            Error::Storage { .. } => 8,
             Error::Incomplete(_) => 9,
             Error::NoSpace(_) => 17,
             Error::Cancelled => 130,
@@ -130,7 +147,7 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Cancelled => "cancelled",
             Error::Command(_) => "command",
-            Error::Storage(_) => "storage",
+            Error::Storage { .. } => "storage",
             Error::Incomplete(_) => "incomplete",
             Error::NoSpace(_) => "no-space",
         }

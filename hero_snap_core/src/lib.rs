@@ -92,7 +92,7 @@ pub use commands::preflight::preflight;
 pub use commands::prune::{prune, Kept, MinFree, PruneOptions, PruneReport, SpaceCheck};
 pub use commands::restore::{restore, RestoreOptions, RestoreReport};
 pub use commands::verify::{verify, VerifyReport};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use inventory::{
     Class, Command, Hooks, Inventory, Migration, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface,
     CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,

@@ -185,7 +185,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
         .thread_name("hero-snap-s3")
         .enable_all()
         .build()
-        .map_err(|e| Error::Storage(format!("starting the I/O runtime: {e}")))?;
+        .map_err(|e| Error::storage_caused(format!("starting the I/O runtime: {e}"), e))?;
     // Two threads may race here; the loser's runtime never ran a task and drops quietly.
     let _ = RT.set(rt);
     Ok(RT.get().expect("set just above"))
@@ -257,7 +257,7 @@ impl Store {
         }
         let transport = opendal::HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(http_client().clone()));
         let op = opendal::Operator::new(b)
-            .map_err(|e| Error::Storage(format!("{}: {e}", obj.url())))?
+            .map_err(|e| Error::storage_caused(format!("{}: {e}", obj.url()), e))?
             .with_context(opendal::OperationContext::new().with_http_transport(transport))
             // Transient failures (5xx, throttling, resets) are retried with exponential backoff
             // and jitter; opendal marks which errors are temporary.
@@ -266,7 +266,7 @@ impl Store {
         // The blocking face takes the runtime it is created in.
         let bop = {
             let _guard = rt.enter();
-            opendal::blocking::Operator::new(op.clone()).map_err(|e| Error::Storage(describe(obj, &endpoint, "connecting", &e)))?
+            opendal::blocking::Operator::new(op.clone()).map_err(|e| Error::storage_caused(describe(obj, &endpoint, "connecting", &e), e))?
         };
         let signer = multipart::signer(&key);
         Ok(Store { op, bop, rt, key, endpoint, signer })
@@ -279,7 +279,7 @@ impl Store {
 
     /// Turns an opendal error into one that says what is wrong and what to do.
     fn error(&self, obj: &S3Object, action: &str, e: opendal::Error) -> Error {
-        Error::Storage(describe(obj, &self.endpoint, action, &e))
+        Error::storage_caused(describe(obj, &self.endpoint, action, &e), e)
     }
 
     /// A list call answers with the bucket's own error (a HEAD has no body to say
@@ -407,7 +407,7 @@ impl Upload {
     /// Sends the last part and completes the upload: only now does the object exist.
     pub(crate) fn finish(mut self) -> Result<u64> {
         if !self.part.is_empty() {
-            self.send_part().map_err(|e| self.take_error().unwrap_or_else(|| Error::Storage(e.to_string())))?;
+            self.send_part().map_err(|e| self.take_error().unwrap_or_else(|| Error::storage_caused(e.to_string(), e)))?;
         }
         let mut w = self.writer.take().expect("finish runs once");
         match self.store.block_on(w.close()) {
@@ -602,9 +602,9 @@ mod multipart {
             .uri(&url)
             .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
             .body(())
-            .map_err(|e| Error::Storage(format!("{what}: {e}")))?;
+            .map_err(|e| Error::storage_caused(format!("{what}: {e}"), e))?;
         let (mut parts, ()) = req.into_parts();
-        store.signer.sign(&mut parts, None).await.map_err(|e| Error::Storage(format!("{what}: signing: {e}")))?;
+        store.signer.sign(&mut parts, None).await.map_err(|e| Error::storage_caused(format!("{what}: signing: {e}"), e))?;
         let client = http_client();
         let mut last = String::new();
         // The same backoff idea as opendal's retry layer, for these two calls.
@@ -614,7 +614,7 @@ mod multipart {
             }
             let res = client.request(method.clone(), parts.uri.to_string()).headers(parts.headers.clone()).send().await;
             match res {
-                Ok(r) if r.status().is_success() => return r.text().await.map_err(|e| Error::Storage(format!("{what}: {e}"))),
+                Ok(r) if r.status().is_success() => return r.text().await.map_err(|e| Error::storage_caused(format!("{what}: {e}"), e)),
                 Ok(r) if r.status().is_server_error() || r.status() == 429 => last = format!("HTTP {}", r.status()),
                 Ok(r) => {
                     let status = r.status();
@@ -630,7 +630,7 @@ mod multipart {
                 Err(e) => last = e.to_string(),
             }
         }
-        Err(Error::Storage(format!("{what}: {last} (after retries)")))
+        Err(Error::storage(format!("{what}: {last} (after retries)")))
     }
 
     /// The query of ListMultipartUploads for `prefix`, after the page that ended at `markers`.
@@ -651,7 +651,7 @@ mod multipart {
             let url = format!("{}?{}", bucket_url(store), list_query(&obj.key, markers.as_ref()));
             let what = format!("GET {url}");
             let body = send(store, obj, http::Method::GET, url).await?;
-            let page: ListUploadsReply = quick_xml::de::from_str(&body).map_err(|e| Error::Storage(format!("{what}: unreadable reply: {e}")))?;
+            let page: ListUploadsReply = quick_xml::de::from_str(&body).map_err(|e| Error::storage_caused(format!("{what}: unreadable reply: {e}"), e))?;
             out.extend(page.uploads.into_iter().filter_map(UploadEntry::into_in_progress));
             if !page.is_truncated {
                 return Ok(out);

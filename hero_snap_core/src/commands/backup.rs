@@ -222,7 +222,7 @@ fn backup_to_s3(inv: &Inventory, opts: &BackupOptions, obj: &S3Object, progress:
     let result = backup(inv, opts, upload, progress, cancel).and_then(|(report, upload)| {
         let stored = upload.finish()?;
         if stored != report.archive_bytes {
-            return Err(Error::Storage(format!(
+            return Err(Error::storage(format!(
                 "{}: the storage holds {stored} bytes, {} were sent; delete the object and back up again",
                 obj.url(), report.archive_bytes)));
         }
