@@ -268,26 +268,7 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
         if !declared(&manifest, &key) {
             return Err(Error::Refused(format!("member `{path}` belongs to no surface the manifest declares")));
         }
-        let h = entry.header();
-        if let Some(e) = [h.mode().err(), h.uid().err(), h.gid().err(), h.mtime().err()].into_iter().flatten().next() {
-            return Err(Error::Corrupt(format!("member `{path}`: damaged tar header ({e})")));
-        }
-        let kind = entry.header().entry_type();
-        match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse | EntryType::Directory | EntryType::Symlink | EntryType::Link => {}
-            other => return Err(Error::Refused(format!("member `{path}` has type {other:?}; only files, directories and links are restored"))),
-        }
-        let mode = entry.header().mode().unwrap_or(0);
-        if kind != EntryType::Directory && mode & 0o6000 != 0 {
-            return Err(Error::Refused(format!("member `{path}` is setuid or setgid (mode {mode:o}); hero-snap does not restore such files")));
-        }
-        let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
-        // The manifest bounds what follows: a member stream larger than it declares is
-        // refused at the header, before its content is decompressed or written.
-        let size = entry.size();
-        if !is_file && size != 0 {
-            return Err(Error::Refused(format!("member `{path}` has type {kind:?} but carries {size} bytes of content")));
-        }
+        let (is_file, size) = check_header(&entry, &path)?;
         if is_file {
             declared_files += 1;
             declared_bytes = declared_bytes.saturating_add(size);
@@ -304,7 +285,7 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
             other => other,
         })?;
         if is_file {
-            let (size, hash) = hash.expect("visitors hash every regular file");
+            let (size, hash) = hash.ok_or_else(|| Error::Corrupt(format!("{path}: the reader was given no hash of this file")))?;
             seen.push(&path, size, &hash)?;
         }
     }
@@ -317,6 +298,33 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(|e| Error::Corrupt(format!("after the index: {e}")))?;
     Ok(ReadOutcome { manifest, index })
 }
+
+/// A member's header: readable, a type hero-snap restores, no setuid/setgid, content only
+/// on files. Returns whether it is a regular file, and its content size.
+fn check_header<R: Read>(entry: &tar::Entry<'_, R>, path: &str) -> Result<(bool, u64)> {
+    let h = entry.header();
+    if let Some(e) = [h.mode().err(), h.uid().err(), h.gid().err(), h.mtime().err()].into_iter().flatten().next() {
+        return Err(Error::Corrupt(format!("member `{path}`: damaged tar header ({e})")));
+    }
+    let kind = entry.header().entry_type();
+    match kind {
+        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse | EntryType::Directory | EntryType::Symlink | EntryType::Link => {}
+        other => return Err(Error::Refused(format!("member `{path}` has type {other:?}; only files, directories and links are restored"))),
+    }
+    let mode = entry.header().mode().unwrap_or(0);
+    if kind != EntryType::Directory && mode & 0o6000 != 0 {
+        return Err(Error::Refused(format!("member `{path}` is setuid or setgid (mode {mode:o}); hero-snap does not restore such files")));
+    }
+    let is_file = matches!(kind, EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse);
+    // The manifest bounds what follows: a member stream larger than it declares is
+    // refused at the header, before its content is decompressed or written.
+    let size = entry.size();
+    if !is_file && size != 0 {
+        return Err(Error::Refused(format!("member `{path}` has type {kind:?} but carries {size} bytes of content")));
+    }
+    Ok((is_file, size))
+}
+
 
 /// The index's fields before its entries.
 #[derive(Debug, serde::Deserialize)]
