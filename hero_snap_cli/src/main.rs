@@ -296,6 +296,7 @@ impl RestoreArgs {
 }
 
 fn main() {
+    hero_snap_core::run_watchdog_if_invoked();
     let cli = Cli::parse();
     let out = Output::new(&cli);
     let cancel = Cancel::new();

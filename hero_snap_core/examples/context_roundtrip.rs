@@ -46,6 +46,8 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() {
+    // A backup of frozen services re-executes this program as its freeze watchdog.
+    hero_snap_core::run_watchdog_if_invoked();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
