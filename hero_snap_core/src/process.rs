@@ -68,7 +68,12 @@ impl Program {
         if !done.status.success() {
             let err = String::from_utf8_lossy(&done.stderr);
             let err = err.trim();
-            return Err(Error::Command(format!("`{}` failed ({}){}", self.line(), done.status, if err.is_empty() { String::new() } else { format!(": {err}") })));
+            return Err(Error::Command(format!(
+                "`{}` failed ({}){}",
+                self.line(),
+                done.status,
+                if err.is_empty() { String::new() } else { format!(": {err}") }
+            )));
         }
         Ok(String::from_utf8_lossy(&done.stdout).into_owned())
     }

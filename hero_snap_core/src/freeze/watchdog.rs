@@ -277,7 +277,14 @@ mod tests {
         let post = Command { argv: vec!["sh".into(), "-c".into(), format!("echo post $HERO_SNAP_SERVICE >> {}/post.log", state.display())], timeout_secs: 10 };
         // The pre hook ran: its marker says the post hook is owed.
         fs::write(super::super::marker(state, "r1", "svc"), b"").unwrap();
-        Job { state: state.to_path_buf(), run_id: "r1".into(), cgroups: vec![group.cgroup.clone()], units: vec![], posts: vec![("svc".into(), post)], deadline_ms }
+        Job {
+            state: state.to_path_buf(),
+            run_id: "r1".into(),
+            cgroups: vec![group.cgroup.clone()],
+            units: vec![],
+            posts: vec![("svc".into(), post)],
+            deadline_ms,
+        }
     }
 
     fn undone(state: &Path, group: &FrozenGroup) {
