@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hero_snap_core::Inventory;
 use hero_snap_core::{
-    backup_to_file, restore, BackupOptions, Cancel, Decryption, Encryption, Error, Event, RestoreOptions, RestoreSelection, Selection,
-    Status,
+    backup_to_file, restore, BackupOptions, Cancel, Decryption, Encryption, Error, Event, RestoreOptions, RestoreSelection, Selection, Status,
 };
 
 struct Args {

@@ -52,7 +52,8 @@ impl Cgroup {
     }
 
     fn set(&self, frozen: bool) -> Result<()> {
-        let (file, value) = if self.v2 { ("cgroup.freeze", if frozen { "1" } else { "0" }) } else { ("freezer.state", if frozen { "FROZEN" } else { "THAWED" }) };
+        let (file, value) =
+            if self.v2 { ("cgroup.freeze", if frozen { "1" } else { "0" }) } else { ("freezer.state", if frozen { "FROZEN" } else { "THAWED" }) };
         let path = self.dir.join(file);
         fs::write(&path, value).map_err(Error::io(&path, if frozen { "freezing" } else { "thawing" }))
     }
@@ -93,7 +94,6 @@ struct Journal {
 fn marker(state: &Path, run: &str, service: &str) -> PathBuf {
     state.join(format!("backup-{run}.pre-{service}"))
 }
-
 
 /// The frozen views of one run; `release` removes the snapshots (Drop does it too).
 pub(crate) struct Frozen {
@@ -215,7 +215,10 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
     let plan = &placement.plan;
     for note in &plan.notes {
         if plan.consistency != Consistency::Atomic {
-            warnings.push(Warning { code: format!("consistency-{}", serde_json::to_value(plan.consistency).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()), message: note.clone() });
+            warnings.push(Warning {
+                code: format!("consistency-{}", serde_json::to_value(plan.consistency).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+                message: note.clone(),
+            });
         }
     }
     for n in &plan.nested_mounts {
@@ -253,7 +256,14 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         }
     }
     let planned = Taken::merge_zfs(planned);
-    let journal = Journal { run_id: opts.run.to_string(), pid: std::process::id(), cgroups: cgroups.clone(), units: units.clone(), posts: posts.clone(), snapshots: planned.clone() };
+    let journal = Journal {
+        run_id: opts.run.to_string(),
+        pid: std::process::id(),
+        cgroups: cgroups.clone(),
+        units: units.clone(),
+        posts: posts.clone(),
+        snapshots: planned.clone(),
+    };
     crate::journal::save(opts.state, "backup", opts.run, &journal)?;
     crate::failpoint("backup-journaled");
     let mut frozen = Frozen {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use super::Volume;
+use crate::error::{Error, Result};
 
 /// Copy-on-write space of a classic snapshot, in percent of the origin LV.
 pub(crate) const COW_PERCENT: u64 = 20;

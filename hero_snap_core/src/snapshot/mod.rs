@@ -58,7 +58,13 @@ pub(crate) fn check_backend(b: SnapshotBackend, m: &Mount, path: &Path) -> Resul
     if ok {
         Ok(())
     } else {
-        Err(Error::Refused(format!("{}: the inventory asks for {} snapshots but it is on {} ({})", path.display(), b.as_str(), m.fstype, m.mount_point.display())))
+        Err(Error::Refused(format!(
+            "{}: the inventory asks for {} snapshots but it is on {} ({})",
+            path.display(),
+            b.as_str(),
+            m.fstype,
+            m.mount_point.display()
+        )))
     }
 }
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
 use super::Volume;
+use crate::error::Result;
 use crate::mounts::Mount;
 
 /// The dataset mounted at `mount` (its mount source).
