@@ -15,8 +15,8 @@ use cli::{Cli, Cmd};
 use output::Output;
 
 fn main() {
-    // merge: needs hero_snap_core::run_watchdog_if_invoked from the plumbing branch (issue 14).
-    // hero_snap_core::run_watchdog_if_invoked(); // TEMP until plumbing merges
+    // First: this process may be a backup's freeze watchdog (the binary runs itself).
+    hero_snap_core::run_watchdog_if_invoked();
     init_logging();
     let cli = Cli::parse();
     let out = Output::new(cli.json, cli.command.name(), cli.command.archive_on_stdout());

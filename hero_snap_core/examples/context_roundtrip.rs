@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hero_snap_core::Inventory;
 use hero_snap_core::{
-    backup_to_file, restore, BackupOptions, Cancel, Decryption, Encryption, Error, Event, RestoreOptions, RestoreSelection, Selection,
-    Status,
+    backup_to_file, restore, BackupOptions, Cancel, Decryption, Encryption, Error, Event, RestoreOptions, RestoreSelection, Selection, Status,
 };
 
 struct Args {
@@ -46,6 +45,8 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() {
+    // A backup of frozen services re-executes this program as its freeze watchdog.
+    hero_snap_core::run_watchdog_if_invoked();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {

@@ -2,17 +2,14 @@
 //!
 //! Order: journal → watchdog → pre hooks (parallel) → freeze cgroups/units → syncfs →
 //! snapshots → thaw → post hooks. The journal (in the state directory, never on a frozen
-//! volume) names everything to undo; the watchdog — a small bash process in its own
-//! session — thaws and runs the post hooks if hero-snap dies (even by SIGKILL) or the
-//! freeze deadline passes. `gc` (and the start of every run) completes the journals of
-//! dead runs. decisions/D-01-state-snapshot-contract.md is the contract.
+//! volume) names everything to undo; the watchdog — this program run again in its own
+//! session ([`watchdog`]) — thaws and runs the post hooks if hero-snap dies (even by
+//! SIGKILL) or the freeze deadline passes. `gc` (and the start of every run) completes
+//! the journals of dead runs. decisions/D-01-state-snapshot-contract.md is the contract.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +20,9 @@ use crate::inventory::{Command, Inventory, OnError};
 use crate::plan::{Job, Placement};
 use crate::progress::{Event, Progress};
 use crate::snapshot::Taken;
-use crate::state::{Lock, Recovered};
+use crate::state::{failpoint, Lock, Recovered};
+
+pub(crate) mod watchdog;
 
 /// A cgroup whose processes are frozen: v2 (`cgroup.freeze`) or the v1 freezer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -53,7 +52,8 @@ impl Cgroup {
     }
 
     fn set(&self, frozen: bool) -> Result<()> {
-        let (file, value) = if self.v2 { ("cgroup.freeze", if frozen { "1" } else { "0" }) } else { ("freezer.state", if frozen { "FROZEN" } else { "THAWED" }) };
+        let (file, value) =
+            if self.v2 { ("cgroup.freeze", if frozen { "1" } else { "0" }) } else { ("freezer.state", if frozen { "FROZEN" } else { "THAWED" }) };
         let path = self.dir.join(file);
         fs::write(&path, value).map_err(Error::io(&path, if frozen { "freezing" } else { "thawing" }))
     }
@@ -95,7 +95,6 @@ fn marker(state: &Path, run: &str, service: &str) -> PathBuf {
     state.join(format!("backup-{run}.pre-{service}"))
 }
 
-
 /// The frozen views of one run; `release` removes the snapshots (Drop does it too).
 pub(crate) struct Frozen {
     pub consistency: Consistency,
@@ -106,7 +105,7 @@ pub(crate) struct Frozen {
     run: String,
     /// Quiesced copy: the post hooks run at release.
     deferred_posts: Vec<(String, Command)>,
-    watchdog: Option<Child>,
+    watchdog: Option<watchdog::Watchdog>,
     released: bool,
     _lock: Lock,
 }
@@ -134,7 +133,7 @@ impl Frozen {
             }
         }
         if first_err.is_none() {
-            crate::journal::remove(&self.state, "backup", &self.run);
+            crate::state::journal::remove(&self.state, "backup", &self.run);
         }
         first_err.map_or(Ok(warnings), Err)
     }
@@ -147,19 +146,33 @@ impl Drop for Frozen {
             run_posts(&self.state, &self.run, &self.deferred_posts, &mut w);
             finish_watchdog(self.watchdog.take());
             if self.taken.iter().all(|t| t.remove().is_ok()) {
-                crate::journal::remove(&self.state, "backup", &self.run);
+                crate::state::journal::remove(&self.state, "backup", &self.run);
             }
         }
     }
 }
 
-fn finish_watchdog(child: Option<Child>) {
-    if let Some(mut child) = child {
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(b"done\n");
-        }
-        let _ = child.wait();
+fn finish_watchdog(watchdog: Option<watchdog::Watchdog>) {
+    if let Some(w) = watchdog {
+        w.finish();
     }
+}
+
+/// Thaws every cgroup and unit, each whatever happened to the others; the failures.
+/// The backup, the watchdog and `gc` all thaw through here.
+fn thaw(cgroups: &[Cgroup], units: &[String]) -> Vec<Error> {
+    let mut failed = Vec::new();
+    for c in cgroups {
+        if let Err(e) = c.set(false) {
+            failed.push(e);
+        }
+    }
+    for u in units {
+        if let Err(e) = crate::snapshot::tool(&["systemctl", "thaw", u]) {
+            failed.push(e);
+        }
+    }
+    failed
 }
 
 fn run_posts(state: &Path, run: &str, posts: &[(String, Command)], warnings: &mut Vec<Warning>) {
@@ -171,50 +184,6 @@ fn run_posts(state: &Path, run: &str, posts: &[(String, Command)], warnings: &mu
             }
         }
     }
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The watchdog: waits for "done" on stdin; on EOF (hero-snap died) or the deadline it
-/// thaws everything and runs the post hooks whose pre hooks ran.
-fn spawn_watchdog(state: &Path, j: &Journal, deadline: Option<Duration>) -> Result<Child> {
-    let mut s = String::from("set -u\n");
-    match deadline {
-        Some(d) => s.push_str(&format!("if IFS= read -r -t {} line && [ \"$line\" = done ]; then exit 0; fi\n", d.as_secs_f64().max(0.1))),
-        None => s.push_str("if IFS= read -r line && [ \"$line\" = done ]; then exit 0; fi\n"),
-    }
-    s.push_str(&format!("echo \"$(date -Is) watchdog: thawing run {}\" >> {}\n", j.run_id, shell_quote(&state.join("watchdog.log").to_string_lossy())));
-    for c in &j.cgroups {
-        let (file, v) = if c.v2 { ("cgroup.freeze", "0") } else { ("freezer.state", "THAWED") };
-        s.push_str(&format!("echo {v} > {} 2>/dev/null\n", shell_quote(&c.dir.join(file).to_string_lossy())));
-    }
-    for u in &j.units {
-        s.push_str(&format!("systemctl thaw {} 2>/dev/null\n", shell_quote(u)));
-    }
-    for (svc, cmd) in &j.posts {
-        let m = shell_quote(&marker(state, &j.run_id, svc).to_string_lossy());
-        let argv: Vec<String> = cmd.argv.iter().map(|a| shell_quote(&a.replace("{service}", svc))).collect();
-        s.push_str(&format!(
-            "if rm {m} 2>/dev/null; then HERO_SNAP_SERVICE={} timeout {} {} </dev/null >/dev/null 2>&1; fi\n",
-            shell_quote(svc),
-            cmd.timeout_secs,
-            argv.join(" ")
-        ));
-    }
-    let mut cmd = std::process::Command::new("bash");
-    cmd.arg("-c").arg(s).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
-    // Own session: a Ctrl-C to hero-snap's process group must not kill the watchdog.
-    // SAFETY: setsid is async-signal-safe and touches no memory.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|e| Error::Command(format!("cannot start the watchdog (bash): {e}")))
 }
 
 /// `syncfs` on every planned volume. Errors are ignored: the sync only shortens the
@@ -239,14 +208,17 @@ pub(crate) struct FreezeOptions<'a> {
 pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts: &FreezeOptions, progress: &dyn Progress) -> Result<Frozen> {
     let mut warnings: Vec<Warning> = Vec::new();
     let lock = Lock::acquire(opts.state, &mut warnings)?;
-    crate::failpoint("backup-locked");
+    failpoint("backup-locked");
     for r in recover(opts.state)? {
         warnings.push(Warning { code: "recovered-dead-run".into(), message: format!("completed the journal of dead run {} ({})", r.run_id, r.action) });
     }
     let plan = &placement.plan;
     for note in &plan.notes {
         if plan.consistency != Consistency::Atomic {
-            warnings.push(Warning { code: format!("consistency-{}", serde_json::to_value(plan.consistency).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()), message: note.clone() });
+            warnings.push(Warning {
+                code: format!("consistency-{}", serde_json::to_value(plan.consistency).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+                message: note.clone(),
+            });
         }
     }
     for n in &plan.nested_mounts {
@@ -284,9 +256,16 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         }
     }
     let planned = Taken::merge_zfs(planned);
-    let journal = Journal { run_id: opts.run.to_string(), pid: std::process::id(), cgroups: cgroups.clone(), units: units.clone(), posts: posts.clone(), snapshots: planned.clone() };
-    crate::journal::save(opts.state, "backup", opts.run, &journal)?;
-    crate::failpoint("backup-journaled");
+    let journal = Journal {
+        run_id: opts.run.to_string(),
+        pid: std::process::id(),
+        cgroups: cgroups.clone(),
+        units: units.clone(),
+        posts: posts.clone(),
+        snapshots: planned.clone(),
+    };
+    crate::state::journal::save(opts.state, "backup", opts.run, &journal)?;
+    failpoint("backup-journaled");
     let mut frozen = Frozen {
         consistency: plan.consistency,
         freeze_window_ms: None,
@@ -299,8 +278,20 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         released: false,
         _lock: lock,
     };
-    frozen.watchdog = Some(spawn_watchdog(opts.state, &journal, if hooks_only { None } else { Some(opts.deadline) })?);
-    crate::failpoint("backup-watchdog-started");
+    let job = watchdog::Job {
+        state: opts.state.to_path_buf(),
+        run_id: opts.run.to_string(),
+        cgroups: cgroups.clone(),
+        units: units.clone(),
+        posts: posts.clone(),
+        deadline_ms: if hooks_only { None } else { Some(opts.deadline.as_millis() as u64) },
+    };
+    // With nothing to thaw and no post hook owed, a dead run leaves only what `gc` removes:
+    // no watchdog, so programs that never freeze need not call run_watchdog_if_invoked.
+    if !job.is_empty() {
+        frozen.watchdog = Some(watchdog::Watchdog::spawn(&job)?);
+    }
+    failpoint("backup-watchdog-started");
 
     progress.event(&Event::Phase { phase: "quiesce".into() });
     // Pre hooks in parallel; a marker per hook that ran tells who needs a post hook.
@@ -330,7 +321,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         }
     }
 
-    crate::failpoint("backup-pre-hooks-done");
+    failpoint("backup-pre-hooks-done");
     // Flush what is dirty before the window opens: the sync inside it then writes only what
     // the services wrote since, so the window does not grow with the page cache's backlog.
     sync_volumes(plan);
@@ -343,34 +334,24 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         for u in &units {
             crate::snapshot::tool(&["systemctl", "freeze", u])?;
         }
-        crate::failpoint("backup-frozen");
+        failpoint("backup-frozen");
         sync_volumes(plan);
-        crate::failpoint("backup-synced");
+        failpoint("backup-synced");
         for (i, t) in frozen.taken.iter().enumerate() {
             t.take()?;
-            crate::failpoint(&format!("backup-snapshot-{i}-taken"));
+            failpoint(&format!("backup-snapshot-{i}-taken"));
         }
-        crate::failpoint("backup-snapshotted");
+        failpoint("backup-snapshotted");
         Ok(())
     })();
-    let mut thaw_err = None;
-    for c in &cgroups {
-        if let Err(e) = c.set(false) {
-            thaw_err.get_or_insert(e);
-        }
-    }
-    for u in &units {
-        if let Err(e) = crate::snapshot::tool(&["systemctl", "thaw", u]) {
-            thaw_err.get_or_insert(e);
-        }
-    }
+    let thaw_err = thaw(&cgroups, &units).into_iter().next();
     let window = start.elapsed();
-    crate::failpoint("backup-thawed");
+    failpoint("backup-thawed");
     if hooks_only {
         frozen.deferred_posts = posts;
     } else {
         run_posts(opts.state, opts.run, &posts, &mut warnings);
-        crate::failpoint("backup-post-hooks-done");
+        failpoint("backup-post-hooks-done");
         finish_watchdog(frozen.watchdog.take());
     }
     result?;
@@ -397,14 +378,10 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
 /// Completes the backup journals of dead runs: thaw, post hooks, remove snapshots.
 pub(crate) fn recover(state: &Path) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
-    for (path, j) in crate::journal::dead::<Journal>(state, "backup", |j| j.pid)? {
-        for c in &j.cgroups {
-            let _ = c.set(false);
-        }
-        for u in &j.units {
-            let _ = crate::snapshot::tool(&["systemctl", "thaw", u]);
-        }
-        crate::failpoint("gc-backup-thawed");
+    for (path, j) in crate::state::journal::dead::<Journal>(state, "backup", |j| j.pid)? {
+        // Nobody to tell about a failed thaw here: it was tried, the run is over.
+        let _ = thaw(&j.cgroups, &j.units);
+        failpoint("gc-backup-thawed");
         let mut w = Vec::new();
         run_posts(state, &j.run_id, &j.posts, &mut w);
         for t in &j.snapshots {

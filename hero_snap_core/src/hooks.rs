@@ -1,35 +1,19 @@
 //! Running the inventory's external commands (hooks, migrations, secret listings):
-//! argv without a shell, a timeout that kills, output captured for the message.
+//! `{name}` substitution and `HERO_SNAP_*` variables, then [`crate::process`] runs them.
 
-use std::io::Read;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::inventory::Command;
+use crate::process::Program;
 
 /// Runs `cmd` with `vars` substituted (`{name}` → value) and extra environment; fails on a
 /// non-zero exit or on the timeout (the process is killed).
 pub(crate) fn run(cmd: &Command, vars: &[(&str, &str)]) -> Result<String> {
     let argv: Vec<String> = cmd.argv.iter().map(|a| substitute(a, vars)).collect();
-    let name = argv.first().cloned().unwrap_or_default();
-    let mut command = std::process::Command::new(&argv[0]);
-    command.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut program = Program::new(&argv).timeout(cmd.timeout());
     for (k, v) in vars {
-        command.env(format!("HERO_SNAP_{}", k.to_uppercase()), v);
+        program = program.env(format!("HERO_SNAP_{}", k.to_uppercase()), *v);
     }
-    let child = command.spawn().map_err(|e| Error::Command(format!("`{name}`: cannot start it: {e}")))?;
-    let (status, out, err) = wait_with_timeout(child, cmd.timeout())
-        .map_err(|e| Error::Command(format!("`{}`: {e}", argv.join(" "))))?;
-    match status {
-        None => Err(Error::Command(format!("`{}` did not finish within {} s and was killed", argv.join(" "), cmd.timeout_secs))),
-        Some(s) if !s.success() => Err(Error::Command(format!(
-            "`{}` failed ({s}){}",
-            argv.join(" "),
-            if err.trim().is_empty() { String::new() } else { format!(": {}", err.trim()) }
-        ))),
-        Some(_) => Ok(out),
-    }
+    program.run()
 }
 
 /// Runs a command and returns its standard output.
@@ -45,33 +29,22 @@ fn substitute(arg: &str, vars: &[(&str, &str)]) -> String {
     out
 }
 
-fn wait_with_timeout(mut child: Child, timeout: Duration) -> std::io::Result<(Option<std::process::ExitStatus>, String, String)> {
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stderr.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    // A killed hook's own children may hold the pipes open; don't wait for them.
-    let out = if status.is_some() { out_t.join().unwrap_or_default() } else { String::new() };
-    let err = if status.is_some() { err_t.join().unwrap_or_default() } else { String::new() };
-    Ok((status, out, err))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_substituted_and_exported() {
+        let cmd = Command { argv: vec!["sh".into(), "-c".into(), "echo {service} $HERO_SNAP_SERVICE $HERO_SNAP_NEW_CONTEXT".into()], timeout_secs: 5 };
+        assert_eq!(run(&cmd, &[("service", "hero_db"), ("new_context", "geomind2")]).unwrap().trim(), "hero_db hero_db geomind2");
+    }
+
+    #[test]
+    fn a_hook_past_its_timeout_is_killed_with_what_it_started() {
+        let cmd = Command { argv: vec!["sh".into(), "-c".into(), "sleep 300 & sleep 300".into()], timeout_secs: 1 };
+        let started = std::time::Instant::now();
+        let e = run(&cmd, &[]).unwrap_err().to_string();
+        assert!(e.contains("did not finish within 1 s and was killed"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    }
 }

@@ -64,6 +64,7 @@ mod hooks;
 mod inventory;
 mod mounts;
 mod outcome;
+mod process;
 mod progress;
 mod snapshot;
 mod state;
@@ -93,6 +94,7 @@ pub use commands::prune::{prune, Kept, MinFree, PruneOptions, PruneReport, Space
 pub use commands::restore::{restore, RestoreOptions, RestoreReport};
 pub use commands::verify::{verify, VerifyReport};
 pub use error::{BoxError, Error, Result};
+pub use freeze::watchdog::run_watchdog_if_invoked;
 pub use inventory::{
     Class, Command, Hooks, Inventory, Migration, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface,
     CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
@@ -104,8 +106,4 @@ pub use progress::{Cancel, Event, NoProgress, Progress};
 pub use restore::{PlannedMigration, Refusal, RestorePlan, RestoreSelection, SurfaceRef, TargetSurface};
 pub use snapshot::Volume;
 
-// TEMPORARY (issue 14 merge): freeze.rs and archive/s3.rs are being edited on other
-// branches; these two paths go once they are merged.
-use state::failpoint;
-use state::journal;
 pub use state::{state_dir, Recovered, DEFAULT_STATE_DIR};

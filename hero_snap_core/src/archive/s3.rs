@@ -19,6 +19,7 @@ use reqsign_core::Signer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::state::failpoint;
 
 /// How to reach the storage. Every field left empty comes from the usual AWS environment
 /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`, `AWS_ACCESS_KEY_ID`, ...) and files
@@ -399,7 +400,7 @@ impl Upload {
         }
         self.parts_sent += 1;
         if self.parts_sent == 3 {
-            crate::failpoint("s3-upload");
+            failpoint("s3-upload");
         }
         Ok(())
     }
@@ -487,7 +488,7 @@ impl UploadJournal {
 /// Aborts the multipart uploads of dead runs' journals (`gc`).
 pub(crate) fn recover(state: &Path) -> Result<Vec<crate::state::Recovered>> {
     let mut out = Vec::new();
-    for (path, j) in crate::journal::dead::<UploadJournal>(state, "upload", |j| j.pid)? {
+    for (path, j) in crate::state::journal::dead::<UploadJournal>(state, "upload", |j| j.pid)? {
         let obj = S3Object { bucket: j.bucket.clone(), key: j.key.clone(), config: j.config.clone() };
         let store = Store::get(&obj)?;
         // Clocks of this host and the storage may disagree a little.

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use super::Volume;
+use crate::error::{Error, Result};
 
 /// Copy-on-write space of a classic snapshot, in percent of the origin LV.
 pub(crate) const COW_PERCENT: u64 = 20;
@@ -80,14 +80,22 @@ impl Snapshot {
             super::tool(&["lvchange", "-ay", "-K", &lv])?;
         }
         std::fs::create_dir_all(&self.mount).map_err(Error::io(&self.mount, "creating the snapshot mount point"))?;
-        let opts = match self.fstype.as_str() {
-            "xfs" => "ro,nouuid,norecovery",
-            "ext4" | "ext3" => "ro,noload",
-            _ => "ro",
+        // The snapshot is a copy of a mounted filesystem: XFS refuses a second mount of the
+        // same UUID, and neither XFS nor ext4 may replay its log on a read-only view.
+        let options = match self.fstype.as_str() {
+            "xfs" => Some("nouuid,norecovery"),
+            "ext4" | "ext3" => Some("noload"),
+            _ => None,
         };
         let dev = format!("/dev/{lv}");
-        super::tool(&["mount", "-t", &self.fstype, "-o", opts, &dev, &self.mount.to_string_lossy()])?;
-        Ok(())
+        nix::mount::mount(Some(dev.as_str()), &self.mount, Some(self.fstype.as_str()), nix::mount::MsFlags::MS_RDONLY, options).map_err(|e| {
+            Error::Command(format!(
+                "mounting the LVM snapshot {dev} ({}, read-only{}) on {}: {e}",
+                self.fstype,
+                options.map(|o| format!(", {o}")).unwrap_or_default(),
+                self.mount.display()
+            ))
+        })
     }
 
     pub(crate) fn view(&self, live: &Path) -> Option<PathBuf> {
@@ -113,7 +121,9 @@ impl Snapshot {
 
     pub(crate) fn remove(&self) -> Result<()> {
         if is_mounted(&self.mount) {
-            super::tool(&["umount", &self.mount.to_string_lossy()])?;
+            nix::mount::umount2(&self.mount, nix::mount::MntFlags::empty()).map_err(|e| {
+                Error::Command(format!("unmounting the LVM snapshot at {}: {e}; stop what reads it, then run `hero-snap gc`", self.mount.display()))
+            })?;
         }
         let _ = std::fs::remove_dir(&self.mount);
         let lv = format!("{}/{}", self.vg(), self.name);

@@ -58,7 +58,13 @@ pub(crate) fn check_backend(b: SnapshotBackend, m: &Mount, path: &Path) -> Resul
     if ok {
         Ok(())
     } else {
-        Err(Error::Refused(format!("{}: the inventory asks for {} snapshots but it is on {} ({})", path.display(), b.as_str(), m.fstype, m.mount_point.display())))
+        Err(Error::Refused(format!(
+            "{}: the inventory asks for {} snapshots but it is on {} ({})",
+            path.display(),
+            b.as_str(),
+            m.fstype,
+            m.mount_point.display()
+        )))
     }
 }
 
@@ -164,26 +170,7 @@ pub(crate) fn tool(argv: &[&str]) -> Result<String> {
 
 /// [`tool`], run in the directory `cwd`.
 pub(crate) fn tool_in(cwd: Option<&std::path::Path>, argv: &[&str]) -> Result<String> {
-    let mut cmd = duct::cmd(argv[0], &argv[1..]);
-    if let Some(dir) = cwd {
-        cmd = cmd.dir(dir);
-    }
-    let out = cmd
-        .env("LC_ALL", "C")
-        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
-        .stdin_null()
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .map_err(|e| crate::Error::Command(format!("`{}`: cannot run it: {e} (is it installed?)", argv[0])))?;
-    if !out.status.success() {
-        return Err(crate::Error::Command(format!(
-            "`{}` failed ({}): {}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    // Tools' messages are parsed and shown: keep them in English; LVM warns about every
+    // descriptor it inherits otherwise.
+    crate::process::Program::new(argv).env("LC_ALL", "C").env("LVM_SUPPRESS_FD_WARNINGS", "1").cwd(cwd).run()
 }

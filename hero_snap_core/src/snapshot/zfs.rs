@@ -1,13 +1,13 @@
 //! ZFS: one `zfs snapshot` command for all datasets of a pool (atomic within the pool),
-//! read through the dataset's `.zfs/snapshot` directory. The `zfs` CLI is used through
-//! duct (decisions/D-03-zfs-binding.md).
+//! read through the dataset's `.zfs/snapshot` directory. The `zfs` CLI is run like every
+//! other tool (decisions/D-03-zfs-binding.md).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
 use super::Volume;
+use crate::error::Result;
 use crate::mounts::Mount;
 
 /// The dataset mounted at `mount` (its mount source).
