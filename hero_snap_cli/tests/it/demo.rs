@@ -3,18 +3,21 @@
 //! instance and checked through redis-cli, sqlite3 and git. Afterwards nothing of it is
 //! left: no mount, no loop device, no cgroup, no file.
 
+use crate::HERO_SNAP;
+use test_support::fixtures::repo;
+use test_support::sys::{cgroup2_mount, exclusive, require_tools};
+
 use std::path::Path;
 use std::process::Command;
 
 #[test]
 fn the_demo_runs_and_leaves_nothing_behind() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    for tool in ["redis-server", "redis-cli", "sqlite3", "git", "python3", "mkfs.btrfs", "mkfs.xfs", "age-keygen"] {
-        let found = Command::new("sh").args(["-c", &format!("command -v {tool} >/dev/null")]).status().is_ok_and(|s| s.success());
-        assert!(found, "`{tool}` is not installed: run scripts/install-deps (as root) first");
-    }
+    // Not beside a Ceph gateway: see test_support::sys::exclusive.
+    let _exclusive = exclusive();
+    let repo = repo();
+    require_tools(&["redis-server", "redis-cli", "sqlite3", "git", "python3", "mkfs.btrfs", "mkfs.xfs", "age-keygen"]);
     let out = Command::new(repo.join("scripts/demo"))
-        .env("HERO_SNAP_DEMO_BIN", assert_cmd::cargo::cargo_bin("hero-snap"))
+        .env("HERO_SNAP_DEMO_BIN", HERO_SNAP.path())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -28,11 +31,11 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     assert!(!mounts.contains(work), "mounts left under {work}");
     let loops = Command::new("losetup").arg("-a").output().unwrap();
     assert!(!String::from_utf8_lossy(&loops.stdout).contains(work), "loop devices left on {work}");
-    let cg2 = mounts.lines().find(|l| l.contains(" - cgroup2 ")).map(|l| l.split(' ').nth(4).unwrap().to_string()).unwrap();
+    let cg2 = cgroup2_mount();
     // Under the demo's lock: another demo (another test run) may be starting right now.
     let st = Command::new("flock")
-        .args(["-w", "600", "/run/lock/hero-snap-demo.lock", "sh", "-c", r#"! test -e "$0/hero-demo" && ! test -e "$0/hero-demo-b""#, &cg2])
+        .args(["-w", "600", "/run/lock/hero-snap-demo.lock", "sh", "-c", r#"! test -e "$0/hero-demo" && ! test -e "$0/hero-demo-b""#, cg2.to_str().unwrap()])
         .status()
         .unwrap();
-    assert!(st.success(), "cgroup hero-demo or hero-demo-b is left under {cg2}");
+    assert!(st.success(), "cgroup hero-demo or hero-demo-b is left under {}", cg2.display());
 }

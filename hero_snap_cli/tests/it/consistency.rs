@@ -23,50 +23,18 @@
 //! mix: all btrfs (one subvolume per service), all XFS (reflink copies), and mixed (Redis
 //! and git on btrfs subvolumes, SQLite on XFS).
 
-mod common;
-use common::loopfs::{LoopFs, TestCgroup};
-use common::*;
+use test_support::loopfs::LoopFs;
+use test_support::cli::instance_args;
+use test_support::fixtures;
+use test_support::sys::{free_port, leftovers_within, require_tools, tool, KillOnDrop, TestCgroup};
+use crate::HERO_SNAP;
+use test_support::prelude::*;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const CONTEXTS: [&str; 2] = ["geomind", "threefold"];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// The services' own tools must be installed: fail, never skip.
-fn require_tools() {
-    for tool in ["redis-server", "redis-cli", "sqlite3", "git"] {
-        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-        assert!(found, "`{tool}` is not installed: run scripts/install-deps (as root) first");
-    }
-}
-
-/// Runs a tool, fails the test with its stderr if it fails; returns stdout.
-fn tool(argv: &[&str]) -> String {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", argv[0]));
-    assert!(out.status.success(), "{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Starts `argv` inside `cg` from its first instruction (no window where it runs outside).
-fn spawn_in(cg: &TestCgroup, argv: &[&str]) -> Child {
-    Command::new("sh")
-        .args(["-c", "echo $$ > \"$0\" && exec \"$@\"", cg.dir.join("cgroup.procs").to_str().unwrap()])
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A redis-server on 127.0.0.1 with its data in `dir`, killed on drop.
 struct Redis {
@@ -78,7 +46,7 @@ impl Redis {
     fn start(dir: &Path, cg: &TestCgroup) -> Redis {
         let port = free_port();
         let p = port.to_string();
-        let child = spawn_in(cg, &[
+        let child = cg.spawn(&[
             "redis-server", "--port", &p, "--bind", "127.0.0.1", "--dir", dir.to_str().unwrap(), "--daemonize", "no",
             "--appendonly", "yes", "--appendfsync", "always", "--save", "1 1", "--logfile", "",
         ]);
@@ -115,41 +83,8 @@ impl Drop for Redis {
     }
 }
 
-/// A child killed on drop (the writer).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn inventory(cg_db: &str, cg_writer: &str) -> String {
-    format!(
-        r#"format: 1
-instance: consistency
-services:
-  hero_db:
-    version: "1"
-    schema: 1
-    quiesce: {{cgroup: "{cg_db}"}}
-    surfaces:
-      - {{name: data, path: /var/lib/hero/hero_db/data, scope: instance, class: source}}
-  hero_collab:
-    version: "1"
-    schema: 1
-    quiesce: {{cgroup: "{cg_writer}"}}
-    surfaces:
-      - {{name: db, path: "/var/lib/hero/hero_collab/contexts/{{context}}", scope: context, class: source}}
-  hero_foundry:
-    version: "1"
-    schema: 1
-    quiesce: {{cgroup: "{cg_writer}"}}
-    surfaces:
-      - {{name: git, path: "/var/lib/hero/hero_foundry/contexts/{{context}}/git", scope: context, class: source}}
-"#
-    )
+    fixtures::inventory("consistency", &[("cgroup_db", cg_db), ("cgroup_writer", cg_writer)])
 }
 
 /// The instance's filesystems; the root of the instance is `root`. Dropped in order
@@ -223,15 +158,8 @@ fn counts(redis: &Redis, root: &Path, ctx: &str) -> (u64, u64, u64) {
     (r, s, g)
 }
 
-/// The last line of stdout as JSON (the CLI may print progress lines before the result).
-fn last_json(out: &std::process::Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
 fn consistent_under_load(mix: &str) {
-    require_tools();
+    require_tools(&["redis-server", "redis-cli", "sqlite3", "git"]);
     let (root, fs) = filesystems(mix);
     let work = tempfile::Builder::new().prefix("hero-snap-consistency.").tempdir_in("/var/tmp").unwrap();
     let cg_db = TestCgroup::new(&format!("cons-{mix}-db"));
@@ -239,11 +167,7 @@ fn consistent_under_load(mix: &str) {
     let inv = work.path().join("inventory.yaml");
     std::fs::write(&inv, inventory(&cg_db.name, &cg_writer.name)).unwrap();
     let state = work.path().join("state");
-    let with = |v: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-        a.extend(["--config", inv.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap()].map(String::from));
-        a
-    };
+    let with = |v: &[&str]| instance_args(v, &inv, &root, &state);
 
     let data = root.join("var/lib/hero/hero_db/data");
     std::fs::create_dir_all(&data).unwrap();
@@ -253,12 +177,12 @@ fn consistent_under_load(mix: &str) {
         let (db, git) = layout_context(&root, ctx);
         writer_args.extend([ctx.to_string(), db.display().to_string(), git.display().to_string()]);
     }
-    let writer_path = repo().join("fixtures/demo/writer");
+    let writer_path = fixtures::repo().join("fixtures/demo/writer");
     let mut argv = vec![writer_path.to_str().unwrap()];
     argv.extend(writer_args.iter().map(String::as_str));
-    let mut writer = Killed(spawn_in(&cg_writer, &argv));
+    let mut writer = KillOnDrop(cg_writer.spawn(&argv));
 
-    let plan = last_json(&ok_strings(&with(&["plan", "--json"])));
+    let plan = last_json(&HERO_SNAP.ok(&with(&["plan", "--json"])));
     assert_eq!(plan["result"]["consistency"], "atomic", "{mix}: {plan}");
     let backends: Vec<&str> = plan["result"]["volumes"].as_array().unwrap().iter().map(|v| v["backend"].as_str().unwrap()).collect();
     let expected: &[&str] = match mix {
@@ -290,7 +214,7 @@ fn consistent_under_load(mix: &str) {
 
     let (key, recipient) = age_key(work.path());
     let archive = work.path().join("a.hsnap");
-    ok_strings(&with(&["backup", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&with(&["backup", "--to", archive.to_str().unwrap(), "-r", &recipient]));
     assert!(!cg_db.frozen() && !cg_writer.frozen(), "{mix}: services left frozen");
     // The writer went on after the backup: the freeze happened in the middle of the load.
     let until = Instant::now() + Duration::from_secs(30);
@@ -302,12 +226,12 @@ fn consistent_under_load(mix: &str) {
     drop(writer);
     drop(redis);
 
-    let m = last_json(&ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]));
+    let m = last_json(&HERO_SNAP.ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]));
     assert_eq!(m["result"]["consistency"], "atomic", "{mix}: {m}");
 
     // Restore into a bare target and start Redis on the restored data.
     let target = tempfile::Builder::new().prefix("hero-snap-consistency-target.").tempdir_in("/var/tmp").unwrap();
-    let out = run_strings(&[
+    let out = HERO_SNAP.run(&[
         "restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(),
         "--config", inv.to_str().unwrap(), "--root", target.path().to_str().unwrap(),
         "--state-dir", state.to_str().unwrap(),
@@ -336,8 +260,7 @@ fn consistent_under_load(mix: &str) {
 
     // No snapshot or staging left on the instance's filesystems.
     for f in &fs {
-        let left: Vec<_> = walkdir::WalkDir::new(&f.mount).max_depth(5).into_iter().flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".hero-snap-")).map(|e| e.path().display().to_string()).collect();
+        let left = leftovers_within(&f.mount, 5);
         assert!(left.is_empty(), "{mix}: left {left:?}");
     }
     drop(redis);

@@ -3,44 +3,19 @@
 //! anything of the target changes.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use hero_snap_core::Inventory;
 use hero_snap_core::RestoreOptions;
 use hero_snap_core::{backup, inspect, restore, verify, RestoreSelection, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
+use test_support::data::{random_file, Rng};
+use test_support::fixtures;
+use test_support::tree::tree;
 
 fn instance(root: &Path) -> Inventory {
-    let text = r#"format: 1
-instance: checks
-state_dir: /state
-services:
-  hero_db:
-    version: "1"
-    schema: 1
-    surfaces:
-      - {name: data, path: /data, scope: instance, class: source}
-  hero_foundry:
-    version: "1"
-    schema: 1
-    surfaces:
-      - {name: files, path: "/ctx/{context}/files", scope: context, class: source}
-"#;
-    Inventory::parse(text, Path::new("checks.yaml")).unwrap().rerooted(root)
-}
-
-fn random_file(path: &Path, len: u64, seed: &str) {
-    let mut xof = blake3::Hasher::new().update(seed.as_bytes()).finalize_xof();
-    let mut f = std::io::BufWriter::new(fs::File::create(path).unwrap());
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        xof.fill(&mut buf[..n]);
-        f.write_all(&buf[..n]).unwrap();
-        left -= n as u64;
-    }
-    f.flush().unwrap();
+    let text = fixtures::inventory("checks", &[]);
+    Inventory::parse(&text, Path::new("checks.yaml")).unwrap().rerooted(root)
 }
 
 fn make_archive(root: &Path, enc: Encryption) -> Vec<u8> {
@@ -63,17 +38,6 @@ fn make_archive(root: &Path, enc: Encryption) -> Vec<u8> {
 /// Per archive (encrypted, plaintext): 2 x (1,000 + 200) damaged copies through `verify`.
 const FLIPS: usize = 1_000;
 const TRUNCATIONS: usize = 200;
-
-/// Deterministic positions (xorshift), so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn check_all_damage_caught(archive: &[u8], keys: &Decryption, flips: usize, truncations: usize) {
     verify(archive, keys, &NoProgress, &Cancel::new()).expect("the intact archive verifies");
@@ -171,16 +135,6 @@ fn inspect_reads_only_the_head_of_a_1_gib_archive() {
     assert!(counter.count <= 4 << 20, "inspect read {} bytes of a {} byte archive", counter.count, report.archive_bytes);
 }
 
-/// Everything under `dir` (paths, modes, sizes, mtimes, contents).
-fn listing(dir: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(dir).sort_by_file_name().into_iter().flatten().map(|e| {
-        let md = fs::symlink_metadata(e.path()).unwrap();
-        let h = if md.is_file() { blake3::hash(&fs::read(e.path()).unwrap()).to_hex().to_string() } else { String::new() };
-        format!("{} {:o} {} {} {h}", e.path().display(), md.mode(), md.len(), md.mtime())
-    }).collect()
-}
-
 /// Damaged copies through `restore --replace` onto a target that holds other data: every
 /// one fails before any swap, and the target (and its parent) is exactly as it was.
 fn restore_refuses_damage(archive: &[u8], keys: &Decryption, seed: u64, flips: usize, truncations: usize) -> usize {
@@ -199,7 +153,7 @@ fn restore_refuses_damage(archive: &[u8], keys: &Decryption, seed: u64, flips: u
         state_dir: Some(state.path().to_path_buf()),
         ..RestoreOptions::default()
     };
-    let before = listing(world.path());
+    let before = tree(world.path());
     // The intact archive restores (so the refusals below are the damage's doing).
     let check = tempfile::tempdir().unwrap();
     restore(archive, keys, &instance(check.path()), &RestoreOptions { state_dir: Some(state.path().to_path_buf()), ..RestoreOptions::default() }, &NoProgress, &Cancel::new())
@@ -219,7 +173,7 @@ fn restore_refuses_damage(archive: &[u8], keys: &Decryption, seed: u64, flips: u
             Ok(_) => panic!("damaged copy {i} was restored"),
             Err(e) => assert!(!e.to_string().is_empty()),
         }
-        assert_eq!(listing(world.path()), before, "damaged copy {i}: the target changed");
+        assert_eq!(tree(world.path()), before, "damaged copy {i}: the target changed");
         let journals = fs::read_dir(state.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count();
         assert_eq!(journals, 0, "damaged copy {i}: a journal was left");
         refused += 1;

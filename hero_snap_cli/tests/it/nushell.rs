@@ -1,24 +1,25 @@
 //! The Nushell dispatcher verbs (scripts/hero_snap.nu) with a real `nu` (from npm, installed
 //! by scripts/install-deps into target/nu).
 
-mod common;
-use common::*;
+use crate::HERO_SNAP;
+use test_support::fixtures::repo;
+use test_support::prelude::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn nu() -> PathBuf {
     let p = std::env::var_os("HERO_SNAP_NU").map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nu/node_modules/.bin/nu"));
+        .unwrap_or_else(|| repo().join("target/nu/node_modules/.bin/nu"));
     assert!(p.exists(), "{} missing: run scripts/install-deps", p.display());
     p
 }
 
 fn service(inst: &Instance, line: &str) -> std::process::Output {
-    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hero_snap.nu");
+    let module = repo().join("scripts/hero_snap.nu");
     Command::new(nu())
         .args(["--no-config-file", "-c", &format!("use {} *; {line}", module.display())])
-        .env("HERO_SNAP_BIN", assert_cmd::cargo::cargo_bin("hero-snap"))
+        .env("HERO_SNAP_BIN", HERO_SNAP.path())
         .env("HERO_SNAP_CONFIG", &inst.inventory)
         .env("HERO_SNAP_ROOT", &inst.root)
         .current_dir(inst.dir.path())
@@ -27,7 +28,7 @@ fn service(inst: &Instance, line: &str) -> std::process::Output {
 }
 
 fn services_in(archive: &Path, key: &Path) -> Vec<String> {
-    let out = ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]);
+    let out = HERO_SNAP.ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v["result"]["services"].as_array().unwrap().iter().map(|s| format!("{}:{}", s["name"].as_str().unwrap(), s["contexts"])).collect()
 }

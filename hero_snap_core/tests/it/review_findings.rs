@@ -4,22 +4,10 @@ use std::fs;
 use std::path::Path;
 
 use hero_snap_core::{backup, restore, BackupOptions, Cancel, Decryption, Encryption, Inventory, NoProgress, RestoreOptions, Status, SurfaceRef};
-
-const INVENTORY: &str = r#"format: 1
-instance: dotted
-services:
-  hero.db:
-    version: "1"
-    schema: 1
-    surfaces:
-      - {name: data, path: /data/db, scope: instance, class: source}
-      - {name: index, path: /data/index, scope: instance, class: derived}
-    hooks:
-      rebuild: {argv: [sh, -c, "touch \"$0/rebuilt-$HERO_SNAP_SERVICE\"", "{root}"]}
-"#;
+use test_support::fixtures;
 
 fn instance(root: &Path) -> Inventory {
-    let text = INVENTORY.replace("{root}", &root.display().to_string());
+    let text = fixtures::inventory("dotted", &[("root", &root.display().to_string())]);
     Inventory::parse(&text, Path::new("dotted.yaml")).unwrap().rerooted(root)
 }
 

@@ -2,15 +2,17 @@
 //! exit codes, SIGINT/SIGTERM as clean cancellation, completions and man page, and
 //! `list` / `prune` over a directory of real archives.
 
-mod common;
-use common::loopfs::{LoopFs, TestCgroup};
-use common::*;
+use test_support::loopfs::LoopFs;
+use test_support::sys::TestCgroup;
+use crate::HERO_SNAP;
+use test_support::fixtures;
+use test_support::prelude::*;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 fn validator() -> jsonschema::Validator {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let repo = fixtures::repo();
     let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo.join("docs/events.schema.json")).unwrap()).unwrap();
     jsonschema::validator_for(&schema).expect("the schema compiles")
 }
@@ -68,7 +70,7 @@ fn the_schema_rejects_what_the_stream_must_not_contain() {
 fn json_event_stream_of_backup_verify_restore_matches_the_schema() {
     let src = Instance::new(&["default", "geomind"]);
     let archive = src.dir.path().join("a.hsnap");
-    let out = ok_strings(&src.args(&["backup", "--json", "--no-encrypt", "--allow-live", "--to", archive.to_str().unwrap()]));
+    let out = HERO_SNAP.ok(&src.args(&["backup", "--json", "--no-encrypt", "--allow-live", "--to", archive.to_str().unwrap()]));
     let ev = events(&out.stdout);
     let k = kinds(&ev);
     for want in ["phase", "totals", "surface", "progress", "outcome", "result"] {
@@ -92,7 +94,7 @@ fn json_event_stream_of_backup_verify_restore_matches_the_schema() {
     assert_eq!(streamed.len(), oc.as_array().unwrap().len());
     assert_eq!(result["result"]["manifest"]["instance"], "test");
 
-    let out = ok(&["verify", "--json", "--allow-plaintext", "--from", archive.to_str().unwrap()]);
+    let out = HERO_SNAP.ok(&["verify", "--json", "--allow-plaintext", "--from", archive.to_str().unwrap()]);
     let ev = events(&out.stdout);
     assert!(kinds(&ev).contains(&"progress".to_string()));
     let r = &ev.last().unwrap()["result"];
@@ -101,7 +103,7 @@ fn json_event_stream_of_backup_verify_restore_matches_the_schema() {
 
     let dst = Instance::new(&[]);
     let restore = dst.args(&["restore", "--json", "--allow-plaintext", "--from", archive.to_str().unwrap()]);
-    let out = ok_strings(&restore);
+    let out = HERO_SNAP.ok(&restore);
     let ev = events(&out.stdout);
     let k = kinds(&ev);
     for want in ["phase", "totals", "progress", "outcome", "result"] {
@@ -116,7 +118,7 @@ fn json_event_stream_of_backup_verify_restore_matches_the_schema() {
     }
 
     // A refused run prints one line: the result, with the error.
-    let out = run_strings(&restore);
+    let out = HERO_SNAP.run(&restore);
     assert_eq!(out.status.code(), Some(13));
     let ev = events(&out.stdout);
     assert_eq!(ev.len(), 1);
@@ -125,16 +127,16 @@ fn json_event_stream_of_backup_verify_restore_matches_the_schema() {
     assert_eq!(ev[0]["error"]["exit_code"], 13);
 
     // With the archive on stdout, the events go to stderr.
-    let out = ok_strings(&src.args(&["backup", "--json", "--no-encrypt", "--allow-live", "--context", "geomind", "--to", "-"]));
+    let out = HERO_SNAP.ok(&src.args(&["backup", "--json", "--no-encrypt", "--allow-live", "--context", "geomind", "--to", "-"]));
     let ev = events(&out.stderr);
     assert_eq!(ev.last().unwrap()["ok"], true);
-    let mut verify = bin();
+    let mut verify = HERO_SNAP.cmd();
     verify.args(["verify", "--allow-plaintext", "--from", "-"]).write_stdin(out.stdout);
     assert!(verify.output().unwrap().status.success(), "stdout carries only the archive");
 
     // Single-result commands print one schema-valid line too.
     for args in [vec!["inspect", "--json", "--allow-plaintext", "--from", archive.to_str().unwrap()], vec!["list", "--json", src.dir.path().to_str().unwrap()]] {
-        let ev = events(&ok(&args).stdout);
+        let ev = events(&HERO_SNAP.ok(&args).stdout);
         assert_eq!(ev.len(), 1, "{args:?}");
     }
 }
@@ -144,7 +146,7 @@ fn a_missing_instance_surface_fails_the_backup_by_name() {
     let src = Instance::new(&["geomind"]);
     std::fs::remove_dir_all(src.path("var/lib/hero/hero_db/data")).unwrap();
     let archive = src.dir.path().join("a.hsnap");
-    let out = run_strings(&src.args(&["backup", "--json", "--no-encrypt", "--allow-live", "--to", archive.to_str().unwrap()]));
+    let out = HERO_SNAP.run(&src.args(&["backup", "--json", "--no-encrypt", "--allow-live", "--to", archive.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
     let ev = events(&out.stdout);
     let last = ev.last().unwrap();
@@ -160,7 +162,7 @@ fn a_missing_instance_surface_fails_the_backup_by_name() {
 
     // The text output names the failure, and the exit code is the same.
     std::fs::remove_file(&archive).unwrap();
-    let out = run_strings(&src.args(&["backup", "--no-encrypt", "--allow-live", "--to", archive.to_str().unwrap()]));
+    let out = HERO_SNAP.run(&src.args(&["backup", "--no-encrypt", "--allow-live", "--to", archive.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(9));
     let err = stderr(&out);
     assert!(err.contains("FAILED   hero_db.data"), "{err}");
@@ -170,20 +172,20 @@ fn a_missing_instance_surface_fails_the_backup_by_name() {
 #[test]
 fn completions_and_man_page_name_the_subcommands() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = ok(&["completions", shell]);
+        let out = HERO_SNAP.ok(&["completions", shell]);
         let text = String::from_utf8_lossy(&out.stdout);
         for sub in ["backup", "restore", "verify", "prune", "list", "preflight"] {
             assert!(text.contains(sub), "{shell} completions lack `{sub}`");
         }
     }
-    let out = ok(&["man"]);
+    let out = HERO_SNAP.ok(&["man"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with(".ie") || text.contains(".TH"), "not roff: {}", &text[..text.len().min(200)]);
     for sub in ["backup", "restore", "prune", "list", "completions"] {
         assert!(text.contains(sub), "man page lacks `{sub}`");
     }
     let dir = tempfile::tempdir().unwrap();
-    ok(&["man", "--dir", dir.path().to_str().unwrap()]);
+    HERO_SNAP.ok(&["man", "--dir", dir.path().to_str().unwrap()]);
     for page in ["hero-snap.1", "hero-snap-backup.1", "hero-snap-prune.1"] {
         assert!(dir.path().join(page).exists(), "{page} not written");
     }
@@ -199,7 +201,7 @@ fn list_and_prune_a_backup_directory() {
         let to = backups.join(name);
         let mut a = vec!["backup", "--allow-live", "--to", to.to_str().unwrap()];
         a.extend_from_slice(extra);
-        ok_strings(&src.args(&a));
+        HERO_SNAP.ok(&src.args(&a));
         to
     };
     let old = b("old.hsnap", &["--no-encrypt"]);
@@ -211,7 +213,7 @@ fn list_and_prune_a_backup_directory() {
     std::fs::write(&fake, [0x28, 0xb5, 0x2f, 0xfd, 0, 1, 2, 3]).unwrap();
 
     // Without an identity: plaintext archives are summarised, encrypted ones say so.
-    let out = ok(&["list", "--json", backups.to_str().unwrap()]);
+    let out = HERO_SNAP.ok(&["list", "--json", backups.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let files = v["result"].as_array().unwrap();
     assert_eq!(files.len(), 6);
@@ -223,11 +225,11 @@ fn list_and_prune_a_backup_directory() {
     assert!(by(&backups.join("notes.txt"))["problem"].as_str().unwrap().contains("not a hero-snap archive"));
     assert!(by(&fake)["problem"].is_string());
     // With the identity, every archive has a summary, newest first.
-    let out = ok(&["list", "--json", backups.to_str().unwrap(), "-i", key.to_str().unwrap()]);
+    let out = HERO_SNAP.ok(&["list", "--json", backups.to_str().unwrap(), "-i", key.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let order: Vec<&str> = v["result"].as_array().unwrap().iter().filter(|f| f["summary"].is_object()).map(|f| f["path"].as_str().unwrap()).collect();
     assert_eq!(order, [&ctx, &newest, &mid, &old].map(|p| p.to_str().unwrap()));
-    let text = String::from_utf8(ok(&["list", backups.to_str().unwrap(), "-i", key.to_str().unwrap()]).stdout).unwrap();
+    let text = String::from_utf8(HERO_SNAP.ok(&["list", backups.to_str().unwrap(), "-i", key.to_str().unwrap()]).stdout).unwrap();
     assert!(text.contains("hero_db,hero_foundry") && text.contains("new.hsnap"), "{text}");
 
     // Retention works per series (instance + selection): the per-context archive is the
@@ -235,7 +237,7 @@ fn list_and_prune_a_backup_directory() {
     let prune = |extra: &[&str]| {
         let mut a = vec!["prune", "--json", backups.to_str().unwrap(), "--keep-last", "1", "-i", key.to_str().unwrap()];
         a.extend_from_slice(extra);
-        run(&a)
+        HERO_SNAP.run(&a)
     };
     let out = prune(&["--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -258,32 +260,15 @@ fn list_and_prune_a_backup_directory() {
 
     // Without the identity the encrypted archive cannot be judged and is left alone; the
     // newest readable one of a series is never deleted.
-    let out = ok(&["prune", "--json", backups.to_str().unwrap(), "--keep-last", "1", "--min-free", "1K"]);
+    let out = HERO_SNAP.ok(&["prune", "--json", backups.to_str().unwrap(), "--keep-last", "1", "--min-free", "1K"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["deleted"], serde_json::json!([]));
     assert!(newest.exists() && ctx.exists());
     assert_eq!(v["result"]["space"]["ok"], true);
     // No rule, no deletion.
-    let out = run(&["prune", backups.to_str().unwrap()]);
+    let out = HERO_SNAP.run(&["prune", backups.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
 }
-
-const SIGNAL_INVENTORY: &str = r#"format: 1
-instance: sig
-services:
-  svc_a:
-    version: "1"
-    schema: 1
-    quiesce: {cgroup: "CG_A", pre: {argv: [sh, -c, 'touch "$0/ready"; while [ ! -e "$0/go" ]; do sleep 0.05; done', "DIR"], timeout_secs: 120}, post: {argv: [sh, -c, 'echo post >> "$0/post.log"', "DIR"]}}
-    surfaces:
-      - {name: data, path: /a, scope: instance, class: source}
-  svc_b:
-    version: "1"
-    schema: 1
-    quiesce: {cgroup: "CG_B"}
-    surfaces:
-      - {name: data, path: /b, scope: instance, class: source}
-"#;
 
 /// Waits for a file another process creates (bounded, so a broken run fails the test).
 fn wait_for(path: &Path, child: &mut std::process::Child) {
@@ -310,17 +295,10 @@ fn sigint_and_sigterm_cancel_a_backup_cleanly() {
     let subvolumes_before = fs.subvolumes();
     let (cg_a, cg_b) = (TestCgroup::new("sig-a"), TestCgroup::new("sig-b"));
     // A process in each cgroup, so that freezing is real.
-    let mut sleepers: Vec<std::process::Child> = [&cg_a, &cg_b]
-        .iter()
-        .map(|cg| {
-            let c = Command::new("sleep").arg("600").spawn().unwrap();
-            cg.add(c.id());
-            c
-        })
-        .collect();
+    let _sleepers = [cg_a.sleeper(), cg_b.sleeper()];
     let work = tempfile::tempdir().unwrap();
     let inv = work.path().join("inventory.yaml");
-    std::fs::write(&inv, SIGNAL_INVENTORY.replace("CG_A", &cg_a.name).replace("CG_B", &cg_b.name).replace("DIR", work.path().to_str().unwrap())).unwrap();
+    std::fs::write(&inv, fixtures::inventory("signals", &[("cgroup_a", &cg_a.name), ("cgroup_b", &cg_b.name), ("dir", work.path().to_str().unwrap())])).unwrap();
     let state = work.path().join("state");
     let out_dir = work.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
@@ -330,7 +308,7 @@ fn sigint_and_sigterm_cancel_a_backup_cleanly() {
         let _ = std::fs::remove_file(work.path().join("ready"));
         let _ = std::fs::remove_file(work.path().join("go"));
         let _ = std::fs::remove_file(work.path().join("post.log"));
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("hero-snap"));
+        let mut cmd = HERO_SNAP.command();
         cmd.args(["backup", "--no-encrypt", "--to", archive.to_str().unwrap(), "--config", inv.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
         if json {
             cmd.arg("--json");
@@ -356,17 +334,13 @@ fn sigint_and_sigterm_cancel_a_backup_cleanly() {
         let journals: Vec<PathBuf> = std::fs::read_dir(&state).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("backup-")).collect()).unwrap_or_default();
         assert!(journals.is_empty(), "{sig}: journals left: {journals:?}");
     }
-    for c in &mut sleepers {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
 }
 
 #[test]
 fn sigterm_during_restore_rolls_back() {
     let src = Instance::new(&["geomind"]);
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--no-encrypt", "--allow-live", "--context", "geomind", "--to", archive.to_str().unwrap()]));
+    HERO_SNAP.ok(&src.args(&["backup", "--no-encrypt", "--allow-live", "--context", "geomind", "--to", archive.to_str().unwrap()]));
     // The target holds other data for the same context; its stop hook holds the restore
     // between extraction and swap until the test has sent the signal.
     let flags = tempfile::tempdir().unwrap();
@@ -379,7 +353,7 @@ fn sigterm_during_restore_rolls_back() {
     std::fs::write(dst.path("var/lib/hero/hero_foundry/contexts/geomind/files/local.txt"), "target's own").unwrap();
     let parent = dst.path("var/lib/hero/hero_foundry/contexts/geomind");
     let before = tree_hash(&dst.path("var/lib/hero"));
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("hero-snap"))
+    let mut child = HERO_SNAP.command()
         .args(dst.args(&["restore", "--allow-plaintext", "--replace", "--from", archive.to_str().unwrap()]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

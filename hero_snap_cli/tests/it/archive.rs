@@ -1,23 +1,14 @@
 //! Archive format v1 through the CLI: metadata round trip, stock tools, verify.
 
-mod common;
-use common::*;
+use crate::HERO_SNAP;
+use test_support::prelude::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-const ONE_SURFACE: &str = r#"format: 1
-instance: meta
-state_dir: /var/lib/hero-snap
-services:
-  svc:
-    version: "1"
-    schema: 1
-    surfaces:
-      - {name: data, path: /srv/data, scope: instance, class: source}
-"#;
+const ONE_SURFACE: &str = include_str!("../../../fixtures/inventories/one-surface.yaml");
 
 /// Every file type and piece of metadata the format promises to keep.
 fn build_tricky_tree(root: &Path) {
@@ -79,13 +70,13 @@ fn round_trip_keeps_types_and_metadata() {
     build_tricky_tree(&data);
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
-    ok(&["verify", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&["verify", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
 
     let dst = Instance::with_inventory(&[], ONE_SURFACE);
     let mut args = dst.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
     args.extend(["--state-dir".into(), dst.dir.path().join("state").display().to_string()]);
-    ok_strings(&args);
+    HERO_SNAP.ok(&args);
     let restored = dst.path("srv/data");
     assert_same_tree(&data, &restored);
     // The comparison must see what it claims to: holes, links, xattrs.
@@ -129,7 +120,7 @@ fn stock_tools_read_the_archive() {
     let src = Instance::new(&["default", "geomind"]);
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
     let script = format!("age -d -i {} {} | zstd -d | tar -tf -", key.display(), archive.display());
     let out = Command::new("bash").args(["-o", "pipefail", "-c", &script]).stderr(Stdio::inherit()).output().unwrap();
     assert!(out.status.success(), "age | zstd | tar failed");
@@ -147,15 +138,15 @@ fn stock_tools_read_the_archive() {
 fn plaintext_needs_explicit_flags() {
     let src = Instance::new(&["default"]);
     let archive = src.dir.path().join("p.hsnap");
-    let out = run_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap()]));
+    let out = HERO_SNAP.run(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--no-encrypt"), "{}", stderr(&out));
     assert!(!archive.exists());
-    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
-    let out = run(&["verify", "--from", archive.to_str().unwrap()]);
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
+    let out = HERO_SNAP.run(&["verify", "--from", archive.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6));
     assert!(stderr(&out).contains("--allow-plaintext"));
-    ok(&["verify", "--from", archive.to_str().unwrap(), "--allow-plaintext"]);
+    HERO_SNAP.ok(&["verify", "--from", archive.to_str().unwrap(), "--allow-plaintext"]);
 }
 
 #[test]
@@ -165,14 +156,14 @@ fn passphrase_and_ssh_recipients() {
     fs::write(&pass, "correct horse battery staple\n").unwrap();
     fs::set_permissions(&pass, fs::Permissions::from_mode(0o644)).unwrap();
     let archive = src.dir.path().join("pw.hsnap");
-    let out = run_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
+    let out = HERO_SNAP.run(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(6), "a passphrase file readable by others is refused");
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     fs::set_permissions(&pass, fs::Permissions::from_mode(0o600)).unwrap();
-    let mut cmd = bin();
+    let mut cmd = HERO_SNAP.cmd();
     cmd.env("HERO_SNAP_SCRYPT_WORK_FACTOR", "10").args(src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
     assert!(cmd.output().unwrap().status.success());
-    ok(&["verify", "--from", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]);
+    HERO_SNAP.ok(&["verify", "--from", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]);
 
     // ssh-ed25519
     let k = src.dir.path().join("id_ed25519");
@@ -180,12 +171,12 @@ fn passphrase_and_ssh_recipients() {
     assert!(st.success());
     let pubkey = fs::read_to_string(k.with_extension("pub")).unwrap();
     let archive = src.dir.path().join("ssh.hsnap");
-    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", pubkey.trim()]));
-    ok(&["verify", "--from", archive.to_str().unwrap(), "-i", k.to_str().unwrap()]);
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", pubkey.trim()]));
+    HERO_SNAP.ok(&["verify", "--from", archive.to_str().unwrap(), "-i", k.to_str().unwrap()]);
     // a wrong identity gives a clear error
     let elsewhere = tempfile::tempdir().unwrap();
     let (other, _) = age_key(elsewhere.path());
-    let out = run(&["verify", "--from", archive.to_str().unwrap(), "-i", other.to_str().unwrap()]);
+    let out = HERO_SNAP.run(&["verify", "--from", archive.to_str().unwrap(), "-i", other.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6));
     assert!(stderr(&out).contains("none of the given keys opens it"), "{}", stderr(&out));
 }
@@ -194,15 +185,15 @@ fn passphrase_and_ssh_recipients() {
 fn stdout_and_stdin_streams() {
     let src = Instance::new(&["default"]);
     let (key, recipient) = age_key(src.dir.path());
-    let out = ok_strings(&src.args(&["backup", "--allow-live", "--to", "-", "-r", &recipient]));
+    let out = HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", "-", "-r", &recipient]));
     assert!(out.stdout.starts_with(b"age-encryption.org/v1"));
-    let mut cmd = bin();
+    let mut cmd = HERO_SNAP.cmd();
     cmd.args(["inspect", "--from", "-", "-i", key.to_str().unwrap(), "--json"]).write_stdin(out.stdout.clone());
     let o = cmd.output().unwrap();
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["result"]["instance"], "test");
-    let mut cmd = bin();
+    let mut cmd = HERO_SNAP.cmd();
     cmd.args(["verify", "--from", "-", "-i", key.to_str().unwrap()]).write_stdin(out.stdout);
     assert!(cmd.output().unwrap().status.success());
 }
@@ -218,7 +209,7 @@ fn failed_backup_leaves_no_partial_archive() {
     // The surface holds a file whose name is not UTF-8: the backup refuses it.
     use std::os::unix::ffi::OsStrExt;
     fs::write(src.path("var/lib/hero/hero_db/data").join(std::ffi::OsStr::from_bytes(b"bad\xffname")), "x").unwrap();
-    let out = run_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
+    let out = HERO_SNAP.run(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("not valid UTF-8"));
     let left: Vec<_> = fs::read_dir(archive.parent().unwrap()).unwrap().collect();
@@ -235,7 +226,7 @@ fn backup_leaves_access_times_alone() {
     let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
     filetime::set_file_atime(&file, old).unwrap();
     let archive = a.dir.path().join("a.hsnap");
-    ok_strings(&a.args(&["backup", "--allow-live", "--no-encrypt", "--to", archive.to_str().unwrap()]));
+    HERO_SNAP.ok(&a.args(&["backup", "--allow-live", "--no-encrypt", "--to", archive.to_str().unwrap()]));
     let after = filetime::FileTime::from_last_access_time(&fs::metadata(&file).unwrap());
     assert_eq!(after, old, "the backup changed the file's access time");
     // The control: a plain read does change it here, so the check above could fail (on a
@@ -244,6 +235,6 @@ fn backup_leaves_access_times_alone() {
     let read = filetime::FileTime::from_last_access_time(&fs::metadata(&file).unwrap());
     assert_ne!(read, old, "the test filesystem does not record access times (noatime?): this test cannot check O_NOATIME");
     // The file was archived, so it was read.
-    let out = ok(&["verify", "--allow-plaintext", "--from", archive.to_str().unwrap(), "--json"]);
-    assert!(json_result(&out)["result"]["files"].as_u64().unwrap() > 0);
+    let out = HERO_SNAP.ok(&["verify", "--allow-plaintext", "--from", archive.to_str().unwrap(), "--json"]);
+    assert!(last_json(&out)["result"]["files"].as_u64().unwrap() > 0);
 }

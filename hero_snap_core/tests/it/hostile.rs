@@ -12,21 +12,9 @@ use hero_snap_core::Inventory;
 use hero_snap_core::{Consistency, Manifest};
 use hero_snap_core::RestoreOptions;
 use hero_snap_core::{backup, restore, verify, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
+use test_support::tree::tree;
 
-const INVENTORY: &str = r#"format: 1
-instance: hostile
-services:
-  hero_db:
-    version: "1"
-    schema: 1
-    surfaces:
-      - {name: data, path: /data, scope: instance, class: source}
-  hero_foundry:
-    version: "1"
-    schema: 1
-    surfaces:
-      - {name: files, path: /files, scope: instance, class: source}
-"#;
+const INVENTORY: &str = include_str!("../../../fixtures/inventories/hostile.yaml");
 
 fn inventory(root: &Path) -> Inventory {
     Inventory::parse(INVENTORY, Path::new("hostile.yaml")).unwrap().rerooted(root)
@@ -144,17 +132,6 @@ fn encrypt(plain: &[u8], to: &age::x25519::Identity) -> Vec<u8> {
     out
 }
 
-/// Everything under `dir`: paths, kinds, sizes, modes, contents, link targets.
-fn world(dir: &Path) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(dir).sort_by_file_name().into_iter().flatten().map(|e| {
-        let md = fs::symlink_metadata(e.path()).unwrap();
-        let content = if md.is_file() { blake3::hash(&fs::read(e.path()).unwrap()).to_hex().to_string() } else { String::new() };
-        let target = fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default();
-        format!("{} {:o} {} {} {} {} {content} {target}", e.path().display(), md.mode(), md.len(), md.uid(), md.mtime(), md.nlink())
-    }).collect()
-}
-
 struct Case {
     name: &'static str,
     archive: Vec<u8>,
@@ -230,7 +207,7 @@ fn cases(manifest: &Manifest, outside: &Path) -> Vec<Case> {
 }
 
 fn check_refused(name: &str, archive: &[u8], keys: &Decryption, needle: &str, world_dir: &Path, target: &Path, state: &Path) {
-    let before = world(world_dir);
+    let before = tree(world_dir);
     let opts = RestoreOptions { state_dir: Some(state.to_path_buf()), ..RestoreOptions::default() };
     let err = match restore(archive, keys, &inventory(target), &opts, &NoProgress, &Cancel::new()) {
         Ok(_) => panic!("{name}: restored"),
@@ -238,7 +215,7 @@ fn check_refused(name: &str, archive: &[u8], keys: &Decryption, needle: &str, wo
     };
     assert!(matches!(err, Error::Refused(_) | Error::Corrupt(_) | Error::Preflight(_)), "{name}: unexpected error kind {err:?}");
     assert!(err.to_string().contains(needle), "{name}: error does not say `{needle}`: {err}");
-    assert_eq!(world(world_dir), before, "{name}: restore changed the filesystem");
+    assert_eq!(tree(world_dir), before, "{name}: restore changed the filesystem");
     let v = verify(archive, keys, &NoProgress, &Cancel::new());
     assert!(v.is_err(), "{name}: verify accepted it");
     let journals: Vec<_> = fs::read_dir(state).map(|d| d.flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().ends_with(".json")).collect()).unwrap_or_default();

@@ -5,27 +5,7 @@ use std::path::Path;
 use hero_snap_core::{Class, Inventory, Scope};
 use hero_snap_core::Error;
 
-const GOOD: &str = r#"format: 1
-instance: demo
-services:
-  hero_db:
-    version: "1.0"
-    schema: 2
-    secrets: [HERO_DB_KEY]
-    surfaces:
-      - name: data
-        path: /var/lib/hero/hero_db
-        scope: instance
-        class: source
-  hero_foundry:
-    version: "1.0"
-    schema: 1
-    surfaces:
-      - name: files
-        path: "/var/lib/hero/hero_foundry/{context}/files"
-        scope: context
-        class: source
-"#;
+const GOOD: &str = include_str!("../../../fixtures/inventories/rules.yaml");
 
 fn parse(text: &str) -> Result<Inventory, Error> {
     Inventory::parse(text, Path::new("inv.yaml"))

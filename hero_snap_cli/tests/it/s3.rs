@@ -3,9 +3,9 @@
 //! its guard stops it when the test ends, also on failure. The S3 API is checked from the
 //! outside with curl's SigV4 signing, not through hero-snap's own client.
 
-mod common;
-use common::rgw::Gateway;
-use common::*;
+use test_support::rgw::Gateway;
+use crate::HERO_SNAP;
+use test_support::prelude::*;
 
 use std::fs;
 use std::io::Read;
@@ -19,7 +19,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 fn peak_kib(gw: &Gateway, args: &[String]) -> u64 {
     let report = gw.dir.path().join("time.out");
     let mut c = Command::new("/usr/bin/time");
-    c.args(["-f", "%M", "-o"]).arg(&report).arg(assert_cmd::cargo::cargo_bin("hero-snap")).args(args);
+    c.args(["-f", "%M", "-o"]).arg(&report).arg(HERO_SNAP.path()).args(args);
     c.envs(gw.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let out = c.output().unwrap();
     assert!(out.status.success(), "hero-snap {args:?} failed: {}", stderr(&out));
@@ -29,7 +29,7 @@ fn peak_kib(gw: &Gateway, args: &[String]) -> u64 {
 /// All scenarios share one gateway: starting Ceph costs ~20 s.
 #[test]
 fn archives_in_object_storage() {
-    let gw = Gateway::start();
+    let gw = Gateway::start(HERO_SNAP);
     gw.make_bucket("hero");
     round_trip(&gw);
     list_and_prune_a_prefix(&gw);
@@ -48,10 +48,10 @@ fn round_trip(gw: &Gateway) {
     assert!(gw.uploads("hero").is_empty(), "a finished backup left an upload");
 
     let out = gw.ok(&strings(&["inspect", "--from", url, "-i", key, "--json"]));
-    let m = json_result(&out);
+    let m = last_json(&out);
     assert_eq!(m["result"]["instance"], "test");
     let out = gw.ok(&strings(&["verify", "--from", url, "-i", key, "--json"]));
-    let v = json_result(&out);
+    let v = last_json(&out);
     assert!(v["result"]["files"].as_u64().unwrap() > 5);
 
     // Restore to a bare target: the trees are equal.
@@ -112,7 +112,7 @@ fn list_and_prune_a_prefix(gw: &Gateway) {
     }
 
     let out = gw.ok(&strings(&["list", "--json", "s3://hero/series/", "-i", key]));
-    let v = json_result(&out);
+    let v = last_json(&out);
     let files = v["result"].as_array().unwrap();
     let paths: Vec<&str> = files.iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert_eq!(paths, [ctx.as_str(), new.as_str(), mid.as_str(), old.as_str(), "s3://hero/series/notes.txt"], "newest first, then what is not an archive");
@@ -125,7 +125,7 @@ fn list_and_prune_a_prefix(gw: &Gateway) {
     assert!(text.contains(&new) && text.contains("hero_db,hero_foundry"), "{text}");
 
     let out = gw.ok(&strings(&["prune", "--json", "s3://hero/series/", "--keep-last", "1", "-i", key, "--dry-run"]));
-    let v = json_result(&out);
+    let v = last_json(&out);
     let mut would: Vec<&str> = v["result"]["deleted"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     would.sort();
     assert_eq!(would, [mid.as_str(), old.as_str()]);

@@ -2,8 +2,10 @@
 //! blocks run only where systemd is the init; elsewhere the units they install are checked
 //! with `systemd-analyze verify`.
 
-mod common;
-use common::*;
+use crate::HERO_SNAP;
+use test_support::fixtures;
+use test_support::prelude::*;
+use test_support::rgw::Gateway;
 
 use std::fs;
 use std::path::Path;
@@ -30,7 +32,7 @@ fn blocks(doc: &str) -> Vec<(String, String)> {
 
 #[test]
 fn every_runbook_command_runs() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let repo = fixtures::repo();
     let doc = std::fs::read_to_string(repo.join("docs/DEPLOYMENT.md")).unwrap();
     let all = blocks(&doc);
     let systemd_is_init = Path::new("/run/systemd/system").exists();
@@ -46,7 +48,7 @@ fn every_runbook_command_runs() {
             "sh systemd" => {
                 let units: Vec<&str> = body.split_whitespace().filter(|w| w.starts_with("contrib/systemd/")).collect();
                 assert!(!units.is_empty());
-                let st = Command::new("systemd-analyze").arg("verify").args(&units).current_dir(repo).status().unwrap();
+                let st = Command::new("systemd-analyze").arg("verify").args(&units).current_dir(&repo).status().unwrap();
                 assert!(st.success(), "systemd-analyze verify {units:?}");
             }
             other => panic!("code block `{other}` in DEPLOYMENT.md is neither run nor checked"),
@@ -60,17 +62,17 @@ fn every_runbook_command_runs() {
     assert!(st.success());
     // The off-site section backs up to object storage: a real Ceph gateway, whose endpoint
     // and keys go where the runbook keeps them ($KEYS/s3.env).
-    let gateway = common::rgw::Gateway::start();
+    let gateway = Gateway::start(HERO_SNAP);
     gateway.make_bucket("runbook");
     fs::create_dir_all(work.path().join("keys")).unwrap();
     let s3_env: String = gateway.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     fs::write(work.path().join("keys/s3.env"), s3_env).unwrap();
-    let bin_dir = assert_cmd::cargo::cargo_bin("hero-snap").parent().unwrap().to_path_buf();
+    let bin_dir = HERO_SNAP.path().parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
-        .current_dir(repo)
+        .current_dir(&repo)
         .env("PATH", path)
         .env("HERO_SNAP_CONFIG", repo.join("fixtures/demo/inventory.yaml"))
         .env("HERO_SNAP_ROOT", &root)

@@ -1,50 +1,28 @@
 //! The snapshot engine on real filesystems: loop-device btrfs and XFS (reflink), cgroup
 //! freezing, consistency under load, crash safety of the freeze window.
 
-mod common;
-use common::loopfs::{LoopFs, TestCgroup};
-use common::*;
+use test_support::loopfs::LoopFs;
+use test_support::sys::TestCgroup;
+use crate::HERO_SNAP;
+use test_support::cli::instance_args;
+use test_support::fixtures;
+use test_support::prelude::*;
+use test_support::sys::leftovers_within;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Both services quiesced through their cgroups; `extra_a` adds to svc_a's `quiesce` (hooks).
 fn inventory(cg_a: &str, cg_b: &str, extra_a: &str) -> String {
-    format!(
-        r#"format: 1
-instance: fs
-services:
-  svc_a:
-    version: "1"
-    schema: 1
-    quiesce: {{cgroup: "{cg_a}"{extra_a}}}
-    surfaces:
-      - {{name: data, path: /a, scope: instance, class: source}}
-  svc_b:
-    version: "1"
-    schema: 1
-    quiesce: {{cgroup: "{cg_b}"}}
-    surfaces:
-      - {{name: data, path: /b, scope: instance, class: source}}
-"#
-    )
+    let text = fixtures::inventory("two-services-quiesced", &[("cgroup_a", cg_a), ("cgroup_b", cg_b)]);
+    let quiesce_a = format!("quiesce: {{cgroup: \"{cg_a}\"}}");
+    assert!(text.contains(&quiesce_a));
+    text.replacen(&quiesce_a, &format!("quiesce: {{cgroup: \"{cg_a}\"{extra_a}}}"), 1)
 }
 
-const NO_QUIESCE: &str = r#"format: 1
-instance: fs
-services:
-  svc_a:
-    version: "1"
-    schema: 1
-    surfaces:
-      - {name: data, path: /a, scope: instance, class: source}
-  svc_b:
-    version: "1"
-    schema: 1
-    surfaces:
-      - {name: data, path: /b, scope: instance, class: source}
-"#;
+const NO_QUIESCE: &str = include_str!("../../../fixtures/inventories/two-services.yaml");
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -56,9 +34,7 @@ struct Setup {
 
 impl Setup {
     fn args(&self, v: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-        a.extend(["--config", self.inventory.to_str().unwrap(), "--root", self.root.to_str().unwrap(), "--state-dir", self.state.to_str().unwrap()].map(String::from));
-        a
+        instance_args(v, &self.inventory, &self.root, &self.state)
     }
     fn write_inventory(&self, text: &str) {
         std::fs::write(&self.inventory, text).unwrap();
@@ -109,7 +85,7 @@ struct Writers {
 }
 
 /// The lockstep writer, shared with the guest tests (scripts/guest-tests.sh).
-const WRITER: &str = include_str!("../../scripts/lockstep-writer.py");
+const WRITER: &str = include_str!("../../../scripts/lockstep-writer.py");
 
 impl Writers {
     fn start(root: &Path, cg_a: &TestCgroup, cg_b: &TestCgroup) -> Writers {
@@ -157,14 +133,8 @@ fn last_record(path: &Path) -> Option<u64> {
     text.lines().filter(|l| !l.is_empty()).last()?.parse().ok()
 }
 
-fn leftovers(mount: &Path) -> Vec<String> {
-    walkdir::WalkDir::new(mount).max_depth(3).into_iter().flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".hero-snap-"))
-        .map(|e| e.path().display().to_string()).collect()
-}
-
 fn inspect_json(archive: &Path, key: &Path) -> serde_json::Value {
-    let out = ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]);
+    let out = HERO_SNAP.ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]);
     serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["result"].clone()
 }
 
@@ -175,13 +145,13 @@ fn atomic_under_load(kind: &str) {
 fn atomic_under_load_in(kind: &str, cg_a: TestCgroup, cg_b: TestCgroup) {
     let s = setup(kind);
     s.write_inventory(&inventory(&cg_a.name, &cg_b.name, ""));
-    let plan = ok_strings(&s.args(&["plan", "--json"]));
+    let plan = HERO_SNAP.ok(&s.args(&["plan", "--json"]));
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     assert_eq!(plan["result"]["consistency"], "atomic", "{plan}");
     let writers = Writers::start(&s.root, &cg_a, &cg_b);
     let (key, recipient) = age_key(s.dir.path());
     let archive = s.dir.path().join("a.hsnap");
-    ok_strings(&s.args(&["backup", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&s.args(&["backup", "--to", archive.to_str().unwrap(), "-r", &recipient]));
     drop(writers);
     assert!(!cg_a.frozen() && !cg_b.frozen(), "services left frozen");
     let m = inspect_json(&archive, &key);
@@ -190,7 +160,7 @@ fn atomic_under_load_in(kind: &str, cg_a: TestCgroup, cg_b: TestCgroup) {
 
     // Restore elsewhere and compare the two logs.
     let target = tempfile::tempdir().unwrap();
-    let out = run_strings(&[
+    let out = HERO_SNAP.run(&[
         "restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(),
         "--config", s.inventory.to_str().unwrap(), "--root", target.path().to_str().unwrap(),
         "--state-dir", s.state.to_str().unwrap(),
@@ -200,7 +170,7 @@ fn atomic_under_load_in(kind: &str, cg_a: TestCgroup, cg_b: TestCgroup) {
     let b = last_record(&target.path().join("b/log")).unwrap();
     assert!(a >= 50 && (a == b || a == b + 1), "{kind}: A at {a}, B at {b}: not one instant");
     for fs in &s._fs {
-        assert!(leftovers(&fs.mount).is_empty(), "{kind}: left {:?}", leftovers(&fs.mount));
+        assert!(leftovers_within(&fs.mount, 3).is_empty(), "{kind}: left {:?}", leftovers_within(&fs.mount, 3));
     }
     if kind != "xfs" {
         let subvols = s._fs.last().unwrap().subvolumes();
@@ -220,7 +190,7 @@ fn v1_freezer_atomic_under_load_and_thawed_at_the_deadline() {
     let archive = s.dir.path().join("k.hsnap");
     // Stopped (not killed) inside the freeze window: the v1 cgroups are frozen, and the
     // watchdog thaws them when the freeze deadline passes.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hero-snap"));
+    let mut cmd = HERO_SNAP.command();
     cmd.env("HERO_SNAP_FAILPOINT", "backup-frozen:stop")
         .args(s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap(), "--freeze-deadline-ms", "1500"]))
         .stdout(Stdio::null()).stderr(Stdio::null());
@@ -240,7 +210,7 @@ fn v1_freezer_atomic_under_load_and_thawed_at_the_deadline() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!archive.exists());
-    ok_strings(&s.args(&["gc"]));
+    HERO_SNAP.ok(&s.args(&["gc"]));
     assert_eq!(s._fs[0].subvolumes().len(), 2, "snapshots left: {:?}", s._fs[0].subvolumes());
 }
 
@@ -266,10 +236,10 @@ fn plan_states_consistency_and_refuses_torn_copies() {
     s.write_inventory(NO_QUIESCE);
     std::fs::write(s.root.join("a/f"), "x").unwrap();
     let key = s.dir.path().join("k");
-    let out = run_strings(&s.args(&["backup", "--no-encrypt", "--to", key.to_str().unwrap()]));
+    let out = HERO_SNAP.run(&s.args(&["backup", "--no-encrypt", "--to", key.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("--allow-live") && stderr(&out).contains("svc_a"), "{}", stderr(&out));
-    let out = ok_strings(&s.args(&["plan", "--allow-live", "--json"]));
+    let out = HERO_SNAP.ok(&s.args(&["plan", "--allow-live", "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["consistency"], "live");
     assert_eq!(v["result"]["volumes"][0]["backend"], "reflink");
@@ -279,7 +249,7 @@ fn plan_states_consistency_and_refuses_torn_copies() {
     s.write_inventory(NO_QUIESCE);
     let (key, recipient) = age_key(s.dir.path());
     let archive = s.dir.path().join("p.hsnap");
-    ok_strings(&s.args(&["backup", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&s.args(&["backup", "--to", archive.to_str().unwrap(), "-r", &recipient]));
     let m = inspect_json(&archive, &key);
     assert_eq!(m["consistency"], "per-volume");
     assert!(m["warnings"].as_array().unwrap().iter().any(|w| w["code"] == "consistency-per-volume"), "{m}");
@@ -287,7 +257,7 @@ fn plan_states_consistency_and_refuses_torn_copies() {
     // One service on one subvolume: a single snapshot is one instant.
     let one = NO_QUIESCE.split("  svc_b:").next().unwrap().to_string();
     s.write_inventory(&one);
-    let out = ok_strings(&s.args(&["plan", "--json"]));
+    let out = HERO_SNAP.ok(&s.args(&["plan", "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["consistency"], "atomic");
     assert_eq!(v["result"]["volumes"][0]["backend"], "btrfs");
@@ -306,7 +276,7 @@ fn sigkill_while_frozen_thaws_runs_post_hooks_and_gc_cleans() {
     let _writers = Writers::start(&s.root, &cg_a, &cg_b);
     let archive = s.dir.path().join("k.hsnap");
     for point in ["backup-frozen", "backup-snapshotted"] {
-        let mut cmd = bin();
+        let mut cmd = HERO_SNAP.cmd();
         cmd.env("HERO_SNAP_FAILPOINT", point).args(s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap(), "--freeze-deadline-ms", "5000"]));
         let out = cmd.output().unwrap();
         use std::os::unix::process::ExitStatusExt;
@@ -324,13 +294,13 @@ fn sigkill_while_frozen_thaws_runs_post_hooks_and_gc_cleans() {
         }
         std::fs::remove_file(&post_log).unwrap();
         assert!(!archive.exists());
-        let gc = ok_strings(&s.args(&["gc"]));
+        let gc = HERO_SNAP.ok(&s.args(&["gc"]));
         assert!(String::from_utf8_lossy(&gc.stdout).contains("backup-cleaned"), "{point}: {}", String::from_utf8_lossy(&gc.stdout));
         assert_eq!(s._fs[0].subvolumes().len(), 2, "{point}: snapshots left: {:?}", s._fs[0].subvolumes());
-        assert!(leftovers(&s._fs[0].mount).is_empty(), "{point}: {:?}", leftovers(&s._fs[0].mount));
+        assert!(leftovers_within(&s._fs[0].mount, 3).is_empty(), "{point}: {:?}", leftovers_within(&s._fs[0].mount, 3));
     }
     // And a normal run still works afterwards, taking over the dead run's lock.
-    ok_strings(&s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap()]));
+    HERO_SNAP.ok(&s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap()]));
 }
 
 #[test]
@@ -342,15 +312,15 @@ fn a_hanging_hook_is_killed_at_its_timeout() {
     std::fs::write(s.root.join("a/f"), "x").unwrap();
     let archive = s.dir.path().join("h.hsnap");
     let t = Instant::now();
-    let out = run_strings(&s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap()]));
+    let out = HERO_SNAP.run(&s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap()]));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("did not finish within 1 s") && stderr(&out).contains("on_error: abort"), "{}", stderr(&out));
     assert!(t.elapsed() < Duration::from_secs(25), "the hook was not killed");
     assert!(!archive.exists());
     // on_error: warn goes on, and says so in the manifest
     s.write_inventory(&inventory(&cg_a.name, &cg_b.name, &format!("{hook}, on_error: warn")));
-    ok_strings(&s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap()]));
-    let out = ok(&["inspect", "--from", archive.to_str().unwrap(), "--allow-plaintext", "--json"]);
+    HERO_SNAP.ok(&s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap()]));
+    let out = HERO_SNAP.ok(&["inspect", "--from", archive.to_str().unwrap(), "--allow-plaintext", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["result"]["warnings"].as_array().unwrap().iter().any(|w| w["code"] == "pre-hook-failed"), "{v}");
 }

@@ -1,7 +1,8 @@
 //! Restore: per-context export/import, pre-flight refusals, migrations, rollback, crashes.
 
-mod common;
-use common::*;
+use crate::HERO_SNAP;
+use test_support::loopfs::LoopFs;
+use test_support::prelude::*;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ fn backup(inst: &Instance, extra: &[&str]) -> (PathBuf, PathBuf) {
     let archive = inst.dir.path().join("a.hsnap");
     let mut args = vec!["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient];
     args.extend_from_slice(extra);
-    ok_strings(&inst.args(&args));
+    HERO_SNAP.ok(&inst.args(&args));
     (archive, key)
 }
 
@@ -19,13 +20,6 @@ fn restore_args(target: &Instance, archive: &Path, key: &Path, extra: &[&str]) -
     let mut v = vec!["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()];
     v.extend_from_slice(extra);
     target.args(&v)
-}
-
-/// Paths left behind by a restore's staging or parking.
-fn leftovers(root: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(root).into_iter().flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".hero-snap-"))
-        .map(|e| e.path().to_path_buf()).collect()
 }
 
 fn ctx_dir(inst: &Instance, ctx: &str) -> PathBuf {
@@ -40,8 +34,8 @@ fn per_context_export_into_bare_and_existing_instances() {
 #[test]
 fn per_context_export_on_btrfs_and_xfs() {
     // Source on btrfs, targets on XFS: staging and swaps on real loop filesystems.
-    let b = common::loopfs::LoopFs::new("btrfs", 512);
-    let x = common::loopfs::LoopFs::new("xfs", 512);
+    let b = LoopFs::new("btrfs", 512);
+    let x = LoopFs::new("xfs", 512);
     per_context_export(Some((&b.mount, &x.mount)));
 }
 
@@ -54,7 +48,7 @@ fn per_context_export(on: Option<(&Path, &Path)>) {
     let (archive, key) = backup(&a, &["--context", "geomind"]);
 
     // The per-context archive holds geomind only, and no instance-scoped data.
-    let out = ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]);
+    let out = HERO_SNAP.ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]);
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let services: Vec<&str> = m["result"]["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(services, ["hero_foundry"]);
@@ -62,7 +56,7 @@ fn per_context_export(on: Option<(&Path, &Path)>) {
 
     // Bare instance B: everything is created, with the archived ownership and modes.
     let b = make(&[], false);
-    ok_strings(&restore_args(&b, &archive, &key, &[]));
+    HERO_SNAP.ok(&restore_args(&b, &archive, &key, &[]));
     for s in ["files", "git"] {
         assert_same_tree(&ctx_dir(&a, "geomind").join(s), &ctx_dir(&b, "geomind").join(s));
     }
@@ -73,7 +67,7 @@ fn per_context_export(on: Option<(&Path, &Path)>) {
     let c = make(&["default", "geomind", "incubaid"], false);
     fs::write(ctx_dir(&c, "geomind").join("files/only-in-c.txt"), "C's own geomind").unwrap();
     let before = tree_hash(&c.path("var/lib/hero"));
-    let out = run_strings(&restore_args(&c, &archive, &key, &[]));
+    let out = HERO_SNAP.run(&restore_args(&c, &archive, &key, &[]));
     assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
     assert!(stderr(&out).contains("context `geomind` already exists") && stderr(&out).contains("--as"), "{}", stderr(&out));
     assert_eq!(tree_hash(&c.path("var/lib/hero")), before, "a refused restore changed the target");
@@ -82,7 +76,7 @@ fn per_context_export(on: Option<(&Path, &Path)>) {
     let others: Vec<(PathBuf, String)> = ["default", "geomind", "incubaid"].iter().map(|x| ctx_dir(&c, x))
         .chain([c.path("var/lib/hero/hero_db"), c.path("var/lib/hero/hero_indexer")])
         .map(|p| { let h = tree_hash(&p); (p, h) }).collect();
-    ok_strings(&restore_args(&c, &archive, &key, &["--context", "geomind", "--as", "geomind2"]));
+    HERO_SNAP.ok(&restore_args(&c, &archive, &key, &["--context", "geomind", "--as", "geomind2"]));
     for s in ["files", "git"] {
         assert_same_tree(&ctx_dir(&a, "geomind").join(s), &ctx_dir(&c, "geomind2").join(s));
     }
@@ -99,11 +93,11 @@ fn whole_instance_restore_replaces_only_with_replace() {
     let t = Instance::new(&["default", "geomind"]);
     fs::write(t.path("var/lib/hero/hero_db/data/extra"), "target's own").unwrap();
     let before = tree_hash(&t.path("var/lib/hero"));
-    let out = run_strings(&restore_args(&t, &archive, &key, &[]));
+    let out = HERO_SNAP.run(&restore_args(&t, &archive, &key, &[]));
     assert_eq!(out.status.code(), Some(13));
     assert_eq!(tree_hash(&t.path("var/lib/hero")), before);
-    let out = ok_strings(&restore_args(&t, &archive, &key, &["--replace", "--keep-old", "--json"]));
-    let r = json_result(&out);
+    let out = HERO_SNAP.ok(&restore_args(&t, &archive, &key, &["--replace", "--keep-old", "--json"]));
+    let r = last_json(&out);
     assert_eq!(r["result"]["rebuild_pending"], serde_json::json!(["hero_indexer.index"]));
     assert_same_tree(&a.path("var/lib/hero/hero_db/data"), &t.path("var/lib/hero/hero_db/data"));
     let kept = r["result"]["kept_old"].as_array().unwrap();
@@ -130,13 +124,13 @@ fn preflight_refusals_leave_the_target_unchanged() {
         let t = target_with(&inv);
         let before = tree_hash(&t.path("var/lib/hero"));
         for verb in ["preflight", "restore"] {
-            let out = run_strings(&t.args(&[verb, "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]));
+            let out = HERO_SNAP.run(&t.args(&[verb, "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]));
             assert_eq!(out.status.code(), Some(code), "{name}/{verb}: {}", stderr(&out));
             assert!(stderr(&out).contains(needle), "{name}/{verb}: {}", stderr(&out));
         }
         assert_eq!(tree_hash(&t.path("var/lib/hero")), before, "{name}: the target changed");
         // --json lists the refusals with their kinds
-        let out = run_strings(&t.args(&["preflight", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]));
+        let out = HERO_SNAP.run(&t.args(&["preflight", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["ok"], false);
         assert!(!v["error"]["refusals"].as_array().unwrap().is_empty(), "{name}");
@@ -152,10 +146,10 @@ fn migrations_run_once_each_in_order() {
         "schema: 4\n    migrations:\n      - {{from: 2, run: {{argv: [sh, -c, 'echo \"$HERO_SNAP_SERVICE $HERO_SNAP_FROM_SCHEMA\" >> {0}']}}}}\n      - {{from: 3, run: {{argv: [sh, -c, 'echo \"{{service}} {{from_schema}}\" >> {0}']}}}}\n",
         log.display()));
     let t = target_with(&inv);
-    let out = ok_strings(&t.args(&["preflight", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]));
+    let out = HERO_SNAP.ok(&t.args(&["preflight", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("migrate hero_db schema 2 -> 3"));
     assert!(!log.exists(), "pre-flight must not run migrations");
-    ok_strings(&restore_args(&t, &archive, &key, &[]));
+    HERO_SNAP.ok(&restore_args(&t, &archive, &key, &[]));
     assert_eq!(fs::read_to_string(&log).unwrap(), "hero_db 2\nhero_db 3\n");
 }
 
@@ -167,7 +161,7 @@ fn a_failing_migration_rolls_everything_back() {
     let t = Instance::with_inventory(&["default", "incubaid"], &inv);
     fs::write(t.path("var/lib/hero/hero_db/data/marker"), "old").unwrap();
     let before = tree_hash(&t.path("var/lib/hero"));
-    let out = run_strings(&restore_args(&t, &archive, &key, &["--replace"]));
+    let out = HERO_SNAP.run(&restore_args(&t, &archive, &key, &["--replace"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("rolled back") && stderr(&out).contains("broken"), "{}", stderr(&out));
     assert_eq!(tree_hash(&t.path("var/lib/hero")), before, "the rollback did not restore the target exactly");
@@ -185,7 +179,7 @@ fn a_corrupted_archive_is_refused_before_any_swap() {
     let t = Instance::new(&["default"]);
     fs::write(t.path("var/lib/hero/hero_db/data/marker"), "old").unwrap();
     let before = tree_hash(&t.path("var/lib/hero"));
-    let out = run_strings(&restore_args(&t, &bad, &key, &["--replace"]));
+    let out = HERO_SNAP.run(&restore_args(&t, &bad, &key, &["--replace"]));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_eq!(tree_hash(&t.path("var/lib/hero")), before);
     assert!(leftovers(&t.root).is_empty(), "{:?}", leftovers(&t.root));
@@ -201,12 +195,12 @@ fn sigkill_during_restore_then_gc_leaves_old_or_new() {
         fs::write(ctx_dir(&t, "geomind").join("files/marker"), "old").unwrap();
         let surfaces = [t.path("var/lib/hero/hero_db/data"), ctx_dir(&t, "geomind").join("files"), ctx_dir(&t, "default").join("git")];
         let old: Vec<String> = surfaces.iter().map(|p| tree_hash(p)).collect();
-        let mut cmd = bin();
+        let mut cmd = HERO_SNAP.cmd();
         cmd.env("HERO_SNAP_FAILPOINT", point).args(restore_args(&t, &archive, &key, &["--replace"]));
         let out = cmd.output().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(9), "{point}: the failpoint did not fire: {}", stderr(&out));
-        let gc = ok_strings(&t.args(&["gc"]));
+        let gc = HERO_SNAP.ok(&t.args(&["gc"]));
         assert!(String::from_utf8_lossy(&gc.stdout).contains(if expect_new { "completed" } else { "rolled-back" }), "{point}: {}", String::from_utf8_lossy(&gc.stdout));
         let new_src = [a.path("var/lib/hero/hero_db/data"), ctx_dir(&a, "geomind").join("files"), ctx_dir(&a, "default").join("git")];
         for (i, p) in surfaces.iter().enumerate() {
@@ -217,7 +211,7 @@ fn sigkill_during_restore_then_gc_leaves_old_or_new() {
             }
         }
         assert!(leftovers(&t.root).is_empty(), "{point}: left {:?}", leftovers(&t.root));
-        let again = ok_strings(&t.args(&["gc"]));
+        let again = HERO_SNAP.ok(&t.args(&["gc"]));
         assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"));
     }
 }

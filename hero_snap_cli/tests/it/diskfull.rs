@@ -2,19 +2,15 @@
 //! btrfs with a frozen cgroup) and while staging a restore. A clear error naming the
 //! path, no partial output, the target unchanged, the services thawed (or started again).
 
-mod common;
-use common::loopfs::{LoopFs, TestCgroup};
-use common::*;
+use test_support::loopfs::LoopFs;
+use test_support::cli::instance_args;
+use test_support::fixtures;
+use test_support::sys::TestCgroup;
+use crate::HERO_SNAP;
+use test_support::prelude::*;
 
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Stdio};
-
-fn leftovers(dir: &Path) -> Vec<String> {
-    walkdir::WalkDir::new(dir).into_iter().flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".hero-snap-"))
-        .map(|e| e.path().display().to_string()).collect()
-}
 
 #[test]
 fn disk_full_while_writing_the_archive() {
@@ -27,23 +23,18 @@ fn disk_full_while_writing_the_archive() {
         fs::write(root.join(format!("a/part{i}")), pseudo_random(16 << 20, i)).unwrap();
     }
     let cg = TestCgroup::new("diskfull");
-    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
-    cg.add(sleeper.id());
+    let sleeper = cg.sleeper();
     let small = LoopFs::new("ext4", 32);
     let out_dir = small.mount.join("out");
     fs::create_dir_all(&out_dir).unwrap();
     let inventory = dir.path().join("inventory.yaml");
-    fs::write(&inventory, format!(
-        "format: 1\ninstance: full\nservices:\n  svc:\n    version: \"1\"\n    schema: 1\n    quiesce: {{cgroup: \"{}\"}}\n    surfaces:\n      - {{name: data, path: /a, scope: instance, class: source}}\n",
-        cg.name)).unwrap();
+    fs::write(&inventory, fixtures::inventory("disk-full", &[("cgroup", &cg.name)])).unwrap();
     let state = dir.path().join("state");
     let archive = out_dir.join("a.hsnap");
-    let args: Vec<String> = ["backup", "--no-encrypt", "--to", archive.to_str().unwrap(), "--config", inventory.to_str().unwrap(),
-        "--root", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap()].map(String::from).to_vec();
+    let args = instance_args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap()], &inventory, &root, &state);
     let subvolumes = btrfs.subvolumes();
-    let out = run_strings(&args);
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    let out = HERO_SNAP.run(&args);
+    drop(sleeper); // killed
     assert!(!out.status.success(), "a 64 MiB archive fit on 32 MiB");
     let err = stderr(&out);
     assert!(err.contains("No space left on device"), "{err}");
@@ -53,7 +44,7 @@ fn disk_full_while_writing_the_archive() {
     assert!(left.is_empty(), "partial output left: {left:?}");
     assert_eq!(btrfs.subvolumes(), subvolumes, "snapshot left");
     assert!(leftovers(&btrfs.mount).is_empty(), "{:?}", leftovers(&btrfs.mount));
-    let gc = ok_strings(&["gc".into(), "--config".into(), inventory.display().to_string(), "--state-dir".into(), state.display().to_string()]);
+    let gc = HERO_SNAP.ok(&["gc".into(), "--config".into(), inventory.display().to_string(), "--state-dir".into(), state.display().to_string()]);
     assert!(String::from_utf8_lossy(&gc.stdout).contains("nothing to clean up"), "{}", String::from_utf8_lossy(&gc.stdout));
 }
 
@@ -68,7 +59,7 @@ fn disk_full_while_staging_a_restore() {
     fs::write(src.path("var/lib/hero/hero_db/data/big2"), pseudo_random(16 << 20, 101)).unwrap();
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
 
     let small = LoopFs::new("ext4", 128);
     let hooks_log = src.dir.path().join("hooks.log");
@@ -77,7 +68,7 @@ fn disk_full_while_staging_a_restore() {
     let t = Instance::in_dir(&["default"], &inv, &small.mount);
     fs::write(t.path("var/lib/hero/hero_db/data/marker"), "old").unwrap();
     let before = tree(&t.path("var/lib/hero"));
-    let child = common::bin_command()
+    let child = HERO_SNAP.command()
         .env("HERO_SNAP_FAILPOINT", "restore-extract-file:stop")
         .args(t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]))
         .stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -102,7 +93,7 @@ fn disk_full_while_staging_a_restore() {
     assert!(leftovers(&small.mount).is_empty(), "staging left: {:?}", leftovers(&small.mount));
     let log = fs::read_to_string(&hooks_log).unwrap_or_default();
     assert_eq!(log.matches("stop").count(), log.matches("start").count(), "a stopped service was not started: {log}");
-    let gc = ok_strings(&t.args(&["gc"]));
+    let gc = HERO_SNAP.ok(&t.args(&["gc"]));
     assert!(String::from_utf8_lossy(&gc.stdout).contains("nothing to clean up"));
     // The space is free again: what was staged is gone.
     let df = Command::new("df").args(["--output=avail", "-B1"]).arg(&small.mount).output().unwrap();
@@ -123,12 +114,12 @@ fn preflight_counts_blocks_and_inodes_of_small_files() {
     }
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
 
     let small = LoopFs::new("ext4", 128);
     let t = Instance::in_dir(&["default"], INVENTORY, &small.mount);
     let before = tree(&t.path("var/lib/hero"));
-    let out = common::bin_command()
+    let out = HERO_SNAP.command()
         .args(t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]))
         .output().unwrap();
     assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));

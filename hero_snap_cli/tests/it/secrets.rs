@@ -1,8 +1,8 @@
 //! Keys and secrets: key and passphrase files others can read are refused with a message;
 //! secret values never reach an archive; no output of any run prints key material.
 
-mod common;
-use common::*;
+use crate::HERO_SNAP;
+use test_support::prelude::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -22,7 +22,7 @@ fn key_and_passphrase_files_others_can_read_are_refused() {
     let src = Instance::new(&["default"]);
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
     let pass = src.dir.path().join("pass");
     fs::write(&pass, "a passphrase\n").unwrap();
     for mode in [0o644, 0o640, 0o604, 0o660] {
@@ -31,19 +31,19 @@ fn key_and_passphrase_files_others_can_read_are_refused() {
             let base = [verb, "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()];
             // verify and inspect take no instance options
             let argv = if matches!(verb, "verify" | "inspect") { base.iter().map(|s| s.to_string()).collect() } else { src.args(&base) };
-            let out = run_strings(&argv);
+            let out = HERO_SNAP.run(&argv);
             assert_eq!(out.status.code(), Some(6), "identity {mode:o}/{verb}: {}", stderr(&out));
             assert!(stderr(&out).contains(&format!("chmod 600 {}", key.display())) && stderr(&out).contains("identity file"), "{verb}: {}", stderr(&out));
         }
         chmod(&pass, mode);
-        let out = run(&["verify", "--from", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]);
+        let out = HERO_SNAP.run(&["verify", "--from", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(6), "passphrase {mode:o}: {}", stderr(&out));
         assert!(stderr(&out).contains("passphrase file") && stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     }
     chmod(&key, 0o600);
-    ok(&["verify", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
+    HERO_SNAP.ok(&["verify", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
     chmod(&key, 0o400);
-    ok(&["verify", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
+    HERO_SNAP.ok(&["verify", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
 }
 
 #[test]
@@ -65,40 +65,40 @@ fn secret_values_never_enter_an_archive_and_no_output_prints_keys() {
     let a = archive.to_str().unwrap();
     let k = key.to_str().unwrap();
     let mut outs = vec![
-        ok_strings(&src.args(&["plan", "--allow-live", "--json"])),
-        ok_strings(&src.args(&["backup", "--allow-live", "--to", a, "-r", &recipient])),
-        ok_strings(&src.args(&["backup", "--allow-live", "--to", a, "-r", &recipient, "--json"])),
-        ok(&["inspect", "--from", a, "-i", k]),
-        ok(&["inspect", "--from", a, "-i", k, "--json"]),
-        ok(&["verify", "--from", a, "-i", k, "--json"]),
+        HERO_SNAP.ok(&src.args(&["plan", "--allow-live", "--json"])),
+        HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", a, "-r", &recipient])),
+        HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", a, "-r", &recipient, "--json"])),
+        HERO_SNAP.ok(&["inspect", "--from", a, "-i", k]),
+        HERO_SNAP.ok(&["inspect", "--from", a, "-i", k, "--json"]),
+        HERO_SNAP.ok(&["verify", "--from", a, "-i", k, "--json"]),
     ];
-    let mut cmd = bin();
+    let mut cmd = HERO_SNAP.cmd();
     cmd.env("HERO_SNAP_SCRYPT_WORK_FACTOR", "10").args(src.args(&["backup", "--allow-live", "--to", pw_archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     outs.push(o);
-    outs.push(ok(&["verify", "--from", pw_archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
+    outs.push(HERO_SNAP.ok(&["verify", "--from", pw_archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
 
     // Restore into a target whose store has the value too; then failures that handle keys.
     let t = Instance::new(&[]);
     fs::write(t.path("etc/hero/secrets"), format!("HERO_DB_KEY={value}\n")).unwrap();
-    outs.push(ok_strings(&t.args(&["preflight", "--from", a, "-i", k, "--json"])));
-    outs.push(ok_strings(&t.args(&["restore", "--from", a, "-i", k, "--json"])));
+    outs.push(HERO_SNAP.ok(&t.args(&["preflight", "--from", a, "-i", k, "--json"])));
+    outs.push(HERO_SNAP.ok(&t.args(&["restore", "--from", a, "-i", k, "--json"])));
     let wrong = t.dir.path().join("wrong");
     fs::write(&wrong, format!("{}\n", secret_key.replace('Q', "P").replace('q', "p"))).unwrap();
     chmod(&wrong, 0o600);
-    outs.push(run(&["verify", "--from", a, "-i", wrong.to_str().unwrap()]));
+    outs.push(HERO_SNAP.run(&["verify", "--from", a, "-i", wrong.to_str().unwrap()]));
     let other = tempfile::tempdir().unwrap();
     let (other_key, _) = age_key(other.path());
     let other_secret = fs::read_to_string(&other_key).unwrap().trim().to_string();
-    outs.push(run(&["verify", "--from", a, "-i", other_key.to_str().unwrap()]));
-    outs.push(run(&["verify", "--from", a, "-i", other_key.to_str().unwrap(), "--json"]));
+    outs.push(HERO_SNAP.run(&["verify", "--from", a, "-i", other_key.to_str().unwrap()]));
+    outs.push(HERO_SNAP.run(&["verify", "--from", a, "-i", other_key.to_str().unwrap(), "--json"]));
     let bad_pass = t.dir.path().join("bad-pass");
     fs::write(&bad_pass, format!("{passphrase}-wrong\n")).unwrap();
     chmod(&bad_pass, 0o600);
-    outs.push(run(&["verify", "--from", pw_archive.to_str().unwrap(), "--passphrase-file", bad_pass.to_str().unwrap()]));
+    outs.push(HERO_SNAP.run(&["verify", "--from", pw_archive.to_str().unwrap(), "--passphrase-file", bad_pass.to_str().unwrap()]));
     chmod(&key, 0o644);
-    outs.push(run(&["verify", "--from", a, "-i", k]));
+    outs.push(HERO_SNAP.run(&["verify", "--from", a, "-i", k]));
     chmod(&key, 0o600);
     let text = all_output(&outs);
     assert!(text.contains("HERO_DB_KEY") || text.contains("none of the given keys"), "the outputs were captured");

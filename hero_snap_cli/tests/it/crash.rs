@@ -3,14 +3,16 @@
 //! after `gc` / the next run, restored data exactly old or exactly new. docs/RELIABILITY.md
 //! lists the points.
 
-mod common;
-use common::loopfs::{LoopFs, TestCgroup};
-use common::*;
+use test_support::loopfs::LoopFs;
+use test_support::cli::instance_args;
+use test_support::fixtures;
+use test_support::sys::{eventually, mounts_under, TestCgroup};
+use crate::HERO_SNAP;
+use test_support::prelude::*;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every point where a backup is killed, in the order a run passes them.
 const BACKUP_POINTS: &[&str] = &[
@@ -54,45 +56,13 @@ fn killed(out: &std::process::Output, point: &str) {
 }
 
 fn gc(args: Vec<String>, point: &str) -> String {
-    let out = run_strings(&args);
+    let out = HERO_SNAP.run(&args);
     assert!(out.status.success(), "{point}: gc failed: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Paths named `.hero-snap-*` (staging, parking, reflink copies) under `dir`.
-fn leftovers(dir: &Path) -> Vec<String> {
-    walkdir::WalkDir::new(dir).into_iter().flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".hero-snap-"))
-        .map(|e| e.path().display().to_string()).collect()
-}
-
-fn mounts_under(dir: &Path) -> usize {
-    let d = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d))).count()
-}
-
 fn count(log: &Path, word: &str) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| *l == word).count()
-}
-
-/// Waits (bounded) until `cond` holds; false if it never did.
-fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    while !cond() {
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
-struct Sleeper(Child);
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -108,40 +78,19 @@ fn sigkill_at_every_backup_point_then_gc_cleans() {
     std::fs::write(root.join("a/data"), pseudo_random(300_000, 1)).unwrap();
     std::fs::write(root.join("b/data"), pseudo_random(300_000, 2)).unwrap();
     let (cg_a, cg_b) = (TestCgroup::new("crash-a"), TestCgroup::new("crash-b"));
-    let _sleepers: Vec<Sleeper> = [&cg_a, &cg_b].iter().map(|cg| {
-        let child = Command::new("sleep").arg("600").spawn().unwrap();
-        cg.add(child.id());
-        Sleeper(child)
-    }).collect();
+    let _sleepers = [cg_a.sleeper(), cg_b.sleeper()];
     let hooks_log = dir.path().join("hooks.log");
-    let hook = |w: &str| format!("{{argv: [sh, -c, 'echo {w} >> {}']}}", hooks_log.display());
     let inventory = dir.path().join("inventory.yaml");
-    std::fs::write(&inventory, format!(
-        r#"format: 1
-instance: crash
-services:
-  svc_a:
-    version: "1"
-    schema: 1
-    quiesce: {{cgroup: "{}", pre: {}, post: {}}}
-    surfaces:
-      - {{name: data, path: /a, scope: instance, class: source}}
-  svc_b:
-    version: "1"
-    schema: 1
-    quiesce: {{cgroup: "{}"}}
-    surfaces:
-      - {{name: data, path: /b, scope: instance, class: source}}
-"#, cg_a.name, hook("pre"), hook("post"), cg_b.name)).unwrap();
+    std::fs::write(&inventory, fixtures::inventory("crash", &[
+        ("cgroup_a", &cg_a.name),
+        ("cgroup_b", &cg_b.name),
+        ("hooks_log", hooks_log.to_str().unwrap()),
+    ])).unwrap();
     let state = dir.path().join("state");
     let out_dir = dir.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let archive = out_dir.join("a.hsnap");
-    let args = |v: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-        a.extend(["--config", inventory.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap()].map(String::from));
-        a
-    };
+    let args = |v: &[&str]| instance_args(v, &inventory, &root, &state);
     let backup = args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap(), "--freeze-deadline-ms", "5000"]);
     let mounts_before = mounts_under(&btrfs.mount);
     let subvolumes_before = btrfs.subvolumes();
@@ -166,7 +115,7 @@ services:
 
     let mut points = 0;
     for point in BACKUP_POINTS {
-        let mut cmd = bin();
+        let mut cmd = HERO_SNAP.cmd();
         let out = cmd.env("HERO_SNAP_FAILPOINT", point).args(&backup).output().unwrap();
         killed(&out, point);
         check_clean(point);
@@ -174,9 +123,9 @@ services:
     }
     // gc itself killed half way (after thawing, before the post hooks and the snapshot
     // removal): the next gc finishes the job.
-    let mut cmd = bin();
+    let mut cmd = HERO_SNAP.cmd();
     killed(&cmd.env("HERO_SNAP_FAILPOINT", "backup-snapshot-1-taken").args(&backup).output().unwrap(), "gc-backup-thawed");
-    let mut cmd = bin();
+    let mut cmd = HERO_SNAP.cmd();
     killed(&cmd.env("HERO_SNAP_FAILPOINT", "gc-backup-thawed").args(args(&["gc"])).output().unwrap(), "gc-backup-thawed");
     check_clean("gc-backup-thawed");
     points += 1;
@@ -186,11 +135,11 @@ services:
     // real name); the next backup to that path removes them.
     let partials = |d: &Path| std::fs::read_dir(d).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".partial")).count();
     assert!(partials(&out_dir) > 0, "the kills after the archive was opened should have left partial files");
-    ok_strings(&backup);
+    HERO_SNAP.ok(&backup);
     assert!(archive.exists());
     assert_eq!(partials(&out_dir), 0, "the next run did not remove dead runs' partial archives");
     assert!(leftovers(&btrfs.mount).is_empty() && btrfs.subvolumes() == subvolumes_before);
-    ok(&["verify", "--from", archive.to_str().unwrap(), "--allow-plaintext"]);
+    HERO_SNAP.ok(&["verify", "--from", archive.to_str().unwrap(), "--allow-plaintext"]);
 }
 
 #[test]
@@ -199,7 +148,7 @@ fn sigkill_at_every_restore_point_then_gc_leaves_old_or_new() {
     let src = Instance::in_dir(&["default", "geomind"], INVENTORY, &xfs.mount);
     let (key, recipient) = age_key(src.dir.path());
     let archive = src.dir.path().join("a.hsnap");
-    ok_strings(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
 
     // The target stops hero_db before the swaps and starts it after; hero_db is at schema 3
     // and migrates the archive's schema 2.
@@ -226,10 +175,10 @@ fn sigkill_at_every_restore_point_then_gc_leaves_old_or_new() {
         let all_before = tree_hash(&t.path("var/lib/hero"));
         let _ = std::fs::remove_file(&hooks_log);
         let restore = with_state(t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]));
-        let mut cmd = bin();
+        let mut cmd = HERO_SNAP.cmd();
         killed(&cmd.env("HERO_SNAP_FAILPOINT", point).args(&restore).output().unwrap(), point);
         if let Some(gp) = gc_point {
-            let mut cmd = bin();
+            let mut cmd = HERO_SNAP.cmd();
             killed(&cmd.env("HERO_SNAP_FAILPOINT", gp).args(with_state(t.args(&["gc"]))).output().unwrap(), gp);
         }
         let said = gc(with_state(t.args(&["gc"])), point);
@@ -250,7 +199,7 @@ fn sigkill_at_every_restore_point_then_gc_leaves_old_or_new() {
         let again = gc(with_state(t.args(&["gc"])), point);
         assert!(again.contains("nothing to clean up"), "{point}: second gc: {again}");
         // And the restore goes through now.
-        ok_strings(&restore);
+        HERO_SNAP.ok(&restore);
         for (i, p) in surfaces(&t).iter().enumerate() {
             assert_same_tree(&surfaces(&src)[i], p);
         }
@@ -275,7 +224,7 @@ fn the_failpoint_lists_cover_at_least_20_distinct_points() {
     assert_eq!(all.len(), n, "a point is listed twice");
     assert!(n >= 20, "{n} points");
     // Each listed point exists in the core's source (a renamed point fails here, not silently).
-    let src: String = walkdir::WalkDir::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../hero_snap_core/src")).into_iter().flatten()
+    let src: String = walkdir::WalkDir::new(fixtures::repo().join("hero_snap_core/src")).into_iter().flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap()).collect();
     for p in &all {
