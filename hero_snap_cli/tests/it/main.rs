@@ -11,6 +11,7 @@ mod crash;
 mod demo;
 mod deployment;
 mod diskfull;
+mod golden;
 mod nushell;
 mod operator;
 mod restore;
