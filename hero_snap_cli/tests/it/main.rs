@@ -14,6 +14,7 @@ mod diskfull;
 mod golden;
 mod nushell;
 mod operator;
+mod outputs;
 mod restore;
 mod s3;
 mod secrets;

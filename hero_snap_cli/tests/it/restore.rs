@@ -127,6 +127,7 @@ fn preflight_refusals_leave_the_target_unchanged() {
             let out = HERO_SNAP.run(&t.args(&[verb, "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]));
             assert_eq!(out.status.code(), Some(code), "{name}/{verb}: {}", stderr(&out));
             assert!(stderr(&out).contains(needle), "{name}/{verb}: {}", stderr(&out));
+            crate::outputs::assert_text(&format!("refusal_{}_{verb}", name.replace(' ', "_")), &stderr(&out));
         }
         assert_eq!(tree_hash(&t.path("var/lib/hero")), before, "{name}: the target changed");
         // --json lists the refusals with their kinds
