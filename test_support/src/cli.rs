@@ -45,12 +45,7 @@ impl Cli {
     /// Runs hero-snap with `args`; fails the test unless it succeeds.
     pub fn ok<S: AsRef<OsStr> + Debug>(&self, args: &[S]) -> Output {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "hero-snap {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(&out)
-        );
+        assert!(out.status.success(), "hero-snap {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
         out
     }
 }
@@ -58,10 +53,7 @@ impl Cli {
 /// The last non-empty line of `--json` output, the result (earlier lines are events).
 pub fn last_json(o: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&o.stdout);
-    let last = text
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("no output; stderr: {}", stderr(o)));
+    let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_else(|| panic!("no output; stderr: {}", stderr(o)));
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {text}"))
 }
 
@@ -96,11 +88,7 @@ impl Instance {
         let root = dir.path().join("root");
         fs::create_dir_all(root.join("etc/hero")).unwrap();
         fs::write(root.join("etc/hero/secrets"), "HERO_DB_KEY\n").unwrap();
-        let inst = Instance {
-            inventory: inv,
-            root,
-            dir,
-        };
+        let inst = Instance { inventory: inv, root, dir };
         if !contexts.is_empty() {
             inst.fill(contexts);
         }
@@ -116,11 +104,7 @@ impl Instance {
         let db = self.path("var/lib/hero/hero_db/data");
         fs::create_dir_all(&db).unwrap();
         fs::write(db.join("dump.rdb"), pseudo_random(200_000, 1)).unwrap();
-        fs::write(
-            db.join("appendonly.aof"),
-            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n".repeat(100),
-        )
-        .unwrap();
+        fs::write(db.join("appendonly.aof"), b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n".repeat(100)).unwrap();
         fs::create_dir_all(self.path("var/lib/hero/hero_indexer_cache")).unwrap();
         fs::write(self.path("var/lib/hero/hero_indexer_cache/tmp"), b"scratch").unwrap();
         for (i, c) in contexts.iter().enumerate() {
@@ -140,12 +124,7 @@ impl Instance {
     /// `v` followed by `--config <inventory> --root <root>`.
     pub fn args<'a>(&'a self, v: &[&'a str]) -> Vec<String> {
         let mut a: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-        a.extend([
-            "--config".into(),
-            self.inventory.display().to_string(),
-            "--root".into(),
-            self.root.display().to_string(),
-        ]);
+        a.extend(["--config".into(), self.inventory.display().to_string(), "--root".into(), self.root.display().to_string()]);
         a
     }
 }
@@ -154,16 +133,6 @@ impl Instance {
 /// that lay out their own instance.
 pub fn instance_args(v: &[&str], inventory: &Path, root: &Path, state: &Path) -> Vec<String> {
     let mut a: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    a.extend(
-        [
-            "--config",
-            inventory.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]
-        .map(String::from),
-    );
+    a.extend(["--config", inventory.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap()].map(String::from));
     a
 }

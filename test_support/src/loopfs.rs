@@ -24,20 +24,13 @@ impl LoopFs {
     }
 
     pub fn new_at(fstype: &str, size_mb: u64, mount: Option<&Path>) -> LoopFs {
-        let dir = tempfile::Builder::new()
-            .prefix("hero-snap-fs.")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("hero-snap-fs.").tempdir_in("/var/tmp").unwrap();
         let image = dir.path().join("image");
         let f = std::fs::File::create(&image).unwrap();
         f.set_len(size_mb << 20).unwrap();
         drop(f);
         let device = sh(&["losetup", "--find", "--show", image.to_str().unwrap()]);
-        let mut fs = LoopFs {
-            mount: PathBuf::new(),
-            device,
-            _dir: dir,
-        };
+        let mut fs = LoopFs { mount: PathBuf::new(), device, _dir: dir };
         match fstype {
             "btrfs" => sh(&["mkfs.btrfs", "-q", "-f", &fs.device]),
             "xfs" => sh(&["mkfs.xfs", "-q", "-f", "-m", "reflink=1", &fs.device]),
@@ -63,16 +56,7 @@ impl LoopFs {
 
     /// Subvolumes of this btrfs, as `btrfs subvolume list` paths.
     pub fn subvolumes(&self) -> Vec<String> {
-        sh(&[
-            "btrfs",
-            "subvolume",
-            "list",
-            "-o",
-            self.mount.to_str().unwrap(),
-        ])
-        .lines()
-        .filter_map(|l| l.split(" path ").nth(1).map(str::to_owned))
-        .collect()
+        sh(&["btrfs", "subvolume", "list", "-o", self.mount.to_str().unwrap()]).lines().filter_map(|l| l.split(" path ").nth(1).map(str::to_owned)).collect()
     }
 }
 

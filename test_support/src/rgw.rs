@@ -36,12 +36,7 @@ impl Gateway {
         for attempt in 0..2 {
             let port = 20000 + ((block + attempt * 300) % 600) as u16 * 20;
             let dir = tempfile::tempdir().unwrap();
-            let out = Command::new(script())
-                .arg("start")
-                .arg(dir.path())
-                .arg(port.to_string())
-                .output()
-                .unwrap();
+            let out = Command::new(script()).arg("start").arg(dir.path()).arg(port.to_string()).output().unwrap();
             if !out.status.success() {
                 errors.push_str(&format!("port {port}: {}\n", stderr(&out)));
                 // Whatever of it did start goes.
@@ -50,23 +45,13 @@ impl Gateway {
             }
             let mut env = Vec::new();
             for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let (k, v) = line
-                    .strip_prefix("export ")
-                    .unwrap()
-                    .split_once('=')
-                    .unwrap();
+                let (k, v) = line.strip_prefix("export ").unwrap().split_once('=').unwrap();
                 env.push((k.into(), v.into()));
             }
             if attempt > 0 {
                 eprintln!("scripts/ceph-rgw: the first start failed, the second worked:\n{errors}");
             }
-            return Gateway {
-                dir,
-                port,
-                env,
-                cli,
-                _exclusive: exclusive,
-            };
+            return Gateway { dir, port, env, cli, _exclusive: exclusive };
         }
         panic!("scripts/ceph-rgw start failed twice:\n{errors}");
     }
@@ -83,20 +68,8 @@ impl Gateway {
     pub fn api(&self, method: &str, path: &str, upload: Option<&Path>) -> (u16, String) {
         let body = self.dir.path().join("curl-body");
         let mut c = Command::new("curl");
-        c.args(["-s", "-o"]).arg(&body).args([
-            "-w",
-            "%{http_code}",
-            "-X",
-            method,
-            "--aws-sigv4",
-            "aws:amz:us-east-1:s3",
-            "--user",
-        ]);
-        c.arg(format!(
-            "{}:{}",
-            self.var("AWS_ACCESS_KEY_ID"),
-            self.var("AWS_SECRET_ACCESS_KEY")
-        ));
+        c.args(["-s", "-o"]).arg(&body).args(["-w", "%{http_code}", "-X", method, "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"]);
+        c.arg(format!("{}:{}", self.var("AWS_ACCESS_KEY_ID"), self.var("AWS_SECRET_ACCESS_KEY")));
         c.args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
         if method == "HEAD" {
             c.arg("-I");
@@ -106,10 +79,7 @@ impl Gateway {
         }
         c.arg(format!("{}{path}", self.endpoint()));
         let out = c.output().unwrap();
-        let status = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
+        let status = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
         (status, fs::read_to_string(&body).unwrap_or_default())
     }
 
@@ -120,10 +90,7 @@ impl Gateway {
 
     pub fn exists(&self, bucket: &str, key: &str) -> bool {
         let (status, _) = self.api("HEAD", &format!("/{bucket}/{key}"), None);
-        assert!(
-            status == 200 || status == 404,
-            "HEAD {bucket}/{key}: {status}"
-        );
+        assert!(status == 200 || status == 404, "HEAD {bucket}/{key}: {status}");
         status == 200
     }
 
@@ -131,46 +98,26 @@ impl Gateway {
     pub fn uploads(&self, bucket: &str) -> Vec<String> {
         let (status, body) = self.api("GET", &format!("/{bucket}?uploads="), None);
         assert_eq!(status, 200, "{body}");
-        body.split("<Upload>")
-            .skip(1)
-            .map(|u| {
-                u.split("<Key>")
-                    .nth(1)
-                    .unwrap()
-                    .split("</Key>")
-                    .next()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
+        body.split("<Upload>").skip(1).map(|u| u.split("<Key>").nth(1).unwrap().split("</Key>").next().unwrap().to_string()).collect()
     }
 
     /// hero-snap with the gateway's environment (endpoint, region, keys).
     pub fn hero_snap(&self, args: &[String], extra_env: &[(&str, &str)]) -> Output {
         let mut c = self.cli.command();
-        c.args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c.args(args).envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c.envs(extra_env.iter().copied());
         c.output().unwrap()
     }
 
     pub fn ok(&self, args: &[String]) -> Output {
         let out = self.hero_snap(args, &[]);
-        assert!(
-            out.status.success(),
-            "hero-snap {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            stderr(&out)
-        );
+        assert!(out.status.success(), "hero-snap {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
         out
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = Command::new(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
+        let _ = Command::new(script()).arg("stop").arg(self.dir.path()).status();
     }
 }

@@ -9,30 +9,16 @@ use std::time::{Duration, Instant};
 
 /// Runs `argv`, fails the test with its stderr if it fails; returns its stdout.
 pub fn tool(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", argv[0]));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", argv[0]));
+    assert!(out.status.success(), "{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The tools a test drives must be installed: fail, never skip.
 pub fn require_tools(tools: &[&str]) {
     for tool in tools {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            found,
-            "`{tool}` is not installed: run scripts/install-deps (as root) first"
-        );
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        assert!(found, "`{tool}` is not installed: run scripts/install-deps (as root) first");
     }
 }
 
@@ -55,22 +41,13 @@ pub fn leftovers_within(dir: &Path, depth: usize) -> Vec<String> {
 /// How many mounts have their mount point at or below `dir`.
 pub fn mounts_under(dir: &Path) -> usize {
     let d = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)))
-        .count()
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d))).count()
 }
 
 fn mount_of(fstype_and_source: &str, option: &str) -> Option<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     text.lines()
-        .find(|l| {
-            l.contains(fstype_and_source)
-                && l.split(' ')
-                    .next_back()
-                    .is_some_and(|o| o.split(',').any(|x| x == option) || option.is_empty())
-        })
+        .find(|l| l.contains(fstype_and_source) && l.split(' ').next_back().is_some_and(|o| o.split(',').any(|x| x == option) || option.is_empty()))
         .map(|l| PathBuf::from(l.split(' ').nth(4).unwrap()))
 }
 
@@ -81,11 +58,7 @@ pub fn cgroup2_mount() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (in the ephemeral range).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Waits (bounded) until `cond` holds; false if it never did.
@@ -140,11 +113,7 @@ pub struct TestCgroup {
 /// process, which share one process id.
 fn cgroup_name(label: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "hero-snap-test-{}-{}-{label}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("hero-snap-test-{}-{}-{label}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl TestCgroup {
@@ -152,25 +121,16 @@ impl TestCgroup {
         let name = cgroup_name(label);
         let dir = cgroup2_mount().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
-        TestCgroup {
-            dir,
-            name,
-            v2: true,
-        }
+        TestCgroup { dir, name, v2: true }
     }
 
     /// A cgroup in the v1 freezer hierarchy (hybrid hosts mount it beside cgroup2).
     pub fn new_v1(label: &str) -> TestCgroup {
-        let mount = mount_of(" - cgroup ", "freezer")
-            .expect("no v1 freezer hierarchy mounted on this host");
+        let mount = mount_of(" - cgroup ", "freezer").expect("no v1 freezer hierarchy mounted on this host");
         let name = cgroup_name(label);
         let dir = mount.join(&name);
         std::fs::create_dir_all(&dir).unwrap();
-        TestCgroup {
-            dir,
-            name,
-            v2: false,
-        }
+        TestCgroup { dir, name, v2: false }
     }
 
     pub fn add(&self, pid: u32) {
@@ -188,11 +148,7 @@ impl TestCgroup {
     /// runs outside); its stderr is piped.
     pub fn spawn(&self, argv: &[&str]) -> Child {
         Command::new("sh")
-            .args([
-                "-c",
-                "echo $$ > \"$0\" && exec \"$@\"",
-                self.dir.join("cgroup.procs").to_str().unwrap(),
-            ])
+            .args(["-c", "echo $$ > \"$0\" && exec \"$@\"", self.dir.join("cgroup.procs").to_str().unwrap()])
             .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -203,15 +159,9 @@ impl TestCgroup {
 
     pub fn frozen(&self) -> bool {
         if self.v2 {
-            std::fs::read_to_string(self.dir.join("cgroup.events"))
-                .unwrap()
-                .lines()
-                .any(|l| l == "frozen 1")
+            std::fs::read_to_string(self.dir.join("cgroup.events")).unwrap().lines().any(|l| l == "frozen 1")
         } else {
-            std::fs::read_to_string(self.dir.join("freezer.state"))
-                .unwrap()
-                .trim()
-                != "THAWED"
+            std::fs::read_to_string(self.dir.join("freezer.state")).unwrap().trim() != "THAWED"
         }
     }
 }
@@ -223,10 +173,7 @@ impl Drop for TestCgroup {
             let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
         } else {
             let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
-            for pid in std::fs::read_to_string(self.dir.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-            {
+            for pid in std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default().lines() {
                 let _ = Command::new("kill").args(["-9", pid.trim()]).status();
             }
         }

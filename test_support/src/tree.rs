@@ -32,17 +32,9 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
         return out; // an absent tree is the empty tree
     }
     let mut inodes: BTreeMap<(u64, u64), String> = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
+    for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
         let entry = entry.unwrap();
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let rel = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
         let meta = fs::symlink_metadata(entry.path()).unwrap();
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
@@ -79,13 +71,9 @@ pub fn tree(root: &Path) -> BTreeMap<String, Node> {
             }
         }
         if ft.is_file() {
-            node.blake3 = blake3::hash(&fs::read(entry.path()).unwrap())
-                .to_hex()
-                .to_string();
+            node.blake3 = blake3::hash(&fs::read(entry.path()).unwrap()).to_hex().to_string();
             if meta.nlink() > 1 {
-                let first = inodes
-                    .entry((meta.dev(), meta.ino()))
-                    .or_insert_with(|| rel.clone());
+                let first = inodes.entry((meta.dev(), meta.ino())).or_insert_with(|| rel.clone());
                 node.hardlink_group = Some(first.clone());
             }
             if meta.blocks() * 512 < meta.len() {
@@ -123,29 +111,15 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let tb = tree(b);
     let ka: Vec<_> = ta.keys().collect();
     let kb: Vec<_> = tb.keys().collect();
-    assert_eq!(
-        ka,
-        kb,
-        "different paths under {} and {}",
-        a.display(),
-        b.display()
-    );
+    assert_eq!(ka, kb, "different paths under {} and {}", a.display(), b.display());
     for (k, na) in &ta {
-        assert_eq!(
-            Some(na),
-            tb.get(k),
-            "`{k}` differs between {} and {}",
-            a.display(),
-            b.display()
-        );
+        assert_eq!(Some(na), tb.get(k), "`{k}` differs between {} and {}", a.display(), b.display());
     }
 }
 
 /// BLAKE3 over the whole description of a tree (for "unchanged" checks).
 pub fn tree_hash(root: &Path) -> String {
-    blake3::hash(format!("{:?}", tree(root)).as_bytes())
-        .to_hex()
-        .to_string()
+    blake3::hash(format!("{:?}", tree(root)).as_bytes()).to_hex().to_string()
 }
 
 /// The description as text, one line per path, sorted (the golden archives' expected
@@ -155,15 +129,8 @@ pub fn tree_hash(root: &Path) -> String {
 pub fn describe(root: &Path) -> String {
     let mut out = String::new();
     for (path, n) in tree(root) {
-        let path = if path.is_empty() {
-            ".".to_string()
-        } else {
-            path
-        };
-        out.push_str(&format!(
-            "{path} {} mode={:o} uid={} gid={} mtime={} size={}",
-            n.kind, n.mode, n.uid, n.gid, n.mtime, n.size
-        ));
+        let path = if path.is_empty() { ".".to_string() } else { path };
+        out.push_str(&format!("{path} {} mode={:o} uid={} gid={} mtime={} size={}", n.kind, n.mode, n.uid, n.gid, n.mtime, n.size));
         if !n.blake3.is_empty() {
             out.push_str(&format!(" blake3={}", n.blake3));
         }

@@ -102,9 +102,18 @@ fn tree_comparison_notices_differences() {
         Box::new(|p| std::os::unix::fs::lchown(p.join("h1"), Some(7), None).unwrap()),
         Box::new(|p| filetime::set_file_mtime(p.join("empty"), filetime::FileTime::from_unix_time(1, 0)).unwrap()),
         Box::new(|p| xattr::set(p.join("plain.txt"), "user.hero", b"other").unwrap()),
-        Box::new(|p| { fs::remove_file(p.join("rel-link")).unwrap(); std::os::unix::fs::symlink("empty", p.join("rel-link")).unwrap() }),
-        Box::new(|p| { fs::remove_file(p.join("sub/h2")).unwrap(); fs::write(p.join("sub/h2"), "linked content\n").unwrap() }),
-        Box::new(|p| { let d = fs::read(p.join("sparse.img")).unwrap(); fs::write(p.join("sparse.img"), d).unwrap() }),
+        Box::new(|p| {
+            fs::remove_file(p.join("rel-link")).unwrap();
+            std::os::unix::fs::symlink("empty", p.join("rel-link")).unwrap()
+        }),
+        Box::new(|p| {
+            fs::remove_file(p.join("sub/h2")).unwrap();
+            fs::write(p.join("sub/h2"), "linked content\n").unwrap()
+        }),
+        Box::new(|p| {
+            let d = fs::read(p.join("sparse.img")).unwrap();
+            fs::write(p.join("sparse.img"), d).unwrap()
+        }),
     ];
     for (i, change) in changes.iter().enumerate() {
         let c = tempfile::tempdir().unwrap();
@@ -161,7 +170,14 @@ fn passphrase_and_ssh_recipients() {
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     fs::set_permissions(&pass, fs::Permissions::from_mode(0o600)).unwrap();
     let mut cmd = HERO_SNAP.cmd();
-    cmd.env("HERO_SNAP_SCRYPT_WORK_FACTOR", "10").args(src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
+    cmd.env("HERO_SNAP_SCRYPT_WORK_FACTOR", "10").args(src.args(&[
+        "backup",
+        "--allow-live",
+        "--to",
+        archive.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
     assert!(cmd.output().unwrap().status.success());
     HERO_SNAP.ok(&["verify", "--from", archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]);
 

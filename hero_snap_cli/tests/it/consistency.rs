@@ -23,12 +23,12 @@
 //! mix: all btrfs (one subvolume per service), all XFS (reflink copies), and mixed (Redis
 //! and git on btrfs subvolumes, SQLite on XFS).
 
-use test_support::loopfs::LoopFs;
+use crate::HERO_SNAP;
 use test_support::cli::instance_args;
 use test_support::fixtures;
-use test_support::sys::{free_port, leftovers_within, require_tools, tool, KillOnDrop, TestCgroup};
-use crate::HERO_SNAP;
+use test_support::loopfs::LoopFs;
 use test_support::prelude::*;
+use test_support::sys::{free_port, leftovers_within, require_tools, tool, KillOnDrop, TestCgroup};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -47,8 +47,23 @@ impl Redis {
         let port = free_port();
         let p = port.to_string();
         let child = cg.spawn(&[
-            "redis-server", "--port", &p, "--bind", "127.0.0.1", "--dir", dir.to_str().unwrap(), "--daemonize", "no",
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "1 1", "--logfile", "",
+            "redis-server",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "1 1",
+            "--logfile",
+            "",
         ]);
         let mut r = Redis { child, port };
         let until = Instant::now() + Duration::from_secs(30);
@@ -127,8 +142,17 @@ fn layout_context(root: &Path, ctx: &str) -> (PathBuf, PathBuf) {
     tool(&["git", "init", "-q", "--bare", "-b", "main", git.to_str().unwrap()]);
     let empty_tree = tool(&["git", "--git-dir", git.to_str().unwrap(), "hash-object", "-w", "-t", "tree", "/dev/null"]);
     let first = tool(&[
-        "git", "-c", "user.name=test", "-c", "user.email=test@hero", "--git-dir", git.to_str().unwrap(),
-        "commit-tree", empty_tree.trim(), "-m", "first commit",
+        "git",
+        "-c",
+        "user.name=test",
+        "-c",
+        "user.email=test@hero",
+        "--git-dir",
+        git.to_str().unwrap(),
+        "commit-tree",
+        empty_tree.trim(),
+        "-m",
+        "first commit",
     ]);
     tool(&["git", "--git-dir", git.to_str().unwrap(), "update-ref", "refs/heads/main", first.trim()]);
     (db, git)
@@ -231,11 +255,22 @@ fn consistent_under_load(mix: &str) {
 
     // Restore into a bare target and start Redis on the restored data.
     let target = tempfile::Builder::new().prefix("hero-snap-consistency-target.").tempdir_in("/var/tmp").unwrap();
-    let out = HERO_SNAP.run(&[
-        "restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(),
-        "--config", inv.to_str().unwrap(), "--root", target.path().to_str().unwrap(),
-        "--state-dir", state.to_str().unwrap(),
-    ].map(String::from));
+    let out = HERO_SNAP.run(
+        &[
+            "restore",
+            "--from",
+            archive.to_str().unwrap(),
+            "-i",
+            key.to_str().unwrap(),
+            "--config",
+            inv.to_str().unwrap(),
+            "--root",
+            target.path().to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
     assert!(out.status.success(), "{mix}: restore failed: {}", stderr(&out));
     let cg_restored = TestCgroup::new(&format!("cons-{mix}-restored"));
     let redis = Redis::start(&target.path().join("var/lib/hero/hero_db/data"), &cg_restored);
@@ -246,7 +281,10 @@ fn consistent_under_load(mix: &str) {
         let (r, s, g) = counts(&redis, target.path(), ctx);
         eprintln!("{mix}: {ctx}: restored redis 1..{r}, sqlite 1..{s}, git 1..{g}");
         assert!(g >= before.saturating_sub(1), "{mix}: {ctx} has {g} transactions, the writer had done {before} rounds before the backup");
-        assert!(g <= s && s <= r && r <= g + 1, "{mix}: {ctx}: redis 1..{r}, sqlite 1..{s}, git 1..{g}: a transaction reached a later store without an earlier one, or two are partial");
+        assert!(
+            g <= s && s <= r && r <= g + 1,
+            "{mix}: {ctx}: redis 1..{r}, sqlite 1..{s}, git 1..{g}: a transaction reached a later store without an earlier one, or two are partial"
+        );
         if r != g {
             partial.push(format!("{ctx}: txn {r}"));
         }

@@ -3,12 +3,12 @@
 //! after `gc` / the next run, restored data exactly old or exactly new. docs/RELIABILITY.md
 //! lists the points.
 
-use test_support::loopfs::LoopFs;
+use crate::HERO_SNAP;
 use test_support::cli::instance_args;
 use test_support::fixtures;
-use test_support::sys::{eventually, mounts_under, TestCgroup};
-use crate::HERO_SNAP;
+use test_support::loopfs::LoopFs;
 use test_support::prelude::*;
+use test_support::sys::{eventually, mounts_under, TestCgroup};
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -81,11 +81,8 @@ fn sigkill_at_every_backup_point_then_gc_cleans() {
     let _sleepers = [cg_a.sleeper(), cg_b.sleeper()];
     let hooks_log = dir.path().join("hooks.log");
     let inventory = dir.path().join("inventory.yaml");
-    std::fs::write(&inventory, fixtures::inventory("crash", &[
-        ("cgroup_a", &cg_a.name),
-        ("cgroup_b", &cg_b.name),
-        ("hooks_log", hooks_log.to_str().unwrap()),
-    ])).unwrap();
+    std::fs::write(&inventory, fixtures::inventory("crash", &[("cgroup_a", &cg_a.name), ("cgroup_b", &cg_b.name), ("hooks_log", hooks_log.to_str().unwrap())]))
+        .unwrap();
     let state = dir.path().join("state");
     let out_dir = dir.path().join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -100,16 +97,24 @@ fn sigkill_at_every_backup_point_then_gc_cleans() {
         assert!(eventually(Duration::from_secs(3), || !cg_a.frozen() && !cg_b.frozen()), "{point}: services still frozen");
         let out = gc(args(&["gc"]), point);
         assert!(!cg_a.frozen() && !cg_b.frozen(), "{point}: services frozen after gc");
-        assert!(eventually(Duration::from_secs(5), || count(&hooks_log, "pre") == count(&hooks_log, "post")),
-            "{point}: {} pre hooks but {} post hooks (gc said: {out})", count(&hooks_log, "pre"), count(&hooks_log, "post"));
+        assert!(
+            eventually(Duration::from_secs(5), || count(&hooks_log, "pre") == count(&hooks_log, "post")),
+            "{point}: {} pre hooks but {} post hooks (gc said: {out})",
+            count(&hooks_log, "pre"),
+            count(&hooks_log, "post")
+        );
         assert_eq!(btrfs.subvolumes(), subvolumes_before, "{point}: snapshots left");
         assert!(leftovers(&btrfs.mount).is_empty(), "{point}: left {:?}", leftovers(&btrfs.mount));
         assert!(leftovers(&xfs.mount).is_empty(), "{point}: left {:?}", leftovers(&xfs.mount));
         assert!(leftovers(&state).is_empty(), "{point}: left {:?}", leftovers(&state));
         assert_eq!(mounts_under(&btrfs.mount), mounts_before, "{point}: a mount was left");
         assert!(!archive.exists(), "{point}: an archive was published");
-        let journals: Vec<_> = std::fs::read_dir(&state).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".json") || n.contains(".pre-")).collect();
+        let journals: Vec<_> = std::fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json") || n.contains(".pre-"))
+            .collect();
         assert!(journals.is_empty(), "{point}: gc left {journals:?}");
     };
 
@@ -154,9 +159,15 @@ fn sigkill_at_every_restore_point_then_gc_leaves_old_or_new() {
     // and migrates the archive's schema 2.
     let hooks_log = src.dir.path().join("hooks.log");
     let hook = |w: &str| format!("{{argv: [sh, -c, 'echo {w} >> {}']}}", hooks_log.display());
-    let inventory = INVENTORY.replace("schema: 2\n", &format!(
-        "schema: 3\n    hooks: {{stop: {}, start: {}}}\n    migrations:\n      - {{from: 2, run: {}}}\n",
-        hook("stop"), hook("start"), hook("migrate")));
+    let inventory = INVENTORY.replace(
+        "schema: 2\n",
+        &format!(
+            "schema: 3\n    hooks: {{stop: {}, start: {}}}\n    migrations:\n      - {{from: 2, run: {}}}\n",
+            hook("stop"),
+            hook("start"),
+            hook("migrate")
+        ),
+    );
     let surfaces = |i: &Instance| -> Vec<PathBuf> {
         vec![
             i.path("var/lib/hero/hero_db/data"),
@@ -168,7 +179,10 @@ fn sigkill_at_every_restore_point_then_gc_leaves_old_or_new() {
     let run_point = |point: &str, expect_new: bool, gc_point: Option<&str>| {
         let t = Instance::in_dir(&["default", "geomind"], &inventory, &xfs.mount);
         let state = t.dir.path().join("state");
-        let with_state = |mut v: Vec<String>| { v.extend(["--state-dir".into(), state.display().to_string()]); v };
+        let with_state = |mut v: Vec<String>| {
+            v.extend(["--state-dir".into(), state.display().to_string()]);
+            v
+        };
         std::fs::write(t.path("var/lib/hero/hero_db/data/marker"), "old").unwrap();
         std::fs::write(t.path("var/lib/hero/hero_foundry/contexts/geomind/files/marker"), "old").unwrap();
         let old: Vec<_> = surfaces(&t).iter().map(|p| tree(p)).collect();
@@ -182,7 +196,13 @@ fn sigkill_at_every_restore_point_then_gc_leaves_old_or_new() {
             killed(&cmd.env("HERO_SNAP_FAILPOINT", gp).args(with_state(t.args(&["gc"]))).output().unwrap(), gp);
         }
         let said = gc(with_state(t.args(&["gc"])), point);
-        let expected = if point == "restore-locked" { "nothing to clean up" } else if expect_new { "completed" } else { "rolled-back" };
+        let expected = if point == "restore-locked" {
+            "nothing to clean up"
+        } else if expect_new {
+            "completed"
+        } else {
+            "rolled-back"
+        };
         assert!(said.contains(expected), "{point}: gc said {said}");
         for (i, p) in surfaces(&t).iter().enumerate() {
             if expect_new {
@@ -224,9 +244,12 @@ fn the_failpoint_lists_cover_at_least_20_distinct_points() {
     assert_eq!(all.len(), n, "a point is listed twice");
     assert!(n >= 20, "{n} points");
     // Each listed point exists in the core's source (a renamed point fails here, not silently).
-    let src: String = walkdir::WalkDir::new(fixtures::repo().join("hero_snap_core/src")).into_iter().flatten()
+    let src: String = walkdir::WalkDir::new(fixtures::repo().join("hero_snap_core/src"))
+        .into_iter()
+        .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "rs"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap()).collect();
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
     for p in &all {
         let literal = format!("failpoint(\"{p}\")");
         let templated = p.starts_with("backup-snapshot-") && src.contains("failpoint(&format!(\"backup-snapshot-{i}-taken\"))");

@@ -16,10 +16,7 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     let _exclusive = exclusive();
     let repo = repo();
     require_tools(&["redis-server", "redis-cli", "sqlite3", "git", "python3", "mkfs.btrfs", "mkfs.xfs", "age-keygen"]);
-    let out = Command::new(repo.join("scripts/demo"))
-        .env("HERO_SNAP_DEMO_BIN", HERO_SNAP.path())
-        .output()
-        .unwrap();
+    let out = Command::new(repo.join("scripts/demo")).env("HERO_SNAP_DEMO_BIN", HERO_SNAP.path()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "scripts/demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
     for promise in ["consistency: atomic", "consistent: ", "refused, as it should be", "geomind2: ", "demo done"] {

@@ -2,12 +2,12 @@
 //! btrfs with a frozen cgroup) and while staging a restore. A clear error naming the
 //! path, no partial output, the target unchanged, the services thawed (or started again).
 
-use test_support::loopfs::LoopFs;
+use crate::HERO_SNAP;
 use test_support::cli::instance_args;
 use test_support::fixtures;
-use test_support::sys::TestCgroup;
-use crate::HERO_SNAP;
+use test_support::loopfs::LoopFs;
 use test_support::prelude::*;
+use test_support::sys::TestCgroup;
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -64,14 +64,19 @@ fn disk_full_while_staging_a_restore() {
     let small = LoopFs::new("ext4", 128);
     let hooks_log = src.dir.path().join("hooks.log");
     let hook = |w: &str| format!("{{argv: [sh, -c, 'echo {w} >> {}']}}", hooks_log.display());
-    let inv = INVENTORY.replace("    secrets: [HERO_DB_KEY]\n", &format!("    secrets: [HERO_DB_KEY]\n    hooks: {{stop: {}, start: {}}}\n", hook("stop"), hook("start")));
+    let inv = INVENTORY
+        .replace("    secrets: [HERO_DB_KEY]\n", &format!("    secrets: [HERO_DB_KEY]\n    hooks: {{stop: {}, start: {}}}\n", hook("stop"), hook("start")));
     let t = Instance::in_dir(&["default"], &inv, &small.mount);
     fs::write(t.path("var/lib/hero/hero_db/data/marker"), "old").unwrap();
     let before = tree(&t.path("var/lib/hero"));
-    let child = HERO_SNAP.command()
+    let child = HERO_SNAP
+        .command()
         .env("HERO_SNAP_FAILPOINT", "restore-extract-file:stop")
         .args(t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]))
-        .stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stat = format!("/proc/{}/stat", child.id());
     let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !fs::read_to_string(&stat).unwrap_or_default().contains(") T ") {
@@ -119,9 +124,7 @@ fn preflight_counts_blocks_and_inodes_of_small_files() {
     let small = LoopFs::new("ext4", 128);
     let t = Instance::in_dir(&["default"], INVENTORY, &small.mount);
     let before = tree(&t.path("var/lib/hero"));
-    let out = HERO_SNAP.command()
-        .args(t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]))
-        .output().unwrap();
+    let out = HERO_SNAP.command().args(t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"])).output().unwrap();
     assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("bytes with margin") && err.contains("inodes for the files"), "{err}");

@@ -12,11 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The surfaces of the golden instance, relative to its root.
-const SURFACES: [&str; 3] = [
-    "var/lib/hero/hero_db/data",
-    "var/lib/hero/hero_foundry/contexts/alpha/files",
-    "var/lib/hero/hero_foundry/contexts/beta/files",
-];
+const SURFACES: [&str; 3] = ["var/lib/hero/hero_db/data", "var/lib/hero/hero_foundry/contexts/alpha/files", "var/lib/hero/hero_foundry/contexts/beta/files"];
 
 fn golden(name: &str) -> PathBuf {
     repo().join("fixtures/archives").join(name)
@@ -34,10 +30,7 @@ fn private_copy(name: &str, dir: &Path) -> String {
 fn stable(mut result: serde_json::Value) -> serde_json::Value {
     let m = result.as_object_mut().expect("the result is an object");
     for volatile in ["created", "run_id", "tool_version"] {
-        assert!(
-            m.remove(volatile).is_some(),
-            "the manifest has no `{volatile}`"
-        );
+        assert!(m.remove(volatile).is_some(), "the manifest has no `{volatile}`");
     }
     result
 }
@@ -54,43 +47,25 @@ fn check(archive: &str, keys: &[&str]) {
     let mut inspect = with_keys("inspect");
     inspect.push("--json".into());
     let got = last_json(&HERO_SNAP.ok(&inspect));
-    let recorded: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(golden("manifest.json")).unwrap()).unwrap();
-    assert_eq!(
-        stable(got["result"].clone()),
-        stable(recorded["result"].clone()),
-        "{archive}: the manifest differs from the recorded one"
-    );
+    let recorded: serde_json::Value = serde_json::from_str(&fs::read_to_string(golden("manifest.json")).unwrap()).unwrap();
+    assert_eq!(stable(got["result"].clone()), stable(recorded["result"].clone()), "{archive}: the manifest differs from the recorded one");
 
     let mut verify = with_keys("verify");
     verify.push("--json".into());
     let v = last_json(&HERO_SNAP.ok(&verify));
-    assert_eq!(
-        v["result"]["files"], recorded["result"]["files"],
-        "{archive}: {v}"
-    );
+    assert_eq!(v["result"]["files"], recorded["result"]["files"], "{archive}: {v}");
 
-    let target =
-        Instance::with_inventory(&[], &fs::read_to_string(golden("inventory.yaml")).unwrap());
+    let target = Instance::with_inventory(&[], &fs::read_to_string(golden("inventory.yaml")).unwrap());
     let restore = with_keys("restore");
     let mut restore = target.args(&restore.iter().map(String::as_str).collect::<Vec<_>>());
-    restore.extend([
-        "--state-dir".into(),
-        target.dir.path().join("state").display().to_string(),
-    ]);
+    restore.extend(["--state-dir".into(), target.dir.path().join("state").display().to_string()]);
     HERO_SNAP.ok(&restore);
-    let restored: String = SURFACES
-        .iter()
-        .map(|s| format!("[{s}]\n{}", describe(&target.path(s))))
-        .collect();
+    let restored: String = SURFACES.iter().map(|s| format!("[{s}]\n{}", describe(&target.path(s)))).collect();
     let expected = fs::read_to_string(golden("tree.txt")).unwrap();
     for (i, (got, want)) in restored.lines().zip(expected.lines()).enumerate() {
         assert_eq!(got, want, "{archive}: line {} of tree.txt differs", i + 1);
     }
-    assert_eq!(
-        restored, expected,
-        "{archive}: the restored tree differs from tree.txt"
-    );
+    assert_eq!(restored, expected, "{archive}: the restored tree differs from tree.txt");
 }
 
 #[test]
@@ -117,14 +92,7 @@ fn golden_passphrase_archive_reads_and_restores() {
 #[test]
 fn golden_tree_description_sees_what_it_records() {
     let expected = fs::read_to_string(golden("tree.txt")).unwrap();
-    for needle in [
-        "extents=",
-        "hardlink=",
-        "xattr.user.hero=",
-        "link=redis.conf",
-        "mode=1777",
-        "uid=1000",
-    ] {
+    for needle in ["extents=", "hardlink=", "xattr.user.hero=", "link=redis.conf", "mode=1777", "uid=1000"] {
         assert!(expected.contains(needle), "tree.txt records no `{needle}`");
     }
     let dir = tempfile::tempdir().unwrap();

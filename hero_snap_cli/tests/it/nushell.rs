@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn nu() -> PathBuf {
-    let p = std::env::var_os("HERO_SNAP_NU").map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/nu/node_modules/.bin/nu"));
+    let p = std::env::var_os("HERO_SNAP_NU").map(PathBuf::from).unwrap_or_else(|| repo().join("target/nu/node_modules/.bin/nu"));
     assert!(p.exists(), "{} missing: run scripts/install-deps", p.display());
     p
 }
@@ -49,10 +48,7 @@ fn service_verbs_back_up_and_restore() {
 
     let out = service(&inst, &format!("service hero_foundry restore --from geo.hsnap --context geomind --as geomind2 -i {}", key.display()));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_same_tree(
-        &inst.path("var/lib/hero/hero_foundry/contexts/geomind/files"),
-        &inst.path("var/lib/hero/hero_foundry/contexts/geomind2/files"),
-    );
+    assert_same_tree(&inst.path("var/lib/hero/hero_foundry/contexts/geomind/files"), &inst.path("var/lib/hero/hero_foundry/contexts/geomind2/files"));
 
     let out = service(&inst, "service hero_db frobnicate --to x");
     assert!(!out.status.success());

@@ -2,11 +2,11 @@
 //! exit codes, SIGINT/SIGTERM as clean cancellation, completions and man page, and
 //! `list` / `prune` over a directory of real archives.
 
-use test_support::loopfs::LoopFs;
-use test_support::sys::TestCgroup;
 use crate::HERO_SNAP;
 use test_support::fixtures;
+use test_support::loopfs::LoopFs;
 use test_support::prelude::*;
+use test_support::sys::TestCgroup;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -135,7 +135,8 @@ fn json_event_stream_of_backup_verify_restore_matches_the_schema() {
     assert!(verify.output().unwrap().status.success(), "stdout carries only the archive");
 
     // Single-result commands print one schema-valid line too.
-    for args in [vec!["inspect", "--json", "--allow-plaintext", "--from", archive.to_str().unwrap()], vec!["list", "--json", src.dir.path().to_str().unwrap()]] {
+    for args in [vec!["inspect", "--json", "--allow-plaintext", "--from", archive.to_str().unwrap()], vec!["list", "--json", src.dir.path().to_str().unwrap()]]
+    {
         let ev = events(&HERO_SNAP.ok(&args).stdout);
         assert_eq!(ev.len(), 1, "{args:?}");
     }
@@ -298,7 +299,8 @@ fn sigint_and_sigterm_cancel_a_backup_cleanly() {
     let _sleepers = [cg_a.sleeper(), cg_b.sleeper()];
     let work = tempfile::tempdir().unwrap();
     let inv = work.path().join("inventory.yaml");
-    std::fs::write(&inv, fixtures::inventory("signals", &[("cgroup_a", &cg_a.name), ("cgroup_b", &cg_b.name), ("dir", work.path().to_str().unwrap())])).unwrap();
+    std::fs::write(&inv, fixtures::inventory("signals", &[("cgroup_a", &cg_a.name), ("cgroup_b", &cg_b.name), ("dir", work.path().to_str().unwrap())]))
+        .unwrap();
     let state = work.path().join("state");
     let out_dir = work.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
@@ -309,7 +311,18 @@ fn sigint_and_sigterm_cancel_a_backup_cleanly() {
         let _ = std::fs::remove_file(work.path().join("go"));
         let _ = std::fs::remove_file(work.path().join("post.log"));
         let mut cmd = HERO_SNAP.command();
-        cmd.args(["backup", "--no-encrypt", "--to", archive.to_str().unwrap(), "--config", inv.to_str().unwrap(), "--root", root.to_str().unwrap(), "--state-dir", state.to_str().unwrap()]);
+        cmd.args([
+            "backup",
+            "--no-encrypt",
+            "--to",
+            archive.to_str().unwrap(),
+            "--config",
+            inv.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
         if json {
             cmd.arg("--json");
         }
@@ -331,7 +344,9 @@ fn sigint_and_sigterm_cancel_a_backup_cleanly() {
         assert!(std::fs::read_to_string(work.path().join("post.log")).unwrap_or_default().contains("post"), "{sig}: post hook did not run");
         assert_eq!(fs.subvolumes(), subvolumes_before, "{sig}: a snapshot was left behind");
         assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "{sig}: the archive or its partial file was left");
-        let journals: Vec<PathBuf> = std::fs::read_dir(&state).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("backup-")).collect()).unwrap_or_default();
+        let journals: Vec<PathBuf> = std::fs::read_dir(&state)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().contains("backup-")).collect())
+            .unwrap_or_default();
         assert!(journals.is_empty(), "{sig}: journals left: {journals:?}");
     }
 }
@@ -353,7 +368,8 @@ fn sigterm_during_restore_rolls_back() {
     std::fs::write(dst.path("var/lib/hero/hero_foundry/contexts/geomind/files/local.txt"), "target's own").unwrap();
     let parent = dst.path("var/lib/hero/hero_foundry/contexts/geomind");
     let before = tree_hash(&dst.path("var/lib/hero"));
-    let mut child = HERO_SNAP.command()
+    let mut child = HERO_SNAP
+        .command()
         .args(dst.args(&["restore", "--allow-plaintext", "--replace", "--from", archive.to_str().unwrap()]))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -27,12 +27,7 @@ pub fn assert_text(name: &str, text: &str) {
 
 /// stdout then stderr, each under a header, as an operator sees them.
 fn both(o: &std::process::Output) -> String {
-    format!(
-        "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        stderr(o)
-    )
+    format!("exit: {:?}\n--- stdout\n{}--- stderr\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), stderr(o))
 }
 
 fn backup(inst: &Instance, to: &Path, extra: &[&str]) {
@@ -60,18 +55,9 @@ fn preflight_text() {
     let a = Instance::new(&["default", "geomind"]);
     let archive = a.dir.path().join("a.hsnap");
     backup(&a, &archive, &["--no-encrypt"]);
-    let inv = INVENTORY.replace(
-        "schema: 2\n",
-        "schema: 3\n    migrations:\n      - {from: 2, run: {argv: [\"true\"]}}\n",
-    );
+    let inv = INVENTORY.replace("schema: 2\n", "schema: 3\n    migrations:\n      - {from: 2, run: {argv: [\"true\"]}}\n");
     let t = Instance::with_inventory(&["default"], &inv);
-    let out = HERO_SNAP.ok(&t.args(&[
-        "preflight",
-        "--allow-plaintext",
-        "--replace",
-        "--from",
-        archive.to_str().unwrap(),
-    ]));
+    let out = HERO_SNAP.ok(&t.args(&["preflight", "--allow-plaintext", "--replace", "--from", archive.to_str().unwrap()]));
     assert_text("preflight", &both(&out));
 }
 
@@ -80,28 +66,14 @@ fn prune_dry_run_text() {
     let src = Instance::new(&["geomind"]);
     let backups = src.dir.path().join("backups");
     std::fs::create_dir(&backups).unwrap();
-    for (name, extra) in [
-        ("old.hsnap", &[][..]),
-        ("mid.hsnap", &[]),
-        ("new.hsnap", &[]),
-        ("geomind.hsnap", &["--context", "geomind"]),
-    ] {
+    for (name, extra) in [("old.hsnap", &[][..]), ("mid.hsnap", &[]), ("new.hsnap", &[]), ("geomind.hsnap", &["--context", "geomind"])] {
         let mut a = vec!["--no-encrypt"];
         a.extend_from_slice(extra);
         backup(&src, &backups.join(name), &a);
     }
     std::fs::write(backups.join("notes.txt"), "not an archive").unwrap();
-    for rules in [
-        &["--keep-last", "1"][..],
-        &["--keep-last", "2"],
-        &["--keep-daily", "1"],
-    ] {
-        let mut a = vec![
-            "prune",
-            backups.to_str().unwrap(),
-            "--allow-plaintext",
-            "--dry-run",
-        ];
+    for rules in [&["--keep-last", "1"][..], &["--keep-last", "2"], &["--keep-daily", "1"]] {
+        let mut a = vec!["prune", backups.to_str().unwrap(), "--allow-plaintext", "--dry-run"];
         a.extend_from_slice(rules);
         let out = HERO_SNAP.ok(&a);
         let text = both(&out);
@@ -116,10 +88,7 @@ fn prune_dry_run_text() {
                 }
             })
             .collect();
-        assert_text(
-            &format!("prune_dry_run{}", rules.join("_").replace("--", "_")),
-            &text,
-        );
+        assert_text(&format!("prune_dry_run{}", rules.join("_").replace("--", "_")), &text);
     }
     for name in ["old.hsnap", "mid.hsnap", "new.hsnap", "geomind.hsnap"] {
         assert!(backups.join(name).exists(), "a dry run deleted {name}");

@@ -73,9 +73,15 @@ fn per_context_export(on: Option<(&Path, &Path)>) {
     assert_eq!(tree_hash(&c.path("var/lib/hero")), before, "a refused restore changed the target");
 
     // With --as geomind2 it works, and nothing else of C changes.
-    let others: Vec<(PathBuf, String)> = ["default", "geomind", "incubaid"].iter().map(|x| ctx_dir(&c, x))
+    let others: Vec<(PathBuf, String)> = ["default", "geomind", "incubaid"]
+        .iter()
+        .map(|x| ctx_dir(&c, x))
         .chain([c.path("var/lib/hero/hero_db"), c.path("var/lib/hero/hero_indexer")])
-        .map(|p| { let h = tree_hash(&p); (p, h) }).collect();
+        .map(|p| {
+            let h = tree_hash(&p);
+            (p, h)
+        })
+        .collect();
     HERO_SNAP.ok(&restore_args(&c, &archive, &key, &["--context", "geomind", "--as", "geomind2"]));
     for s in ["files", "git"] {
         assert_same_tree(&ctx_dir(&a, "geomind").join(s), &ctx_dir(&c, "geomind2").join(s));
@@ -202,7 +208,11 @@ fn sigkill_during_restore_then_gc_leaves_old_or_new() {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(9), "{point}: the failpoint did not fire: {}", stderr(&out));
         let gc = HERO_SNAP.ok(&t.args(&["gc"]));
-        assert!(String::from_utf8_lossy(&gc.stdout).contains(if expect_new { "completed" } else { "rolled-back" }), "{point}: {}", String::from_utf8_lossy(&gc.stdout));
+        assert!(
+            String::from_utf8_lossy(&gc.stdout).contains(if expect_new { "completed" } else { "rolled-back" }),
+            "{point}: {}",
+            String::from_utf8_lossy(&gc.stdout)
+        );
         let new_src = [a.path("var/lib/hero/hero_db/data"), ctx_dir(&a, "geomind").join("files"), ctx_dir(&a, "default").join("git")];
         for (i, p) in surfaces.iter().enumerate() {
             if expect_new {

@@ -3,9 +3,9 @@
 //! its guard stops it when the test ends, also on failure. The S3 API is checked from the
 //! outside with curl's SigV4 signing, not through hero-snap's own client.
 
-use test_support::rgw::Gateway;
 use crate::HERO_SNAP;
 use test_support::prelude::*;
+use test_support::rgw::Gateway;
 
 use std::fs;
 use std::io::Read;
@@ -59,7 +59,13 @@ fn round_trip(gw: &Gateway) {
     gw.ok(&b.args(&["preflight", "--from", url, "-i", key]));
     gw.ok(&b.args(&["restore", "--from", url, "-i", key]));
     let foundry = "var/lib/hero/hero_foundry/contexts";
-    for dir in ["var/lib/hero/hero_db/data", &format!("{foundry}/default/files"), &format!("{foundry}/default/git"), &format!("{foundry}/geomind/files"), &format!("{foundry}/geomind/git")] {
+    for dir in [
+        "var/lib/hero/hero_db/data",
+        &format!("{foundry}/default/files"),
+        &format!("{foundry}/default/git"),
+        &format!("{foundry}/geomind/files"),
+        &format!("{foundry}/geomind/git"),
+    ] {
         assert_same_tree(&a.path(dir), &b.path(dir));
     }
 
@@ -217,7 +223,10 @@ fn clear_errors(gw: &Gateway) {
     // Flags override the environment: a wrong endpoint by flag fails, the right one works.
     let out = gw.hero_snap(&strings(&["inspect", "--allow-plaintext", "--from", "s3://hero/instances/a.hsnap", "--s3-endpoint", "http://127.0.0.1:9"]), &[]);
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
-    let out = gw.hero_snap(&strings(&["inspect", "--allow-plaintext", "--from", "s3://hero/instances/a.hsnap", "--s3-endpoint", &gw.endpoint()]), &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")]);
+    let out = gw.hero_snap(
+        &strings(&["inspect", "--allow-plaintext", "--from", "s3://hero/instances/a.hsnap", "--s3-endpoint", &gw.endpoint()]),
+        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")],
+    );
     // The archive is encrypted: reaching it is enough (exit 6, not 8).
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
 }

@@ -73,7 +73,14 @@ fn secret_values_never_enter_an_archive_and_no_output_prints_keys() {
         HERO_SNAP.ok(&["verify", "--from", a, "-i", k, "--json"]),
     ];
     let mut cmd = HERO_SNAP.cmd();
-    cmd.env("HERO_SNAP_SCRYPT_WORK_FACTOR", "10").args(src.args(&["backup", "--allow-live", "--to", pw_archive.to_str().unwrap(), "--passphrase-file", pass.to_str().unwrap()]));
+    cmd.env("HERO_SNAP_SCRYPT_WORK_FACTOR", "10").args(src.args(&[
+        "backup",
+        "--allow-live",
+        "--to",
+        pw_archive.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]));
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     outs.push(o);
@@ -102,8 +109,13 @@ fn secret_values_never_enter_an_archive_and_no_output_prints_keys() {
     chmod(&key, 0o600);
     let text = all_output(&outs);
     assert!(text.contains("HERO_DB_KEY") || text.contains("none of the given keys"), "the outputs were captured");
-    for (what, needle) in [("the secret value", value.as_str()), ("the age identity", secret_key.as_str()), ("another identity", other_secret.as_str()),
-        ("the passphrase", passphrase.as_str()), ("the identity's key body", &secret_key["AGE-SECRET-KEY-1".len()..])] {
+    for (what, needle) in [
+        ("the secret value", value.as_str()),
+        ("the age identity", secret_key.as_str()),
+        ("another identity", other_secret.as_str()),
+        ("the passphrase", passphrase.as_str()),
+        ("the identity's key body", &secret_key["AGE-SECRET-KEY-1".len()..]),
+    ] {
         assert!(!text.contains(needle), "an output prints {what}");
     }
 

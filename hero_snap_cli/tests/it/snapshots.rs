@@ -1,13 +1,13 @@
 //! The snapshot engine on real filesystems: loop-device btrfs and XFS (reflink), cgroup
 //! freezing, consistency under load, crash safety of the freeze window.
 
-use test_support::loopfs::LoopFs;
-use test_support::sys::TestCgroup;
 use crate::HERO_SNAP;
 use test_support::cli::instance_args;
 use test_support::fixtures;
+use test_support::loopfs::LoopFs;
 use test_support::prelude::*;
 use test_support::sys::leftovers_within;
+use test_support::sys::TestCgroup;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -89,10 +89,18 @@ const WRITER: &str = include_str!("../../../scripts/lockstep-writer.py");
 
 impl Writers {
     fn start(root: &Path, cg_a: &TestCgroup, cg_b: &TestCgroup) -> Writers {
-        let mut a = Command::new("/usr/bin/python3").args(["-c", WRITER, root.join("a/log").to_str().unwrap(), "a"])
-            .stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-        let mut b = Command::new("/usr/bin/python3").args(["-c", WRITER, root.join("b/log").to_str().unwrap(), "b"])
-            .stdin(Stdio::from(a.stdout.take().unwrap())).stdout(Stdio::piped()).spawn().unwrap();
+        let mut a = Command::new("/usr/bin/python3")
+            .args(["-c", WRITER, root.join("a/log").to_str().unwrap(), "a"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut b = Command::new("/usr/bin/python3")
+            .args(["-c", WRITER, root.join("b/log").to_str().unwrap(), "b"])
+            .stdin(Stdio::from(a.stdout.take().unwrap()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
         cg_a.add(a.id());
         cg_b.add(b.id());
         let mut to_a = a.stdin.take().unwrap();
@@ -160,11 +168,22 @@ fn atomic_under_load_in(kind: &str, cg_a: TestCgroup, cg_b: TestCgroup) {
 
     // Restore elsewhere and compare the two logs.
     let target = tempfile::tempdir().unwrap();
-    let out = HERO_SNAP.run(&[
-        "restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(),
-        "--config", s.inventory.to_str().unwrap(), "--root", target.path().to_str().unwrap(),
-        "--state-dir", s.state.to_str().unwrap(),
-    ].map(String::from));
+    let out = HERO_SNAP.run(
+        &[
+            "restore",
+            "--from",
+            archive.to_str().unwrap(),
+            "-i",
+            key.to_str().unwrap(),
+            "--config",
+            s.inventory.to_str().unwrap(),
+            "--root",
+            target.path().to_str().unwrap(),
+            "--state-dir",
+            s.state.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let a = last_record(&target.path().join("a/log")).unwrap();
     let b = last_record(&target.path().join("b/log")).unwrap();
@@ -193,7 +212,8 @@ fn v1_freezer_atomic_under_load_and_thawed_at_the_deadline() {
     let mut cmd = HERO_SNAP.command();
     cmd.env("HERO_SNAP_FAILPOINT", "backup-frozen:stop")
         .args(s.args(&["backup", "--no-encrypt", "--to", archive.to_str().unwrap(), "--freeze-deadline-ms", "1500"]))
-        .stdout(Stdio::null()).stderr(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     let stat = format!("/proc/{}/stat", child.id());
     let until = Instant::now() + Duration::from_secs(20);
@@ -268,10 +288,7 @@ fn sigkill_while_frozen_thaws_runs_post_hooks_and_gc_cleans() {
     let s = setup("btrfs");
     let (cg_a, cg_b) = (TestCgroup::new("kill-a"), TestCgroup::new("kill-b"));
     let post_log = s.dir.path().join("post.log");
-    let hooks = format!(
-        ", pre: {{argv: [sh, -c, 'echo pre >> {0}']}}, post: {{argv: [sh, -c, 'echo post >> {0}']}}",
-        post_log.display()
-    );
+    let hooks = format!(", pre: {{argv: [sh, -c, 'echo pre >> {0}']}}, post: {{argv: [sh, -c, 'echo post >> {0}']}}", post_log.display());
     s.write_inventory(&inventory(&cg_a.name, &cg_b.name, &hooks));
     let _writers = Writers::start(&s.root, &cg_a, &cg_b);
     let archive = s.dir.path().join("k.hsnap");

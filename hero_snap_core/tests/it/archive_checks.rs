@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hero_snap_core::Inventory;
 use hero_snap_core::RestoreOptions;
-use hero_snap_core::{backup, inspect, restore, verify, RestoreSelection, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
+use hero_snap_core::{backup, inspect, restore, verify, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress, RestoreSelection};
 use test_support::data::{random_file, Rng};
 use test_support::fixtures;
 use test_support::tree::tree;
@@ -156,8 +156,15 @@ fn restore_refuses_damage(archive: &[u8], keys: &Decryption, seed: u64, flips: u
     let before = tree(world.path());
     // The intact archive restores (so the refusals below are the damage's doing).
     let check = tempfile::tempdir().unwrap();
-    restore(archive, keys, &instance(check.path()), &RestoreOptions { state_dir: Some(state.path().to_path_buf()), ..RestoreOptions::default() }, &NoProgress, &Cancel::new())
-        .expect("the intact archive restores");
+    restore(
+        archive,
+        keys,
+        &instance(check.path()),
+        &RestoreOptions { state_dir: Some(state.path().to_path_buf()), ..RestoreOptions::default() },
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .expect("the intact archive restores");
     let mut rng = Rng(seed);
     let mut refused = 0;
     for i in 0..flips + truncations {

@@ -9,9 +9,9 @@ use std::path::Path;
 
 use age::secrecy::ExposeSecret;
 use hero_snap_core::Inventory;
-use hero_snap_core::{Consistency, Manifest};
 use hero_snap_core::RestoreOptions;
 use hero_snap_core::{backup, restore, verify, BackupOptions, Cancel, Compression, Decryption, Encryption, Error, NoProgress};
+use hero_snap_core::{Consistency, Manifest};
 use test_support::tree::tree;
 
 const INVENTORY: &str = include_str!("../../../fixtures/inventories/hostile.yaml");
@@ -154,55 +154,145 @@ fn cases(manifest: &Manifest, outside: &Path) -> Vec<Case> {
     let mut few_files = atomic.clone();
     few_files.files = 2;
     vec![
-        Case { name: "`..` components", needle: "unsafe path", archive: build(manifest, &root(vec![file(&format!("{DB}/../../../outside/dotdot.txt"), b"escaped")])) },
-        Case { name: "`..` in the layout part", needle: "outside the archive layout", archive: build(manifest, &[file("services/hero_db/instance/../../../outside/dotdot.txt", b"escaped")]) },
-        Case { name: "absolute path", needle: "outside the archive layout", archive: build(manifest, &root(vec![file(&format!("{out}/abs.txt"), b"escaped")])) },
-        Case { name: "absolute path inside the layout", needle: "outside the archive layout", archive: build(manifest, &[file(&format!("/{DB}/abs.txt"), b"escaped")]) },
-        Case { name: "symlink, then a file written through it", needle: "through a symlink", archive: build(manifest, &root(vec![
-            link(&format!("{DB}/link"), Symlink, &out),
-            file(&format!("{DB}/link/pwned.txt"), b"escaped"),
-        ])) },
-        Case { name: "surface root is a symlink", needle: "through a symlink", archive: build(manifest, &[
-            link(DB, Symlink, &out),
-            file(&format!("{DB}/pwned.txt"), b"escaped"),
-        ]) },
-        Case { name: "symlink, then a file of the same name", needle: "appears twice", archive: build(manifest, &root(vec![
-            link(&format!("{DB}/link"), Symlink, &format!("{out}/target.txt")),
-            file(&format!("{DB}/link"), b"escaped"),
-        ])) },
+        Case {
+            name: "`..` components",
+            needle: "unsafe path",
+            archive: build(manifest, &root(vec![file(&format!("{DB}/../../../outside/dotdot.txt"), b"escaped")])),
+        },
+        Case {
+            name: "`..` in the layout part",
+            needle: "outside the archive layout",
+            archive: build(manifest, &[file("services/hero_db/instance/../../../outside/dotdot.txt", b"escaped")]),
+        },
+        Case {
+            name: "absolute path",
+            needle: "outside the archive layout",
+            archive: build(manifest, &root(vec![file(&format!("{out}/abs.txt"), b"escaped")])),
+        },
+        Case {
+            name: "absolute path inside the layout",
+            needle: "outside the archive layout",
+            archive: build(manifest, &[file(&format!("/{DB}/abs.txt"), b"escaped")]),
+        },
+        Case {
+            name: "symlink, then a file written through it",
+            needle: "through a symlink",
+            archive: build(manifest, &root(vec![link(&format!("{DB}/link"), Symlink, &out), file(&format!("{DB}/link/pwned.txt"), b"escaped")])),
+        },
+        Case {
+            name: "surface root is a symlink",
+            needle: "through a symlink",
+            archive: build(manifest, &[link(DB, Symlink, &out), file(&format!("{DB}/pwned.txt"), b"escaped")]),
+        },
+        Case {
+            name: "symlink, then a file of the same name",
+            needle: "appears twice",
+            archive: build(manifest, &root(vec![link(&format!("{DB}/link"), Symlink, &format!("{out}/target.txt")), file(&format!("{DB}/link"), b"escaped")])),
+        },
         // Files are written by a pool of threads: the second copy may meet the first still
         // being written (a large one, in pieces) or already there.
-        Case { name: "the same file twice", needle: "appears twice", archive: build(manifest, &root(vec![
-            file(&format!("{DB}/twice"), &vec![1u8; 300_000]),
-            file(&format!("{DB}/twice"), b"second"),
-        ])) },
-        Case { name: "the same small file twice", needle: "appears twice", archive: build(manifest, &root(vec![
-            file(&format!("{DB}/twice"), b"first"),
-            file(&format!("{DB}/twice"), b"second"),
-        ])) },
-        Case { name: "hard link to an absolute path", needle: "outside its surface", archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, &format!("{out}/target.txt"))])) },
-        Case { name: "hard link with `..`", needle: "unsafe link target", archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, &format!("{DB}/../../outside/target.txt"))])) },
-        Case { name: "hard link into another surface", needle: "outside its surface", archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, "services/hero_foundry/instance/files/note.txt")])) },
-        Case { name: "hard link to a symlink pointing outside", needle: "not a file extracted before it", archive: build(manifest, &root(vec![
-            link(&format!("{DB}/link"), Symlink, &format!("{out}/target.txt")),
-            link(&format!("{DB}/hl"), Link, &format!("{DB}/link")),
-        ])) },
-        Case { name: "character device", needle: "only files, directories and links", archive: build(manifest, &root(vec![special(&format!("{DB}/null"), Char)])) },
+        Case {
+            name: "the same file twice",
+            needle: "appears twice",
+            archive: build(manifest, &root(vec![file(&format!("{DB}/twice"), &vec![1u8; 300_000]), file(&format!("{DB}/twice"), b"second")])),
+        },
+        Case {
+            name: "the same small file twice",
+            needle: "appears twice",
+            archive: build(manifest, &root(vec![file(&format!("{DB}/twice"), b"first"), file(&format!("{DB}/twice"), b"second")])),
+        },
+        Case {
+            name: "hard link to an absolute path",
+            needle: "outside its surface",
+            archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, &format!("{out}/target.txt"))])),
+        },
+        Case {
+            name: "hard link with `..`",
+            needle: "unsafe link target",
+            archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, &format!("{DB}/../../outside/target.txt"))])),
+        },
+        Case {
+            name: "hard link into another surface",
+            needle: "outside its surface",
+            archive: build(manifest, &root(vec![link(&format!("{DB}/hl"), Link, "services/hero_foundry/instance/files/note.txt")])),
+        },
+        Case {
+            name: "hard link to a symlink pointing outside",
+            needle: "not a file extracted before it",
+            archive: build(
+                manifest,
+                &root(vec![link(&format!("{DB}/link"), Symlink, &format!("{out}/target.txt")), link(&format!("{DB}/hl"), Link, &format!("{DB}/link"))]),
+            ),
+        },
+        Case {
+            name: "character device",
+            needle: "only files, directories and links",
+            archive: build(manifest, &root(vec![special(&format!("{DB}/null"), Char)])),
+        },
         Case { name: "block device", needle: "only files, directories and links", archive: build(manifest, &root(vec![special(&format!("{DB}/sda"), Block)])) },
         Case { name: "FIFO", needle: "only files, directories and links", archive: build(manifest, &root(vec![special(&format!("{DB}/fifo"), Fifo)])) },
         Case { name: "setuid file", needle: "setuid", archive: build(manifest, &root(vec![M { mode: 0o4755, ..file(&format!("{DB}/su"), b"#!/bin/sh\n") }])) },
-        Case { name: "setgid file", needle: "setuid or setgid", archive: build(manifest, &root(vec![M { mode: 0o2755, ..file(&format!("{DB}/sg"), b"#!/bin/sh\n") }])) },
-        Case { name: "member outside the layout", needle: "outside the archive layout", archive: build(manifest, &root(vec![file("etc/cron.d/evil", b"* * * * * root sh\n")])) },
-        Case { name: "member of an unknown layout kind", needle: "outside the archive layout", archive: build(manifest, &root(vec![file("services/hero_db/other/data/x", b"x")])) },
-        Case { name: "member of a surface the manifest does not list", needle: "no surface the manifest declares", archive: build(manifest, &root(vec![file("services/hero_db/instance/secret/x", b"x")])) },
-        Case { name: "manifest lies about sizes (says 10 bytes)", needle: "more than its manifest declares", archive: build(&lying, &root(vec![file(&format!("{DB}/dump.rdb"), &vec![7u8; 300_000])])) },
-        Case { name: "more files than the manifest declares", needle: "more than its manifest declares", archive: build(&few_files, &root(vec![
-            file(&format!("{DB}/a"), b"a"), file(&format!("{DB}/b"), b"b"), file(&format!("{DB}/c"), b"c"),
-        ])) },
-        Case { name: "decompression bomb: 4 GiB of zeros (snapshot manifest)", needle: "more than its manifest declares", archive: build(&atomic, &root(vec![M { size: Some(4 << 30), ..file(&format!("{DB}/bomb"), b"") }])) },
-        Case { name: "decompression bomb: 4 GiB of zeros (live manifest, with slack)", needle: "more than its manifest declares", archive: build(manifest, &root(vec![M { size: Some(4 << 30), ..file(&format!("{DB}/bomb"), b"") }])) },
-        Case { name: "a header with a non-numeric owner", needle: "damaged tar header", archive: build(manifest, &root(vec![M { mode: 0, ..file(&format!("{DB}/x"), b"x") }]).into_iter().map(|mut m| { if m.mode == 0 { m.mode = u32::MAX; } m }).collect::<Vec<_>>()) },
-        Case { name: "a directory carrying content", needle: "carries", archive: build(manifest, &root(vec![M { size: Some(1 << 30), ..dir(&format!("{DB}/d/")) }])) },
+        Case {
+            name: "setgid file",
+            needle: "setuid or setgid",
+            archive: build(manifest, &root(vec![M { mode: 0o2755, ..file(&format!("{DB}/sg"), b"#!/bin/sh\n") }])),
+        },
+        Case {
+            name: "member outside the layout",
+            needle: "outside the archive layout",
+            archive: build(manifest, &root(vec![file("etc/cron.d/evil", b"* * * * * root sh\n")])),
+        },
+        Case {
+            name: "member of an unknown layout kind",
+            needle: "outside the archive layout",
+            archive: build(manifest, &root(vec![file("services/hero_db/other/data/x", b"x")])),
+        },
+        Case {
+            name: "member of a surface the manifest does not list",
+            needle: "no surface the manifest declares",
+            archive: build(manifest, &root(vec![file("services/hero_db/instance/secret/x", b"x")])),
+        },
+        Case {
+            name: "manifest lies about sizes (says 10 bytes)",
+            needle: "more than its manifest declares",
+            archive: build(&lying, &root(vec![file(&format!("{DB}/dump.rdb"), &vec![7u8; 300_000])])),
+        },
+        Case {
+            name: "more files than the manifest declares",
+            needle: "more than its manifest declares",
+            archive: build(&few_files, &root(vec![file(&format!("{DB}/a"), b"a"), file(&format!("{DB}/b"), b"b"), file(&format!("{DB}/c"), b"c")])),
+        },
+        Case {
+            name: "decompression bomb: 4 GiB of zeros (snapshot manifest)",
+            needle: "more than its manifest declares",
+            archive: build(&atomic, &root(vec![M { size: Some(4 << 30), ..file(&format!("{DB}/bomb"), b"") }])),
+        },
+        Case {
+            name: "decompression bomb: 4 GiB of zeros (live manifest, with slack)",
+            needle: "more than its manifest declares",
+            archive: build(manifest, &root(vec![M { size: Some(4 << 30), ..file(&format!("{DB}/bomb"), b"") }])),
+        },
+        Case {
+            name: "a header with a non-numeric owner",
+            needle: "damaged tar header",
+            archive: build(
+                manifest,
+                &root(vec![M { mode: 0, ..file(&format!("{DB}/x"), b"x") }])
+                    .into_iter()
+                    .map(|mut m| {
+                        if m.mode == 0 {
+                            m.mode = u32::MAX;
+                        }
+                        m
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+        },
+        Case {
+            name: "a directory carrying content",
+            needle: "carries",
+            archive: build(manifest, &root(vec![M { size: Some(1 << 30), ..dir(&format!("{DB}/d/")) }])),
+        },
     ]
 }
 
@@ -218,7 +308,8 @@ fn check_refused(name: &str, archive: &[u8], keys: &Decryption, needle: &str, wo
     assert_eq!(tree(world_dir), before, "{name}: restore changed the filesystem");
     let v = verify(archive, keys, &NoProgress, &Cancel::new());
     assert!(v.is_err(), "{name}: verify accepted it");
-    let journals: Vec<_> = fs::read_dir(state).map(|d| d.flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().ends_with(".json")).collect()).unwrap_or_default();
+    let journals: Vec<_> =
+        fs::read_dir(state).map(|d| d.flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().ends_with(".json")).collect()).unwrap_or_default();
     assert!(journals.is_empty(), "{name}: left journals {journals:?}");
 }
 

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use hero_snap_core::{Class, Inventory, Scope};
 use hero_snap_core::Error;
+use hero_snap_core::{Class, Inventory, Scope};
 
 const GOOD: &str = include_str!("../../../fixtures/inventories/rules.yaml");
 
@@ -69,7 +69,12 @@ fn dot_dot_in_path() {
 
 #[test]
 fn overlapping_paths_across_services() {
-    refused(&GOOD.replace("/var/lib/hero/hero_foundry/{context}/files", "/var/lib/hero/hero_db/{context}/files"), 18, "services.hero_foundry.surfaces[0].path", "overlaps");
+    refused(
+        &GOOD.replace("/var/lib/hero/hero_foundry/{context}/files", "/var/lib/hero/hero_db/{context}/files"),
+        18,
+        "services.hero_foundry.surfaces[0].path",
+        "overlaps",
+    );
 }
 
 #[test]
@@ -79,7 +84,12 @@ fn context_layout_without_placeholder() {
 
 #[test]
 fn placeholder_inside_a_component() {
-    refused(&GOOD.replace("/var/lib/hero/hero_foundry/{context}/files", "/var/lib/hero/hero_foundry/ctx-{context}/files"), 18, "surfaces[0].path", "whole path component");
+    refused(
+        &GOOD.replace("/var/lib/hero/hero_foundry/{context}/files", "/var/lib/hero/hero_foundry/ctx-{context}/files"),
+        18,
+        "surfaces[0].path",
+        "whole path component",
+    );
 }
 
 #[test]
@@ -98,7 +108,12 @@ fn duplicate_surface() {
 
 #[test]
 fn unknown_class() {
-    refused(&GOOD.replace("        class: source\n  hero_foundry", "        class: precious\n  hero_foundry"), 12, "surfaces[0].class", "unknown class `precious`");
+    refused(
+        &GOOD.replace("        class: source\n  hero_foundry", "        class: precious\n  hero_foundry"),
+        12,
+        "surfaces[0].class",
+        "unknown class `precious`",
+    );
 }
 
 #[test]

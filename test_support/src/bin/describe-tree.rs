@@ -5,9 +5,6 @@
 fn main() {
     for dir in std::env::args().skip(1) {
         println!("[{dir}]");
-        print!(
-            "{}",
-            test_support::tree::describe(std::path::Path::new(&dir))
-        );
+        print!("{}", test_support::tree::describe(std::path::Path::new(&dir)));
     }
 }
