@@ -58,20 +58,20 @@
 #![deny(rustdoc::broken_intra_doc_links)]
 
 // The layers, in the data's order; none of them imports a verb.
+mod archive;
 mod error;
+mod freeze;
 mod fs_tree;
 mod hooks;
 mod inventory;
 mod mounts;
 mod outcome;
+mod plan;
 mod process;
 mod progress;
+mod restore;
 mod snapshot;
 mod state;
-mod plan;
-mod freeze;
-mod archive;
-mod restore;
 // The verbs: the only modules that compose the layers.
 mod commands;
 
@@ -96,8 +96,7 @@ pub use commands::verify::{verify, VerifyReport};
 pub use error::{BoxError, Error, Result};
 pub use freeze::watchdog::run_watchdog_if_invoked;
 pub use inventory::{
-    Class, Command, Hooks, Inventory, Migration, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface,
-    CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
+    Class, Command, Hooks, Inventory, Migration, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface, CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
 };
 pub use mounts::Mount;
 pub use outcome::{check_outcomes, failures, Outcome, Status};

@@ -226,9 +226,7 @@ impl Decryption {
         } else {
             let file = age::IdentityFile::from_buffer(BufReader::new(&data[..]))
                 .map_err(|_| Error::Crypto(format!("{}: not an age identity file (expected `AGE-SECRET-KEY-1...` lines)", path.display())))?;
-            let ids = file
-                .into_identities()
-                .map_err(|_| Error::Crypto(format!("{}: holds an identity this build cannot use", path.display())))?;
+            let ids = file.into_identities().map_err(|_| Error::Crypto(format!("{}: holds an identity this build cannot use", path.display())))?;
             if ids.is_empty() {
                 return Err(Error::Crypto(format!("{}: holds no identity", path.display())));
             }

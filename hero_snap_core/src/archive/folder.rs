@@ -155,7 +155,6 @@ fn selection_label(m: &Manifest) -> String {
     parts.join("; ")
 }
 
-
 /// Every file of `folder` with what its manifest says; archives first, newest first.
 pub(crate) fn read_folder(folder: &Folder, keys: &Decryption) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
@@ -240,4 +239,3 @@ fn examine(item: Item, size: u64, keys: &Decryption) -> Listed {
     }
     listed
 }
-

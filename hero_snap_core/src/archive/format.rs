@@ -158,8 +158,7 @@ impl Manifest {
         struct Head {
             format: u32,
         }
-        let head: Head = serde_saphyr::from_str(text)
-            .map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))?;
+        let head: Head = serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))?;
         if head.format > ARCHIVE_FORMAT {
             return Err(Error::Refused(format!(
                 "archive format {} is newer than this build of hero-snap reads (format {ARCHIVE_FORMAT}); restore it with a newer hero-snap",

@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use tar::EntryType;
 
 use super::crypto::{open_compressed_stream, open_tar_stream, Decryption};
-use crate::error::{Error, Result};
 use super::format::{split_member, IndexEntry, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
+use crate::error::{Error, Result};
 use crate::progress::Cancel;
 
 /// Largest manifest accepted (a manifest is a few KiB; anything huge is hostile).
@@ -37,16 +37,13 @@ fn member_bounds(m: &Manifest) -> (u64, u64) {
     }
 }
 
-
 /// Reads only the head of the stream: the manifest.
 pub fn read_manifest(input: impl Read, keys: &Decryption) -> Result<Manifest> {
     let stream = open_tar_stream(input, keys)?;
     let mut archive = tar::Archive::new(stream);
     let mut entries = archive.entries().map_err(corrupt)?;
-    let mut first = entries
-        .next()
-        .ok_or_else(|| Error::Corrupt("the archive holds no member; expected hero-snap/manifest.yaml first".into()))?
-        .map_err(corrupt)?;
+    let mut first =
+        entries.next().ok_or_else(|| Error::Corrupt("the archive holds no member; expected hero-snap/manifest.yaml first".into()))?.map_err(corrupt)?;
     let (manifest, _) = manifest_member(&mut first)?;
     Ok(manifest)
 }
@@ -238,10 +235,8 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(false);
     let mut entries = archive.entries().map_err(corrupt)?;
-    let mut first = entries
-        .next()
-        .ok_or_else(|| Error::Corrupt("the archive holds no member; expected hero-snap/manifest.yaml first".into()))?
-        .map_err(corrupt)?;
+    let mut first =
+        entries.next().ok_or_else(|| Error::Corrupt("the archive holds no member; expected hero-snap/manifest.yaml first".into()))?.map_err(corrupt)?;
     let (manifest, manifest_hash) = manifest_member(&mut first)?;
     drop(first);
     visitor.manifest(&manifest)?;
@@ -256,15 +251,13 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     for (data_members, entry) in (0u64..).zip(entries.by_ref()) {
         cancel.check()?;
         let mut entry = entry.map_err(corrupt)?;
-        let path = String::from_utf8(entry.path_bytes().into_owned())
-            .map_err(|_| Error::Refused("a member name is not UTF-8".into()))?;
+        let path = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| Error::Refused("a member name is not UTF-8".into()))?;
         if path == INDEX_PATH {
             index = Some(check_index(&mut entry, &manifest_hash, std::mem::replace(&mut seen, SeenFiles::empty()), data_members)?);
             break;
         }
-        let (key, inner) = split_member(&path).ok_or_else(|| {
-            Error::Refused(format!("member `{path}` is outside the archive layout (services/<service>/instance|contexts/...)"))
-        })?;
+        let (key, inner) = split_member(&path)
+            .ok_or_else(|| Error::Refused(format!("member `{path}` is outside the archive layout (services/<service>/instance|contexts/...)")))?;
         if !declared(&manifest, &key) {
             return Err(Error::Refused(format!("member `{path}` belongs to no surface the manifest declares")));
         }
@@ -324,7 +317,6 @@ fn check_header<R: Read>(entry: &tar::Entry<'_, R>, path: &str) -> Result<(bool,
     }
     Ok((is_file, size))
 }
-
 
 /// The index's fields before its entries.
 #[derive(Debug, serde::Deserialize)]
@@ -388,8 +380,9 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest_hash: &blake3::Hash,
         if head.index.is_some() {
             return Err(Error::Corrupt(format!("{INDEX_PATH}: entries follow `index: []`")));
         }
-        let want = parse_index_line(line.trim_end_matches('\n'))
-            .ok_or_else(|| Error::Corrupt(format!("{INDEX_PATH}: entry {} is not an index line (`- {{path: \"...\", size: N, blake3: \"...\"}}`)", files + 1)))?;
+        let want = parse_index_line(line.trim_end_matches('\n')).ok_or_else(|| {
+            Error::Corrupt(format!("{INDEX_PATH}: entry {} is not an index line (`- {{path: \"...\", size: N, blake3: \"...\"}}`)", files + 1))
+        })?;
         let Some((path, size, hash)) = seen.next()? else {
             return Err(Error::Corrupt(format!("{}: listed in the index but missing from the archive", want.path)));
         };

@@ -84,12 +84,7 @@ impl S3Object {
     }
 
     fn endpoint(&self) -> Option<String> {
-        self.config
-            .endpoint
-            .clone()
-            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
-            .or_else(|| env("AWS_ENDPOINT_URL"))
-            .map(|e| e.trim_end_matches('/').to_string())
+        self.config.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL")).map(|e| e.trim_end_matches('/').to_string())
     }
 
     fn region(&self) -> String {

@@ -13,8 +13,8 @@ use std::sync::mpsc;
 use tar::{EntryType, Header, HeaderMode};
 
 use super::crypto::{EncryptedWriter, Encryption};
-use crate::error::{Error, Result};
 use super::format::{Index, Manifest, Warning, INDEX_PATH, MANIFEST_PATH};
+use crate::error::{Error, Result};
 use crate::fs_tree::{hash_reader, walk, walk_error};
 use crate::progress::{Cancel, Event, Progress};
 
@@ -63,8 +63,7 @@ const COPY_BUF: usize = 1 << 20;
 impl<W: Write + Send + 'static> ArchiveWriter<W> {
     pub(crate) fn new(out: W, enc: &Encryption, comp: Compression) -> Result<ArchiveWriter<W>> {
         let enc = OutputThread::start(EncryptedWriter::new(out, enc)?);
-        let mut z = zstd::stream::write::Encoder::new(enc, comp.level)
-            .map_err(|e| Error::Usage(format!("zstd level {}: {e}", comp.level)))?;
+        let mut z = zstd::stream::write::Encoder::new(enc, comp.level).map_err(|e| Error::Usage(format!("zstd level {}: {e}", comp.level)))?;
         // A checksum per frame: a flipped byte is caught even where tar ignores content (padding).
         z.include_checksum(true).map_err(|e| Error::Usage(format!("zstd: {e}")))?;
         if comp.threads > 0 {
@@ -108,14 +107,17 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             let entry = entry.map_err(|e| walk_error(root, e))?;
             let path = entry.path();
             let rel = path.strip_prefix(root).expect("walkdir yields paths under its root");
-            let rel = rel.to_str().ok_or_else(|| Error::Refused(format!(
-                "{}: the file name is not valid UTF-8; rename it (hero-snap archives UTF-8 names only)", path.display())))?;
+            let rel = rel.to_str().ok_or_else(|| {
+                Error::Refused(format!("{}: the file name is not valid UTF-8; rename it (hero-snap archives UTF-8 names only)", path.display()))
+            })?;
             let member = if rel.is_empty() { member_root.to_string() } else { format!("{member_root}/{rel}") };
             let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
             if meta.dev() != root_dev && meta.is_dir() {
                 return Err(Error::Refused(format!(
                     "{}: another filesystem is mounted inside the surface at {}; declare it as a surface of its own or unmount it",
-                    root.display(), path.display())));
+                    root.display(),
+                    path.display()
+                )));
             }
             self.write_entry(path, &member, &meta, progress, cancel)?;
         }
@@ -152,12 +154,19 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             if meta.permissions().mode() & 0o6000 != 0 {
                 return Err(Error::Refused(format!(
                     "{}: is setuid or setgid; service state should not hold such files, and a restore would refuse it (clear the bit with chmod u-s,g-s)",
-                    path.display())));
+                    path.display()
+                )));
             }
             self.write_file(path, member, progress, cancel)?;
             return Ok(());
         } else {
-            let kind = if ft.is_fifo() { "FIFO" } else if ft.is_socket() { "socket" } else { "device node" };
+            let kind = if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_socket() {
+                "socket"
+            } else {
+                "device node"
+            };
             let w = Warning { code: "skipped-special-file".into(), message: format!("{}: {kind} not archived", path.display()) };
             progress.event(&Event::Warning { warning: w.clone() });
             self.warnings.push(w);
@@ -453,5 +462,3 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.extend_from_slice(value);
     out.push(b'\n');
 }
-
-

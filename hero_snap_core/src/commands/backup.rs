@@ -20,7 +20,6 @@ use crate::plan::{self, Selection};
 use crate::progress::{Cancel, Event, Progress};
 use crate::state::{self, failpoint};
 
-
 /// Options of [`backup`].
 #[derive(Debug)]
 pub struct BackupOptions {
@@ -71,7 +70,6 @@ impl BackupReport {
         self.outcomes.iter().any(|o| o.status == Status::Failed)
     }
 }
-
 
 /// Writes an archive of the selected surfaces to `out` and returns it with the report.
 ///
@@ -224,7 +222,9 @@ fn backup_to_s3(inv: &Inventory, opts: &BackupOptions, obj: &S3Object, progress:
         if stored != report.archive_bytes {
             return Err(Error::storage(format!(
                 "{}: the storage holds {stored} bytes, {} were sent; delete the object and back up again",
-                obj.url(), report.archive_bytes)));
+                obj.url(),
+                report.archive_bytes
+            )));
         }
         Ok(report)
     });
@@ -283,7 +283,8 @@ impl Write for WriteBehind {
             if self.started - self.settled >= Self::LAG + Self::STEP {
                 let to = self.started - Self::LAG;
                 self.range(self.settled, to, libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER);
-                let _ = nix::fcntl::posix_fadvise(&self.file, self.settled as i64, (to - self.settled) as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+                let _ =
+                    nix::fcntl::posix_fadvise(&self.file, self.settled as i64, (to - self.settled) as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
                 self.settled = to;
             }
         }
@@ -324,4 +325,3 @@ impl<W: Write> Write for CountingWriter<W> {
         self.inner.flush()
     }
 }
-

@@ -64,7 +64,14 @@ impl RestoreReport {
 ///
 /// A cancel before the swap is committed rolls everything back (the target is as it
 /// was) and returns [`Error::Cancelled`]; after the commit the restore completes.
-pub fn restore(input: impl Read, keys: &Decryption, target: &Inventory, opts: &RestoreOptions, progress: &dyn Progress, cancel: &Cancel) -> Result<RestoreReport> {
+pub fn restore(
+    input: impl Read,
+    keys: &Decryption,
+    target: &Inventory,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<RestoreReport> {
     let state = state::dir(opts.state_dir.as_deref(), target);
     // One run at a time per state directory: a backup's snapshots or another restore's swaps.
     let mut lock_warnings = Vec::new();
@@ -215,13 +222,17 @@ fn archive_outcomes(manifest: &Manifest, plan: &RestorePlan) -> Vec<Outcome> {
     let mut out = Vec::new();
     for ms in &manifest.services {
         for surf in &ms.surfaces {
-            let contexts: Vec<Option<&str>> =
-                if surf.contexts.is_empty() { vec![None] } else { surf.contexts.iter().map(|c| Some(c.as_str())).collect() };
+            let contexts: Vec<Option<&str>> = if surf.contexts.is_empty() { vec![None] } else { surf.contexts.iter().map(|c| Some(c.as_str())).collect() };
             for ctx in contexts {
                 let planned = plan.surfaces.iter().find(|t| t.service == ms.name && t.surface == surf.name && t.context.as_deref() == ctx);
                 out.push(match planned {
-                    Some(t) if t.target_context.as_deref() != ctx => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Ok,
-                        Some(format!("restored as context `{}`", t.target_context.as_deref().unwrap_or_default()))),
+                    Some(t) if t.target_context.as_deref() != ctx => Outcome::new(
+                        &ms.name,
+                        Some(&surf.name),
+                        ctx,
+                        Status::Ok,
+                        Some(format!("restored as context `{}`", t.target_context.as_deref().unwrap_or_default())),
+                    ),
                     Some(_) => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Ok, None),
                     None => Outcome::new(&ms.name, Some(&surf.name), ctx, Status::Skipped, Some("not selected for this restore".into())),
                 });

@@ -42,8 +42,7 @@ pub fn verify(input: impl Read, keys: &Decryption, progress: &dyn Progress, canc
                 return Ok(None);
             }
             let mut counter = CountingReader { inner: &mut *m.entry, count: 0 };
-            let hash = crate::fs_tree::hash_reader(&mut counter)
-                .map_err(|e| Error::Corrupt(format!("{}: {e}", m.path)))?;
+            let hash = crate::fs_tree::hash_reader(&mut counter).map_err(|e| Error::Corrupt(format!("{}: {e}", m.path)))?;
             self.0.event(&Event::Bytes { bytes: counter.count });
             Ok(Some((counter.count, hash)))
         }
@@ -70,4 +69,3 @@ pub fn verify(input: impl Read, keys: &Decryption, progress: &dyn Progress, canc
     }
     Ok(VerifyReport { files: out.index.files, entries: out.index.entries, bytes: out.index.bytes, manifest: out.manifest, outcomes })
 }
-

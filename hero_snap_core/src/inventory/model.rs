@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-
 /// The inventory format this build reads and writes.
 pub const INVENTORY_FORMAT: u32 = 1;
 
@@ -202,11 +201,11 @@ impl Surface {
     /// The path of this surface for a context (ignored for instance-scoped surfaces).
     pub fn path_for(&self, context: Option<&str>) -> PathBuf {
         match (self.scope, context) {
-            (Scope::Context, Some(ctx)) => {
-                self.path.components().map(|c| {
-                    if c.as_os_str() == CONTEXT_PLACEHOLDER { Path::new(ctx).to_path_buf() } else { PathBuf::from(c.as_os_str()) }
-                }).collect()
-            }
+            (Scope::Context, Some(ctx)) => self
+                .path
+                .components()
+                .map(|c| if c.as_os_str() == CONTEXT_PLACEHOLDER { Path::new(ctx).to_path_buf() } else { PathBuf::from(c.as_os_str()) })
+                .collect(),
             _ => self.path.clone(),
         }
     }
@@ -280,8 +279,6 @@ pub struct Inventory {
     pub(crate) services: Vec<Service>,
 }
 
-
-
 impl Inventory {
     /// The file it was read from (for messages).
     pub fn source(&self) -> &Path {
@@ -342,9 +339,4 @@ impl Inventory {
         }
         inv
     }
-
 }
-
-
-
-

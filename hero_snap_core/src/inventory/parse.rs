@@ -84,12 +84,7 @@ impl Inventory {
 
     /// Parses and validates inventory text; `source` is only used in messages.
     pub fn parse(text: &str, source: &Path) -> Result<Inventory> {
-        let err = |line: u64, field: &str, message: String| Error::Inventory {
-            file: source.to_path_buf(),
-            line,
-            field: field.to_string(),
-            message,
-        };
+        let err = |line: u64, field: &str, message: String| Error::Inventory { file: source.to_path_buf(), line, field: field.to_string(), message };
         let file: FileInventory = serde_saphyr::from_str(text).map_err(|e| {
             let line = e.location().map(|l| l.line()).unwrap_or(0);
             let first = e.to_string();
@@ -115,8 +110,11 @@ impl Inventory {
             ));
         }
         if !valid_name(&file.instance.value) {
-            return Err(err(file.instance.referenced.line(), "instance", format!(
-                "`{}` is not a valid instance name; use letters, digits, `_`, `-`, `.`", file.instance.value)));
+            return Err(err(
+                file.instance.referenced.line(),
+                "instance",
+                format!("`{}` is not a valid instance name; use letters, digits, `_`, `-`, `.`", file.instance.value),
+            ));
         }
         let rules = Rules { source };
         let contexts = rules.contexts(file.contexts)?;
@@ -141,17 +139,8 @@ impl Inventory {
             }
             other => other.map(|s| s.value),
         };
-        Ok(Inventory {
-            source: source.to_path_buf(),
-            instance: file.instance.value,
-            contexts,
-            secret_store,
-            state_dir,
-            root: None,
-            services,
-        })
+        Ok(Inventory { source: source.to_path_buf(), instance: file.instance.value, contexts, secret_store, state_dir, root: None, services })
     }
-
 }
 
 /// The validation rules past the file's syntax; every error names the file and line.
@@ -169,8 +158,11 @@ impl Rules<'_> {
         let mut seen = BTreeSet::new();
         for c in &list {
             if !valid_name(&c.value) {
-                return Err(self.err(c.referenced.line(), "contexts", format!(
-                    "`{}` is not a valid context name; use letters, digits, `_`, `-`, `.`", c.value)));
+                return Err(self.err(
+                    c.referenced.line(),
+                    "contexts",
+                    format!("`{}` is not a valid context name; use letters, digits, `_`, `-`, `.`", c.value),
+                ));
             }
             if !seen.insert(c.value.clone()) {
                 return Err(self.err(c.referenced.line(), "contexts", format!("context `{}` is listed twice; remove one", c.value)));
@@ -219,8 +211,11 @@ impl Rules<'_> {
             let mline = m.referenced.line();
             let m = m.value;
             if m.from >= svc.schema {
-                return Err(self.err(mline, &field("migrations"), format!(
-                    "a migration from schema {} cannot apply to a service at schema {}; migrations go from older schemas only", m.from, svc.schema)));
+                return Err(self.err(
+                    mline,
+                    &field("migrations"),
+                    format!("a migration from schema {} cannot apply to a service at schema {}; migrations go from older schemas only", m.from, svc.schema),
+                ));
             }
             if migrations.iter().any(|o| o.from == m.from) {
                 return Err(self.err(mline, &field("migrations"), format!("two migrations from schema {}; keep one", m.from)));
@@ -230,23 +225,19 @@ impl Rules<'_> {
             }
             migrations.push(m);
         }
-        for (hook, cmd) in [("quiesce.pre", &svc.quiesce.pre), ("quiesce.post", &svc.quiesce.post),
-            ("hooks.stop", &svc.hooks.stop), ("hooks.start", &svc.hooks.start),
-            ("hooks.rebuild", &svc.hooks.rebuild), ("hooks.rename", &svc.hooks.rename)] {
+        for (hook, cmd) in [
+            ("quiesce.pre", &svc.quiesce.pre),
+            ("quiesce.post", &svc.quiesce.post),
+            ("hooks.stop", &svc.hooks.stop),
+            ("hooks.start", &svc.hooks.start),
+            ("hooks.rebuild", &svc.hooks.rebuild),
+            ("hooks.rename", &svc.hooks.rename),
+        ] {
             if cmd.as_ref().is_some_and(|c| c.argv.is_empty()) {
                 return Err(self.err(line, &field(hook), "`argv` is empty; give the program to run".into()));
             }
         }
-        Ok(Service {
-            name: svc_name,
-            version: svc.version.value,
-            schema: svc.schema,
-            secrets,
-            surfaces,
-            migrations,
-            quiesce: svc.quiesce,
-            hooks: svc.hooks,
-        })
+        Ok(Service { name: svc_name, version: svc.version.value, schema: svc.schema, secrets, surfaces, migrations, quiesce: svc.quiesce, hooks: svc.hooks })
     }
 
     /// One surface of service `svc_name` (its `i`th); `earlier` are the service's surfaces
@@ -254,29 +245,35 @@ impl Rules<'_> {
     fn surface(&self, svc_name: &str, i: usize, s: FileSurface, earlier: &[Surface], claimed: &mut Vec<(PathBuf, String, String, u64)>) -> Result<Surface> {
         let f = |name: &str| format!("services.{svc_name}.surfaces[{i}].{name}");
         if !valid_name(&s.name.value) {
-            return Err(self.err(s.name.referenced.line(), &f("name"), format!(
-                "`{}` is not a valid surface name; use letters, digits, `_`, `-`, `.`", s.name.value)));
+            return Err(self.err(
+                s.name.referenced.line(),
+                &f("name"),
+                format!("`{}` is not a valid surface name; use letters, digits, `_`, `-`, `.`", s.name.value),
+            ));
         }
         if earlier.iter().any(|o| o.name == s.name.value) {
-            return Err(self.err(s.name.referenced.line(), &f("name"), format!(
-                "duplicate surface `{}` in service `{svc_name}`; give each surface its own name", s.name.value)));
+            return Err(self.err(
+                s.name.referenced.line(),
+                &f("name"),
+                format!("duplicate surface `{}` in service `{svc_name}`; give each surface its own name", s.name.value),
+            ));
         }
         let scope = match s.scope.value.as_str() {
             "instance" => Scope::Instance,
             "context" => Scope::Context,
             other => {
-                return Err(self.err(s.scope.referenced.line(), &f("scope"), format!(
-                    "unknown scope `{other}`; use `instance` (one copy per instance) or `context` (one copy per context)")))
+                return Err(self.err(
+                    s.scope.referenced.line(),
+                    &f("scope"),
+                    format!("unknown scope `{other}`; use `instance` (one copy per instance) or `context` (one copy per context)"),
+                ))
             }
         };
         let class = match s.class.value.as_str() {
             "source" => Class::Source,
             "derived" => Class::Derived,
             "transient" => Class::Transient,
-            other => {
-                return Err(self.err(s.class.referenced.line(), &f("class"), format!(
-                    "unknown class `{other}`; use `source`, `derived` or `transient`")))
-            }
+            other => return Err(self.err(s.class.referenced.line(), &f("class"), format!("unknown class `{other}`; use `source`, `derived` or `transient`"))),
         };
         let pline = s.path.referenced.line();
         let path = PathBuf::from(&s.path.value);
@@ -297,8 +294,11 @@ impl Rules<'_> {
                     "a per-context surface needs exactly one `{CONTEXT_PLACEHOLDER}` as a whole path component, e.g. `/var/lib/hero/{svc_name}/{CONTEXT_PLACEHOLDER}/{}`", s.name.value)));
             }
             Scope::Instance if placeholders > 0 || stray => {
-                return Err(self.err(pline, &f("path"), format!(
-                    "an instance surface cannot contain `{CONTEXT_PLACEHOLDER}`; set `scope: context` or remove the placeholder")));
+                return Err(self.err(
+                    pline,
+                    &f("path"),
+                    format!("an instance surface cannot contain `{CONTEXT_PLACEHOLDER}`; set `scope: context` or remove the placeholder"),
+                ));
             }
             _ => {}
         }
@@ -307,9 +307,15 @@ impl Rules<'_> {
         }
         for (other, osvc, osurf, oline) in claimed.iter() {
             if paths_overlap(other, &path) {
-                return Err(self.err(pline, &f("path"), format!(
-                    "`{}` overlaps `{}` of surface `{osvc}.{osurf}` (line {oline}); a path can belong to one surface only: move one, or narrow it",
-                    path.display(), other.display())));
+                return Err(self.err(
+                    pline,
+                    &f("path"),
+                    format!(
+                        "`{}` overlaps `{}` of surface `{osvc}.{osurf}` (line {oline}); a path can belong to one surface only: move one, or narrow it",
+                        path.display(),
+                        other.display()
+                    ),
+                ));
             }
         }
         claimed.push((path.clone(), svc_name.to_string(), s.name.value.clone(), pline));
@@ -319,9 +325,7 @@ impl Rules<'_> {
 
 /// True when one path is a prefix of the other, `{context}` matching any one component.
 fn paths_overlap(a: &Path, b: &Path) -> bool {
-    a.components().zip(b.components()).all(|(x, y)| {
-        x == y || x.as_os_str() == CONTEXT_PLACEHOLDER || y.as_os_str() == CONTEXT_PLACEHOLDER
-    })
+    a.components().zip(b.components()).all(|(x, y)| x == y || x.as_os_str() == CONTEXT_PLACEHOLDER || y.as_os_str() == CONTEXT_PLACEHOLDER)
 }
 
 #[cfg(test)]

@@ -16,8 +16,6 @@ use crate::inventory::{Inventory, SnapshotBackend};
 use crate::mounts::{mount_of, read_mounts};
 use crate::snapshot::{self, Volume};
 
-
-
 /// The plan of a backup run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -37,7 +35,6 @@ pub(crate) struct Placement {
     pub job_volume: Vec<usize>,
 }
 
-
 /// Places every job on its volume, picks backends and states the consistency.
 pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Result<Placement> {
     let mounts = read_mounts()?;
@@ -52,7 +49,13 @@ pub(crate) fn place(inv: &Inventory, jobs: &mut [Job], allow_live: bool) -> Resu
         let mount = mount_of(&mounts, &path).ok_or_else(|| Error::Refused(format!("{}: no mount holds it", path.display())))?.clone();
         for m in &mounts {
             if m.mount_point != path && m.mount_point.starts_with(&path) {
-                nested.push(format!("{} is mounted inside {}.{} ({}): not part of its snapshot", m.mount_point.display(), job.service, job.surface, path.display()));
+                nested.push(format!(
+                    "{} is mounted inside {}.{} ({}): not part of its snapshot",
+                    m.mount_point.display(),
+                    job.service,
+                    job.surface,
+                    path.display()
+                ));
             }
         }
         let surface = inv.service(&job.service).and_then(|s| s.surface(&job.surface)).expect("jobs come from the inventory");
@@ -145,5 +148,3 @@ fn consistency(inv: &Inventory, volumes: &[Volume], allow_live: bool, notes: &mu
         Consistency::PerVolume
     })
 }
-
-

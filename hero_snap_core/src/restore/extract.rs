@@ -49,7 +49,14 @@ pub(crate) struct Extractor<'a> {
 
 impl<'a> Extractor<'a> {
     /// A restore run `run` into `target`, journaled in `state`.
-    pub(crate) fn new(target: &'a Inventory, selection: &'a RestoreSelection, keep_old: bool, run: &str, state: &Path, progress: &'a dyn Progress) -> Result<Extractor<'a>> {
+    pub(crate) fn new(
+        target: &'a Inventory,
+        selection: &'a RestoreSelection,
+        keep_old: bool,
+        run: &str,
+        state: &Path,
+        progress: &'a dyn Progress,
+    ) -> Result<Extractor<'a>> {
         Ok(Extractor {
             target,
             selection,
@@ -99,9 +106,8 @@ impl<'a> Extractor<'a> {
                 .map_err(Error::io(dir, "setting the mtime"))?;
         }
         for swap in &mut self.journal.swaps {
-            let meta = fs::symlink_metadata(&swap.stage).map_err(|_| {
-                Error::Corrupt(format!("the archive holds no data for {} (expected its root directory)", swap.target.display()))
-            })?;
+            let meta = fs::symlink_metadata(&swap.stage)
+                .map_err(|_| Error::Corrupt(format!("the archive holds no data for {} (expected its root directory)", swap.target.display())))?;
             swap.stage_ino = meta.ino();
             swap.stage_mtime = Some((meta.mtime(), meta.mtime_nsec() as u32));
             let f = fs::File::open(&swap.stage).map_err(Error::io(&swap.stage, "opening"))?;
@@ -152,13 +158,22 @@ impl Visitor for Extractor<'_> {
             if ts.exists && fs::metadata(&ts.path).is_ok_and(|m| fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())) {
                 return Err(Error::Refused(format!(
                     "{}: is a mount point; hero-snap swaps directories by rename and cannot replace a mount point (restore into a directory inside it)",
-                    ts.path.display())));
+                    ts.path.display()
+                )));
             }
             let leaf = ts.path.file_name().expect("surface paths have a last component").to_owned();
             let stage = self.work_dir(parent, "stage")?.join(&leaf);
             let old = parent.join(format!(".hero-snap-{}.old", self.run)).join(&leaf);
             let target_mtime = if ts.exists { mtime_of(&ts.path) } else { None };
-            self.journal.swaps.push(Swap { target: ts.path.clone(), stage: stage.clone(), old, had_old: ts.exists, stage_ino: 0, stage_mtime: None, target_mtime });
+            self.journal.swaps.push(Swap {
+                target: ts.path.clone(),
+                stage: stage.clone(),
+                old,
+                had_old: ts.exists,
+                stage_ino: 0,
+                stage_mtime: None,
+                target_mtime,
+            });
             self.stages.insert(ts.key(), Stage { root: stage });
         }
         self.journal.save(&self.state)?;
@@ -251,9 +266,7 @@ impl Extractor<'_> {
 /// The extended attributes a member's PAX header carries (`SCHILY.xattr.NAME`): (name, value).
 pub(crate) fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(Some(exts)) = entry.pax_extensions() else { return Vec::new() };
-    exts.flatten()
-        .filter_map(|ext| ext.key_bytes().strip_prefix(b"SCHILY.xattr.").map(|name| (name.to_vec(), ext.value_bytes().to_vec())))
-        .collect()
+    exts.flatten().filter_map(|ext| ext.key_bytes().strip_prefix(b"SCHILY.xattr.").map(|name| (name.to_vec(), ext.value_bytes().to_vec()))).collect()
 }
 
 /// The tar crate wraps the OS error of an unpack ("failed to unpack X into Y") and its

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::archive::format::{Manifest, ManifestService, MemberKey, ARCHIVE_FORMAT};
+use crate::error::{Error, Result};
 use crate::inventory::{Class, Command, Inventory, Scope, SecretStore, Service};
 
 /// Options shared by pre-flight and restore.
@@ -236,15 +236,20 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
     }
     for s in &sel.services {
         if manifest.service(s).is_none() {
-            refusals.push(Refusal::Selection { message: format!("service `{s}` is not in the archive (it holds: {})",
-                manifest.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")) });
+            refusals.push(Refusal::Selection {
+                message: format!(
+                    "service `{s}` is not in the archive (it holds: {})",
+                    manifest.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            });
         }
     }
     let archived_contexts: BTreeSet<&str> = manifest.services.iter().flat_map(|s| s.contexts.iter().map(String::as_str)).collect();
     for c in &sel.contexts {
         if !archived_contexts.contains(c.as_str()) {
-            refusals.push(Refusal::Selection { message: format!("context `{c}` is not in the archive (it holds: {})",
-                archived_contexts.iter().copied().collect::<Vec<_>>().join(", ")) });
+            refusals.push(Refusal::Selection {
+                message: format!("context `{c}` is not in the archive (it holds: {})", archived_contexts.iter().copied().collect::<Vec<_>>().join(", ")),
+            });
         }
     }
     if let Some(new) = &sel.rename_to {
@@ -256,7 +261,8 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
         }
     }
 
-    let mut plan = RestorePlan { instance: manifest.instance.clone(), surfaces: Vec::new(), migrations: Vec::new(), rebuild_pending: Vec::new(), services: Vec::new() };
+    let mut plan =
+        RestorePlan { instance: manifest.instance.clone(), surfaces: Vec::new(), migrations: Vec::new(), rebuild_pending: Vec::new(), services: Vec::new() };
     let mut secrets_needed = BTreeSet::new();
     for ms in &manifest.services {
         if !sel.services.is_empty() && !sel.services.contains(&ms.name) {
@@ -362,7 +368,9 @@ fn plan_migrations(ms: &ManifestService, ts: &Service, plan: &mut RestorePlan, r
         // One step per schema: from the archive's up to the target's.
         for from in ms.schema..ts.schema {
             match ts.migrations.iter().find(|m| m.from == from) {
-                Some(m) => plan.migrations.push(PlannedMigration { service: ms.name.clone(), from, to: from + 1, argv: m.run.argv.clone(), command: m.run.clone() }),
+                Some(m) => {
+                    plan.migrations.push(PlannedMigration { service: ms.name.clone(), from, to: from + 1, argv: m.run.argv.clone(), command: m.run.clone() })
+                }
                 None => {
                     refusals.push(Refusal::NoMigration { service: ms.name.clone(), archive: ms.schema, target: ts.schema });
                     break;
@@ -386,15 +394,16 @@ fn is_empty_dir(path: &Path) -> bool {
 /// Secret names present in the target's secret store.
 fn secret_names(target: &Inventory) -> std::result::Result<BTreeSet<String>, String> {
     let text = match &target.secret_store {
-        None => return Err(format!("the target inventory {} declares no `secret_store`; declare one (a command or a file listing secret names)", target.source.display())),
+        None => {
+            return Err(format!(
+                "the target inventory {} declares no `secret_store`; declare one (a command or a file listing secret names)",
+                target.source.display()
+            ))
+        }
         Some(SecretStore::File(path)) => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
         Some(SecretStore::Command(cmd)) => crate::hooks::run_capture(cmd).map_err(|e| e.to_string())?,
     };
-    Ok(text
-        .lines()
-        .map(|l| l.split('=').next().unwrap_or("").trim().to_string())
-        .filter(|n| !n.is_empty() && !n.starts_with('#'))
-        .collect())
+    Ok(text.lines().map(|l| l.split('=').next().unwrap_or("").trim().to_string()).filter(|n| !n.is_empty() && !n.starts_with('#')).collect())
 }
 
 /// Filesystems that would not hold what the restore writes, in bytes or in inodes.

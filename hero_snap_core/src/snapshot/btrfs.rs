@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use super::Volume;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Snapshot {
@@ -51,8 +51,7 @@ impl Snapshot {
 
     pub(crate) fn remove(&self) -> Result<()> {
         if std::fs::symlink_metadata(&self.snapshot).is_ok() {
-            libbtrfsutil::delete_subvolume(&self.snapshot)
-                .map_err(|e| Error::Command(format!("deleting btrfs snapshot {}: {e}", self.snapshot.display())))?;
+            libbtrfsutil::delete_subvolume(&self.snapshot).map_err(|e| Error::Command(format!("deleting btrfs snapshot {}: {e}", self.snapshot.display())))?;
         }
         if let Some(parent) = self.snapshot.parent() {
             let _ = std::fs::remove_dir(parent);

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use super::Volume;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Copies {
@@ -47,7 +47,9 @@ impl Copies {
             let mount = self.staging.parent().expect("the staging directory is in the mount point");
             argv.extend(plain.iter().map(|(live, _)| live.strip_prefix(mount).unwrap_or(live).to_string_lossy().into_owned()));
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            super::tool_in(Some(mount), &argv).map_err(|e| Error::Command(format!("reflink copy on {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", self.staging.display())))?;
+            super::tool_in(Some(mount), &argv).map_err(|e| {
+                Error::Command(format!("reflink copy on {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", self.staging.display()))
+            })?;
         }
         for (live, copy) in holding {
             if let Some(parent) = copy.parent() {
@@ -88,7 +90,8 @@ fn copy_tree(live: &Path, copy: &Path) -> Result<()> {
         let mut argv: Vec<String> = vec!["cp".into(), "-a".into(), "--reflink=always".into(), "-t".into(), copy.to_string_lossy().into_owned()];
         argv.extend(entries.iter().map(|p| p.to_string_lossy().into_owned()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        super::tool(&argv).map_err(|e| Error::Command(format!("reflink copy of {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", live.display())))?;
+        super::tool(&argv)
+            .map_err(|e| Error::Command(format!("reflink copy of {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", live.display())))?;
     }
     let meta = std::fs::symlink_metadata(live).map_err(Error::io(live, "reading"))?;
     std::fs::set_permissions(copy, std::fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(Error::io(copy, "setting the mode"))?;

@@ -65,4 +65,3 @@ pub(crate) fn dead<T: DeserializeOwned>(state: &Path, kind: &str, pid_of: impl F
     }
     Ok(out)
 }
-

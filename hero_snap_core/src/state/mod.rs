@@ -25,10 +25,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/hero-snap";
 /// assert_eq!(hero_snap_core::state_dir(None, None), Path::new(hero_snap_core::DEFAULT_STATE_DIR));
 /// ```
 pub fn state_dir(explicit: Option<&Path>, inventory: Option<&Inventory>) -> PathBuf {
-    explicit
-        .or_else(|| inventory.and_then(|i| i.state_dir()))
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    explicit.or_else(|| inventory.and_then(|i| i.state_dir())).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
 /// [`state_dir`] for a run on `inv`.
@@ -52,22 +49,11 @@ pub(crate) fn process_alive(pid: u32) -> bool {
 
 /// The current time as RFC 3339, UTC (the manifest's `created`).
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 /// A run id: UTC time plus the process id, unique on one machine and sortable.
 pub(crate) fn run_id() -> String {
     let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}-{}",
-        now.year(),
-        now.month() as u8,
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        std::process::id()
-    )
+    format!("{:04}{:02}{:02}T{:02}{:02}{:02}-{}", now.year(), now.month() as u8, now.day(), now.hour(), now.minute(), now.second(), std::process::id())
 }

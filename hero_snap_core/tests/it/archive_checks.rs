@@ -45,8 +45,8 @@ fn check_all_damage_caught(archive: &[u8], keys: &Decryption, flips: usize, trun
     let mut caught = 0;
     for i in 0..flips {
         let mut bad = archive.to_vec();
-        let pos = (rng.next() % bad.len() as u64) as usize;
-        let bit = 1u8 << (rng.next() % 8);
+        let pos = (rng.next_u64() % bad.len() as u64) as usize;
+        let bit = 1u8 << (rng.next_u64() % 8);
         bad[pos] ^= bit;
         match verify(&bad[..], keys, &NoProgress, &Cancel::new()) {
             Err(e) => {
@@ -58,7 +58,7 @@ fn check_all_damage_caught(archive: &[u8], keys: &Decryption, flips: usize, trun
         }
     }
     for i in 0..truncations {
-        let len = (rng.next() % archive.len() as u64) as usize;
+        let len = (rng.next_u64() % archive.len() as u64) as usize;
         match verify(&archive[..len], keys, &NoProgress, &Cancel::new()) {
             Err(_) => caught += 1,
             Ok(_) => panic!("truncation {i} to {len} of {} bytes went unnoticed", archive.len()),
@@ -170,11 +170,11 @@ fn restore_refuses_damage(archive: &[u8], keys: &Decryption, seed: u64, flips: u
     for i in 0..flips + truncations {
         let bad: Vec<u8> = if i < flips {
             let mut b = archive.to_vec();
-            let pos = (rng.next() % b.len() as u64) as usize;
-            b[pos] ^= 1u8 << (rng.next() % 8);
+            let pos = (rng.next_u64() % b.len() as u64) as usize;
+            b[pos] ^= 1u8 << (rng.next_u64() % 8);
             b
         } else {
-            archive[..(rng.next() % archive.len() as u64) as usize].to_vec()
+            archive[..(rng.next_u64() % archive.len() as u64) as usize].to_vec()
         };
         match restore(&bad[..], keys, &inv, &opts, &NoProgress, &Cancel::new()) {
             Ok(_) => panic!("damaged copy {i} was restored"),
