@@ -48,6 +48,8 @@ pub fn age_key(dir: &Path) -> (PathBuf, String) {
 pub struct Rng(pub u64);
 
 impl Rng {
+    // Not an Iterator: an endless stream, the damage tests call `rng.next()` for a number.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;

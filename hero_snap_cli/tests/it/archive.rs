@@ -97,7 +97,8 @@ fn tree_comparison_notices_differences() {
     build_tricky_tree(b.path());
     // same tree built twice is equal except the root's own mtime, which both set
     assert_eq!(tree(a.path()), tree(b.path()));
-    let changes: Vec<Box<dyn Fn(&Path)>> = vec![
+    type Change = Box<dyn Fn(&Path)>;
+    let changes: Vec<Change> = vec![
         Box::new(|p| fs::set_permissions(p.join("plain.txt"), fs::Permissions::from_mode(0o644)).unwrap()),
         Box::new(|p| std::os::unix::fs::lchown(p.join("h1"), Some(7), None).unwrap()),
         Box::new(|p| filetime::set_file_mtime(p.join("empty"), filetime::FileTime::from_unix_time(1, 0)).unwrap()),

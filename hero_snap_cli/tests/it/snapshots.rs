@@ -138,7 +138,7 @@ impl Drop for Writers {
 
 fn last_record(path: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines().filter(|l| !l.is_empty()).last()?.parse().ok()
+    text.lines().rfind(|l| !l.is_empty())?.parse().ok()
 }
 
 fn inspect_json(archive: &Path, key: &Path) -> serde_json::Value {
