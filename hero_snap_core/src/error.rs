@@ -73,9 +73,16 @@ pub enum Error {
         source: Option<BoxError>,
     },
 
-    /// A hook or external command failed.
-    #[error("{0}")]
-    Command(String),
+    /// A hook or external command failed, or a step of hero-snap's own work around one.
+    #[error("{message}")]
+    Command {
+        /// Which command, what it said, what to do.
+        message: String,
+        /// The underlying error (the OS's when a program cannot start, the failed step's
+        /// when a restore was rolled back), when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// The run finished, but some service or surface it was asked for failed; the
     /// report's outcomes name them. The library returns reports; the CLI turns failed
@@ -89,6 +96,14 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn command(message: impl Into<String>) -> Error {
+        Error::Command { message: message.into(), source: None }
+    }
+
+    pub(crate) fn command_caused(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Command { message: message.into(), source: Some(source.into()) }
+    }
+
     pub(crate) fn storage(message: impl Into<String>) -> Error {
         Error::Storage { message: message.into(), source: None }
     }
@@ -121,7 +136,7 @@ impl Error {
             }
         }
         match self {
-            Error::Io { .. } | Error::Command(_) => 1,
+            Error::Io { .. } | Error::Command { .. } => 1,
             Error::Usage(_) => 2,
             Error::Corrupt(_) => 3,
             Error::Preflight(_) => 4,
@@ -146,7 +161,7 @@ impl Error {
             Error::Preflight(_) => "preflight",
             Error::Usage(_) => "usage",
             Error::Cancelled => "cancelled",
-            Error::Command(_) => "command",
+            Error::Command { .. } => "command",
             Error::Storage { .. } => "storage",
             Error::Incomplete(_) => "incomplete",
             Error::NoSpace(_) => "no-space",

@@ -71,7 +71,7 @@ impl Cgroup {
         let until = Instant::now() + timeout;
         while !self.is_frozen() {
             if Instant::now() > until {
-                return Err(Error::Command(format!("{}: the processes did not freeze within {} ms", self.dir.display(), timeout.as_millis())));
+                return Err(Error::command(format!("{}: the processes did not freeze within {} ms", self.dir.display(), timeout.as_millis())));
             }
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -173,6 +173,14 @@ fn thaw(cgroups: &[Cgroup], units: &[String]) -> Vec<Error> {
         }
     }
     failed
+}
+
+/// Runs a pre hook once its marker is written. The marker is what makes the post hook run
+/// (here, in the watchdog, or in `gc`): a hook run without one would leave its service
+/// paused for good, so no marker means no pre hook, and the failure is the hook's.
+fn run_pre(marker: &Path, svc: &str, cmd: &Command) -> Result<String> {
+    fs::write(marker, b"").map_err(Error::io(marker, "writing the pre-hook marker (the post hook depends on it)"))?;
+    crate::hooks::run(cmd, &[("service", svc)])
 }
 
 fn run_posts(state: &Path, run: &str, posts: &[(String, Command)], warnings: &mut Vec<Warning>) {
@@ -300,10 +308,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
             .iter()
             .map(|(svc, cmd, on_error)| {
                 let m = marker(opts.state, opts.run, svc);
-                scope.spawn(move || {
-                    let _ = fs::write(&m, b"");
-                    (svc.clone(), *on_error, crate::hooks::run(cmd, &[("service", svc)]))
-                })
+                scope.spawn(move || (svc.clone(), *on_error, run_pre(&m, svc, cmd)))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("hook thread")).collect()
@@ -314,7 +319,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
                 OnError::Abort => {
                     let mut w = Vec::new();
                     run_posts(opts.state, opts.run, &posts, &mut w);
-                    return Err(Error::Command(format!("pre-freeze hook of `{svc}` failed, backup aborted (on_error: abort): {e}")));
+                    return Err(Error::command(format!("pre-freeze hook of `{svc}` failed, backup aborted (on_error: abort): {e}")));
                 }
                 OnError::Warn => warnings.push(Warning { code: "pre-hook-failed".into(), message: format!("{svc}: {e}; continuing (on_error: warn)") }),
             }
@@ -359,7 +364,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         return Err(e);
     }
     if !hooks_only && window > opts.deadline {
-        return Err(Error::Command(format!(
+        return Err(Error::command(format!(
             "the freeze window took {} ms, past the {} ms deadline: the watchdog thawed the services and the snapshot is not trusted",
             window.as_millis(),
             opts.deadline.as_millis()
@@ -391,4 +396,25 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<Recovered>> {
         out.push(Recovered { run_id: j.run_id, action: "backup-cleaned".into() });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod pre_hook_tests {
+    use super::*;
+
+    /// Review finding (issue 14): a marker that could not be written used to be ignored, the
+    /// pre hook ran, and its post hook never did. Now the pre hook does not run either.
+    #[test]
+    fn no_marker_no_pre_hook() {
+        let dir = tempfile::tempdir().unwrap();
+        let ran = dir.path().join("pre-ran");
+        let cmd = Command { argv: vec!["touch".into(), ran.display().to_string()], timeout_secs: 5 };
+        let unwritable = dir.path().join("missing-dir/backup-run.pre-svc");
+        let err = run_pre(&unwritable, "svc", &cmd).unwrap_err();
+        assert!(err.to_string().contains("pre-hook marker"), "{err}");
+        assert!(!ran.exists(), "the pre hook ran without its marker");
+        let marker = dir.path().join("backup-run.pre-svc");
+        run_pre(&marker, "svc", &cmd).unwrap();
+        assert!(ran.exists() && marker.exists());
+    }
 }

@@ -68,7 +68,7 @@ impl Program {
         if !done.status.success() {
             let err = String::from_utf8_lossy(&done.stderr);
             let err = err.trim();
-            return Err(Error::Command(format!(
+            return Err(Error::command(format!(
                 "`{}` failed ({}){}",
                 self.line(),
                 done.status,
@@ -82,7 +82,7 @@ impl Program {
     /// started or does not finish within the timeout.
     pub(crate) fn run_to_end(&self) -> Result<Finished> {
         let Some(name) = self.argv.first() else {
-            return Err(Error::Command("an empty command line: nothing to run".into()));
+            return Err(Error::command("an empty command line: nothing to run"));
         };
         let mut cmd = std::process::Command::new(name);
         cmd.args(&self.argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
@@ -94,9 +94,9 @@ impl Program {
         }
         let child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Command(format!("`{name}`: cannot run it (is it installed?): {e}"))
+                Error::command_caused(format!("`{name}`: cannot run it (is it installed?): {e}"), e)
             } else {
-                Error::Command(format!("`{name}`: cannot run it: {e}"))
+                Error::command_caused(format!("`{name}`: cannot run it: {e}"), e)
             }
         })?;
         self.collect(child)
@@ -120,7 +120,7 @@ impl Program {
                     Ok(None) => {}
                     Err(e) => {
                         kill_group(&mut child);
-                        return Err(Error::Command(format!("`{}`: waiting for it: {e}", self.line())));
+                        return Err(Error::command_caused(format!("`{}`: waiting for it: {e}", self.line()), e));
                     }
                 }
             }
@@ -132,7 +132,7 @@ impl Program {
                     kill_group(&mut child);
                     let err = String::from_utf8_lossy(&stderr);
                     let err = err.trim();
-                    return Err(Error::Command(format!(
+                    return Err(Error::command(format!(
                         "`{}` did not finish within {} and was killed, with every process it started{}",
                         self.line(),
                         seconds(self.timeout.unwrap_or_default()),

@@ -105,8 +105,8 @@ pub fn restore(
         start_services(target, &stopped, &mut warnings);
         return Err(match undo {
             Ok(()) if cancel.is_cancelled() => Error::Cancelled,
-            Ok(()) => Error::Command(format!("restore failed and was rolled back; the target is as it was: {e}")),
-            Err(u) => Error::Command(format!("restore failed ({e}) and the rollback failed too ({u}); run `hero-snap gc` and check the targets")),
+            Ok(()) => Error::command_caused(format!("restore failed and was rolled back; the target is as it was: {e}"), e),
+            Err(u) => Error::command(format!("restore failed ({e}) and the rollback failed too ({u}); run `hero-snap gc` and check the targets")),
         });
     }
     ex.journal.phase = Phase::Committed;

@@ -90,19 +90,19 @@ fn spawn_program(exe: &Path, args: &[&str], job: &Job, handshake: Duration) -> R
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(std::io::Error::from));
     }
-    let mut child = cmd.spawn().map_err(|e| Error::Command(format!("cannot start the freeze watchdog ({}): {e}; nothing was frozen", exe.display())))?;
+    let mut child = cmd.spawn().map_err(|e| Error::command(format!("cannot start the freeze watchdog ({}): {e}; nothing was frozen", exe.display())))?;
     let refuse = |child: &mut Child, why: String| {
         // The watchdog leads its own session and group: take whatever it started with it.
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait();
-        Error::Command(format!(
+        Error::command(format!(
             "the freeze watchdog did not start: {why}. The watchdog is this program run again with the first argument `{ARG}`: \
              the program embedding hero_snap_core must call hero_snap_core::run_watchdog_if_invoked() at the start of main. \
              Nothing was frozen"
         ))
     };
     let mut stdin = child.stdin.take();
-    let mut line = serde_json::to_vec(job).map_err(|e| Error::Command(format!("cannot describe the watchdog's job: {e}")))?;
+    let mut line = serde_json::to_vec(job).map_err(|e| Error::command(format!("cannot describe the watchdog's job: {e}")))?;
     line.push(b'\n');
     if let Err(e) = stdin.as_mut().map_or(Ok(()), |s| s.write_all(&line)) {
         return Err(refuse(&mut child, format!("it did not read its job ({e})")));

@@ -87,7 +87,7 @@ impl State {
 
     /// The first error, once; later callers learn only that the writers failed.
     fn error(&self) -> Error {
-        self.error.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| Error::Command("the restore's file writers stopped".into()))
+        self.error.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_else(|| Error::command("the restore's file writers stopped"))
     }
 
     fn check(&self) -> Result<()> {
@@ -115,7 +115,7 @@ impl Writers {
             let (rx, state) = (Arc::clone(&rx), Arc::clone(&pool.state));
             let thread = std::thread::Builder::new().name(format!("hero-snap-writer-{i}")).spawn(move || writer(&rx, &state));
             // On an error, dropping the pool stops and joins the threads already started.
-            pool.threads.push(thread.map_err(|e| Error::Command(format!("cannot start the restore's writer threads: {e}")))?);
+            pool.threads.push(thread.map_err(|e| Error::command(format!("cannot start the restore's writer threads: {e}")))?);
         }
         Ok(pool)
     }
@@ -240,7 +240,7 @@ fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
         if !state.failed.load(Ordering::SeqCst) {
             // A panic would leave the file counted as pending for ever: it becomes an error.
             let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_file(job)))
-                .unwrap_or_else(|_| Err(Error::Command(format!("writing {}: a restore writer thread panicked", dest.display()))));
+                .unwrap_or_else(|_| Err(Error::command(format!("writing {}: a restore writer thread panicked", dest.display()))));
             if let Err(e) = written {
                 state.fail(e);
             }

@@ -19,7 +19,7 @@ pub(crate) struct Snapshot {
 pub(crate) fn subvolume_root(path: &Path, mount_point: &Path) -> Result<PathBuf> {
     let mut p = path;
     loop {
-        if libbtrfsutil::is_subvolume(p).map_err(|e| Error::Command(format!("{}: btrfs: {e}", p.display())))? {
+        if libbtrfsutil::is_subvolume(p).map_err(|e| Error::command(format!("{}: btrfs: {e}", p.display())))? {
             return Ok(p.to_path_buf());
         }
         if p == mount_point {
@@ -42,7 +42,7 @@ impl Snapshot {
         libbtrfsutil::CreateSnapshotOptions::new()
             .readonly(true)
             .create(&self.subvolume, &self.snapshot)
-            .map_err(|e| Error::Command(format!("btrfs snapshot of {} into {}: {e}", self.subvolume.display(), self.snapshot.display())))
+            .map_err(|e| Error::command(format!("btrfs snapshot of {} into {}: {e}", self.subvolume.display(), self.snapshot.display())))
     }
 
     pub(crate) fn view(&self, live: &Path) -> Option<PathBuf> {
@@ -51,7 +51,7 @@ impl Snapshot {
 
     pub(crate) fn remove(&self) -> Result<()> {
         if std::fs::symlink_metadata(&self.snapshot).is_ok() {
-            libbtrfsutil::delete_subvolume(&self.snapshot).map_err(|e| Error::Command(format!("deleting btrfs snapshot {}: {e}", self.snapshot.display())))?;
+            libbtrfsutil::delete_subvolume(&self.snapshot).map_err(|e| Error::command(format!("deleting btrfs snapshot {}: {e}", self.snapshot.display())))?;
         }
         if let Some(parent) = self.snapshot.parent() {
             let _ = std::fs::remove_dir(parent);

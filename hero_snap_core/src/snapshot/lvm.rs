@@ -89,7 +89,7 @@ impl Snapshot {
         };
         let dev = format!("/dev/{lv}");
         nix::mount::mount(Some(dev.as_str()), &self.mount, Some(self.fstype.as_str()), nix::mount::MsFlags::MS_RDONLY, options).map_err(|e| {
-            Error::Command(format!(
+            Error::command(format!(
                 "mounting the LVM snapshot {dev} ({}, read-only{}) on {}: {e}",
                 self.fstype,
                 options.map(|o| format!(", {o}")).unwrap_or_default(),
@@ -122,7 +122,7 @@ impl Snapshot {
     pub(crate) fn remove(&self) -> Result<()> {
         if is_mounted(&self.mount) {
             nix::mount::umount2(&self.mount, nix::mount::MntFlags::empty()).map_err(|e| {
-                Error::Command(format!("unmounting the LVM snapshot at {}: {e}; stop what reads it, then run `hero-snap gc`", self.mount.display()))
+                Error::command(format!("unmounting the LVM snapshot at {}: {e}; stop what reads it, then run `hero-snap gc`", self.mount.display()))
             })?;
         }
         let _ = std::fs::remove_dir(&self.mount);

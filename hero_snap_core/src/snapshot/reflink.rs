@@ -48,7 +48,7 @@ impl Copies {
             argv.extend(plain.iter().map(|(live, _)| live.strip_prefix(mount).unwrap_or(live).to_string_lossy().into_owned()));
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             super::tool_in(Some(mount), &argv).map_err(|e| {
-                Error::Command(format!("reflink copy on {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", self.staging.display()))
+                Error::command(format!("reflink copy on {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", self.staging.display()))
             })?;
         }
         for (live, copy) in holding {
@@ -91,7 +91,7 @@ fn copy_tree(live: &Path, copy: &Path) -> Result<()> {
         argv.extend(entries.iter().map(|p| p.to_string_lossy().into_owned()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         super::tool(&argv)
-            .map_err(|e| Error::Command(format!("reflink copy of {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", live.display())))?;
+            .map_err(|e| Error::command(format!("reflink copy of {}: {e} (does the filesystem support reflinks? XFS needs reflink=1)", live.display())))?;
     }
     let meta = std::fs::symlink_metadata(live).map_err(Error::io(live, "reading"))?;
     std::fs::set_permissions(copy, std::fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(Error::io(copy, "setting the mode"))?;
