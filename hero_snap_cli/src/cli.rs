@@ -80,9 +80,25 @@ pub struct PruneArgs {
     /// Keep the newest N archives of each series (same instance and selection).
     #[arg(long, default_value_t = 0)]
     pub keep_last: usize,
+    /// Keep the newest archive of each of the N most recent hours (UTC) that have one.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: usize,
     /// Keep the newest archive of each of the N most recent days (UTC) that have one.
     #[arg(long, default_value_t = 0)]
     pub keep_daily: usize,
+    /// Keep the newest archive of each of the N most recent ISO weeks that have one.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: usize,
+    /// Keep the newest archive of each of the N most recent months that have one.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: usize,
+    /// Keep the newest archive of each of the N most recent years that have one.
+    #[arg(long, default_value_t = 0)]
+    pub keep_yearly: usize,
+    /// Keep every archive made within this span of the series' newest one: years, months,
+    /// days, hours, e.g. 30d, 1y6m, 2d12h (restic's --keep-within).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
     /// Say what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -70,6 +70,7 @@ mod plan;
 mod process;
 mod progress;
 mod restore;
+mod retention;
 mod snapshot;
 mod state;
 // The verbs: the only modules that compose the layers.
@@ -103,6 +104,7 @@ pub use outcome::{check_outcomes, failures, Outcome, Status};
 pub use plan::{Plan, Selection};
 pub use progress::{Cancel, Event, NoProgress, Progress};
 pub use restore::{PlannedMigration, Refusal, RestorePlan, RestoreSelection, SurfaceRef, TargetSurface};
+pub use retention::{Retention, Within};
 pub use snapshot::Volume;
 
 pub use state::{state_dir, Recovered, DEFAULT_STATE_DIR};

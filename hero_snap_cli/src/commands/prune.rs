@@ -1,7 +1,7 @@
 //! `hero-snap prune`: retention over a directory or bucket folder, and the free-space
 //! verdict (the library's).
 
-use hero_snap_core::{MinFree, PruneOptions, PruneReport, Result};
+use hero_snap_core::{MinFree, PruneOptions, PruneReport, Result, Retention, Within};
 
 use crate::cli::PruneArgs;
 use crate::output::Output;
@@ -9,7 +9,16 @@ use crate::output::Output;
 pub fn run(args: &PruneArgs, out: &Output) -> Result<()> {
     let keys = args.keys.decryption()?;
     let min_free = args.min_free.as_deref().map(str::parse::<MinFree>).transpose()?;
-    let opts = PruneOptions { keep_last: args.keep_last, keep_daily: args.keep_daily, dry_run: args.dry_run, min_free };
+    let retention = Retention {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        within: args.keep_within.as_deref().map(str::parse::<Within>).transpose()?,
+    };
+    let opts = PruneOptions { retention, dry_run: args.dry_run, min_free };
     let report = hero_snap_core::prune(&args.s3.folder(&args.dir)?, &keys, &opts)?;
     out.report(&report, print);
     report.check_space()

@@ -21,6 +21,9 @@ pub fn assert_text(name: &str, text: &str) {
     s.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z", "[TIME]");
     s.add_filter(r"\b\d{8}T\d{6}-\d+\b", "[RUN]");
     s.add_filter(r"\b\d{4}-\d{2}-\d{2}\b", "[DATE]");
+    s.add_filter(r"\b\d{4}-W\d{2}\b", "[WEEK]");
+    s.add_filter(r"monthly \d{4}-\d{2}\b", "monthly [MONTH]");
+    s.add_filter(r"yearly \d{4}\b", "yearly [YEAR]");
     s.add_filter(r"/dev/loop\d+", "/dev/loop[N]");
     s.bind(|| insta::assert_snapshot!(name, text));
 }
@@ -72,7 +75,15 @@ fn prune_dry_run_text() {
         backup(&src, &backups.join(name), &a);
     }
     std::fs::write(backups.join("notes.txt"), "not an archive").unwrap();
-    for rules in [&["--keep-last", "1"][..], &["--keep-last", "2"], &["--keep-daily", "1"]] {
+    let rule_sets: [&[&str]; 6] = [
+        &["--keep-last", "1"],
+        &["--keep-last", "2"],
+        &["--keep-daily", "1"],
+        &["--keep-weekly", "1"],
+        &["--keep-monthly", "1", "--keep-yearly", "1"],
+        &["--keep-within", "1d"],
+    ];
+    for rules in rule_sets {
         let mut a = vec!["prune", backups.to_str().unwrap(), "--allow-plaintext", "--dry-run"];
         a.extend_from_slice(rules);
         let out = HERO_SNAP.ok(&a);
@@ -93,4 +104,8 @@ fn prune_dry_run_text() {
     for name in ["old.hsnap", "mid.hsnap", "new.hsnap", "geomind.hsnap"] {
         assert!(backups.join(name).exists(), "a dry run deleted {name}");
     }
+    // A span in units restic does not have is refused by name, before anything is read.
+    let out = HERO_SNAP.run(&["prune", backups.to_str().unwrap(), "--allow-plaintext", "--keep-within", "2w"]);
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    assert!(stderr(&out).contains("--keep-within `2w`"), "{}", both(&out));
 }

@@ -1,7 +1,7 @@
 //! `prune`: retention over a directory or S3 prefix of archives, per series, with a
 //! free-space guard.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::archive::folder::{read_folder, Folder, Listed};
 use crate::archive::Decryption;
 use crate::error::{Error, Result};
+use crate::retention::Retention;
 
 /// The free space [`prune`] must leave in the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +44,8 @@ impl std::str::FromStr for MinFree {
 /// Options of [`prune`]. Nothing is deleted unless a retention rule is given.
 #[derive(Debug, Clone, Default)]
 pub struct PruneOptions {
-    /// Keep the newest N archives of each series.
-    pub keep_last: usize,
-    /// Keep the newest archive of each of the N most recent days (UTC) that have one, per series.
-    pub keep_daily: usize,
+    /// Which archives of each series to keep (restic's rules).
+    pub retention: Retention,
     /// Decide and report, delete nothing.
     pub dry_run: bool,
     /// After pruning, check that the directory's filesystem has this much room.
@@ -60,7 +59,8 @@ pub struct Kept {
     pub path: String,
     /// When it was made.
     pub created: String,
-    /// `newest`, `last`, `daily YYYY-MM-DD`.
+    /// `newest`, `last`, `hourly YYYY-MM-DD HHh`, `daily YYYY-MM-DD`, `weekly YYYY-Www`,
+    /// `monthly YYYY-MM`, `yearly YYYY`, `within DURATION`.
     pub reasons: Vec<String>,
 }
 
@@ -116,20 +116,23 @@ impl PruneReport {
 /// a directory only (object storage reports no free space).
 ///
 /// ```no_run
-/// use hero_snap_core::{prune, MinFree, PruneOptions};
+/// use hero_snap_core::{prune, MinFree, PruneOptions, Retention};
 /// use hero_snap_core::Decryption;
 /// use std::path::Path;
 /// # fn main() -> hero_snap_core::Result<()> {
 /// let mut keys = Decryption::default();
 /// keys.add_identity_file("/root/hero-snap.key".as_ref())?;
-/// let opts = PruneOptions { keep_last: 3, keep_daily: 7, dry_run: true, min_free: Some(MinFree::NextBackup) };
+/// let retention = Retention { last: 3, daily: 7, weekly: 5, monthly: 12, ..Retention::default() };
+/// let opts = PruneOptions { retention, dry_run: true, min_free: Some(MinFree::NextBackup) };
 /// let report = prune(&Path::new("/backups").into(), &keys, &opts)?;
 /// println!("would delete {:?}", report.deleted);
 /// # Ok(()) }
 /// ```
 pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<PruneReport> {
-    if opts.keep_last == 0 && opts.keep_daily == 0 {
-        return Err(Error::Usage("prune needs a retention rule: --keep-last N and/or --keep-daily N (N >= 1)".into()));
+    if !opts.retention.is_set() {
+        return Err(Error::Usage(
+            "prune needs a retention rule: --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly N (N >= 1) or --keep-within DURATION".into(),
+        ));
     }
     if let (Some(_), Folder::S3(p)) = (opts.min_free, folder) {
         return Err(Error::Usage(format!("{}: --min-free checks a local filesystem; object storage has no free space to check", p.url())));
@@ -145,20 +148,13 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
     for (_, mut list) in series {
         list.sort_by_key(|a| std::cmp::Reverse(created_key(a)));
         next_backup += list[0].size;
-        let mut days = BTreeSet::new();
-        for (i, a) in list.into_iter().enumerate() {
-            let created = a.summary.as_ref().expect("partitioned").created.clone();
-            let mut reasons = Vec::new();
-            if i == 0 {
-                reasons.push("newest".to_string());
-            }
-            if i < opts.keep_last {
-                reasons.push("last".to_string());
-            }
-            let day = created_key(&a).map(|t| t.date().to_string()).unwrap_or_else(|| created.chars().take(10).collect());
-            if days.len() < opts.keep_daily && days.insert(day.clone()) {
-                reasons.push(format!("daily {day}"));
-            }
+        // An archive whose creation time cannot be read is never deleted: it cannot be dated.
+        let (dated, undated): (Vec<Listed>, Vec<Listed>) = list.into_iter().partition(|a| created_key(a).is_some());
+        let times: Vec<time::OffsetDateTime> = dated.iter().filter_map(created_key).collect();
+        let chosen = opts.retention.choose(&times);
+        let undated = undated.into_iter().map(|a| (a, vec!["creation time unreadable".to_string()]));
+        for (a, reasons) in dated.into_iter().zip(chosen).chain(undated) {
+            let created = a.summary.as_ref().map(|s| s.created.clone()).unwrap_or_default();
             if reasons.is_empty() {
                 if !opts.dry_run {
                     a.item.delete()?;
