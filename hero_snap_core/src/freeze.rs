@@ -221,49 +221,11 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         warnings.push(Warning { code: "recovered-dead-run".into(), message: format!("completed the journal of dead run {} ({})", r.run_id, r.action) });
     }
     let plan = &placement.plan;
-    for note in &plan.notes {
-        if plan.consistency != Consistency::Atomic {
-            warnings.push(Warning {
-                code: format!("consistency-{}", serde_json::to_value(plan.consistency).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
-                message: note.clone(),
-            });
-        }
-    }
-    for n in &plan.nested_mounts {
-        warnings.push(Warning { code: "nested-mount".into(), message: n.clone() });
-    }
-    let services: BTreeSet<&str> = jobs.iter().map(|j| j.service.as_str()).collect();
+    warnings.extend(plan_warnings(plan));
     let hooks_only = plan.consistency == Consistency::QuiescedCopy;
-    let mut cgroups = Vec::new();
-    let mut units = Vec::new();
-    let mut pres: Vec<(String, Command, OnError)> = Vec::new();
-    let mut posts = Vec::new();
-    for name in &services {
-        let q = &inv.service(name).expect("jobs come from the inventory").quiesce;
-        if let Some(pre) = &q.pre {
-            pres.push((name.to_string(), pre.clone(), q.on_error));
-            if let Some(post) = &q.post {
-                posts.push((name.to_string(), post.clone()));
-            }
-        }
-        if !hooks_only {
-            if let Some(cg) = &q.cgroup {
-                cgroups.push(Cgroup::resolve(cg)?);
-            }
-            if let Some(u) = &q.unit {
-                units.push(u.clone());
-            }
-        }
-    }
+    let Quiesced { cgroups, units, pres, posts } = quiesced(inv, jobs, hooks_only)?;
     // Planned snapshots, journaled before anything is created.
-    let mut planned = Vec::new();
-    for (i, vol) in plan.volumes.iter().enumerate() {
-        let lives: Vec<PathBuf> = jobs.iter().zip(&placement.job_volume).filter(|(_, v)| **v == i).map(|(j, _)| j.path.clone()).collect();
-        if let Some(t) = Taken::plan(vol, &lives, opts.run, i, opts.state) {
-            planned.push(t);
-        }
-    }
-    let planned = Taken::merge_zfs(planned);
+    let planned = planned_snapshots(placement, jobs, opts);
     let journal = Journal {
         run_id: opts.run.to_string(),
         pid: std::process::id(),
@@ -286,45 +248,11 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
         released: false,
         _lock: lock,
     };
-    let job = watchdog::Job {
-        state: opts.state.to_path_buf(),
-        run_id: opts.run.to_string(),
-        cgroups: cgroups.clone(),
-        units: units.clone(),
-        posts: posts.clone(),
-        deadline_ms: if hooks_only { None } else { Some(opts.deadline.as_millis() as u64) },
-    };
-    // With nothing to thaw and no post hook owed, a dead run leaves only what `gc` removes:
-    // no watchdog, so programs that never freeze need not call run_watchdog_if_invoked.
-    if !job.is_empty() {
-        frozen.watchdog = Some(watchdog::Watchdog::spawn(&job)?);
-    }
+    frozen.watchdog = start_watchdog(opts, &cgroups, &units, &posts, hooks_only)?;
     failpoint("backup-watchdog-started");
 
     progress.event(&Event::Phase { phase: "quiesce".into() });
-    // Pre hooks in parallel; a marker per hook that ran tells who needs a post hook.
-    let results: Vec<(String, OnError, Result<String>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = pres
-            .iter()
-            .map(|(svc, cmd, on_error)| {
-                let m = marker(opts.state, opts.run, svc);
-                scope.spawn(move || (svc.clone(), *on_error, run_pre(&m, svc, cmd)))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("hook thread")).collect()
-    });
-    for (svc, on_error, res) in results {
-        if let Err(e) = res {
-            match on_error {
-                OnError::Abort => {
-                    let mut w = Vec::new();
-                    run_posts(opts.state, opts.run, &posts, &mut w);
-                    return Err(Error::command(format!("pre-freeze hook of `{svc}` failed, backup aborted (on_error: abort): {e}")));
-                }
-                OnError::Warn => warnings.push(Warning { code: "pre-hook-failed".into(), message: format!("{svc}: {e}; continuing (on_error: warn)") }),
-            }
-        }
-    }
+    run_pre_hooks(&pres, &posts, opts, &mut warnings)?;
 
     failpoint("backup-pre-hooks-done");
     // Flush what is dirty before the window opens: the sync inside it then writes only what
@@ -332,23 +260,7 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
     sync_volumes(plan);
     progress.event(&Event::Phase { phase: "freeze".into() });
     let start = Instant::now();
-    let result = (|| -> Result<()> {
-        for c in &cgroups {
-            c.freeze(opts.deadline / 4)?;
-        }
-        for u in &units {
-            crate::snapshot::tool(&["systemctl", "freeze", u])?;
-        }
-        failpoint("backup-frozen");
-        sync_volumes(plan);
-        failpoint("backup-synced");
-        for (i, t) in frozen.taken.iter().enumerate() {
-            t.take()?;
-            failpoint(&format!("backup-snapshot-{i}-taken"));
-        }
-        failpoint("backup-snapshotted");
-        Ok(())
-    })();
+    let result = hold_still_and_snapshot(&cgroups, &units, plan, &frozen.taken, opts.deadline);
     let thaw_err = thaw(&cgroups, &units).into_iter().next();
     let window = start.elapsed();
     failpoint("backup-thawed");
@@ -378,6 +290,144 @@ pub(crate) fn freeze(inv: &Inventory, jobs: &[Job], placement: &Placement, opts:
     }
     frozen.warnings = warnings;
     Ok(frozen)
+}
+
+/// The watchdog that thaws and runs the post hooks if this process dies while they are
+/// owed, or the deadline passes; none when nothing would be owed.
+fn start_watchdog(
+    opts: &FreezeOptions,
+    cgroups: &[Cgroup],
+    units: &[String],
+    posts: &[(String, Command)],
+    hooks_only: bool,
+) -> Result<Option<watchdog::Watchdog>> {
+    let job = watchdog::Job {
+        state: opts.state.to_path_buf(),
+        run_id: opts.run.to_string(),
+        cgroups: cgroups.to_vec(),
+        units: units.to_vec(),
+        posts: posts.to_vec(),
+        deadline_ms: if hooks_only { None } else { Some(opts.deadline.as_millis() as u64) },
+    };
+    // With nothing to thaw and no post hook owed, a dead run leaves only what `gc` removes:
+    // no watchdog, so programs that never freeze need not call run_watchdog_if_invoked.
+    if !job.is_empty() {
+        return Ok(Some(watchdog::Watchdog::spawn(&job)?));
+    }
+    Ok(None)
+}
+
+/// Warnings the plan carries into the manifest: why it is not atomic, nested mounts.
+fn plan_warnings(plan: &crate::plan::Plan) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for note in &plan.notes {
+        if plan.consistency != Consistency::Atomic {
+            warnings.push(Warning {
+                code: format!("consistency-{}", serde_json::to_value(plan.consistency).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+                message: note.clone(),
+            });
+        }
+    }
+    for n in &plan.nested_mounts {
+        warnings.push(Warning { code: "nested-mount".into(), message: n.clone() });
+    }
+    warnings
+}
+
+/// What holds the selected services still: cgroups and units to freeze (not for a
+/// quiesced copy, whose hooks hold them for the whole read), pre and post hooks.
+struct Quiesced {
+    cgroups: Vec<Cgroup>,
+    units: Vec<String>,
+    pres: Vec<(String, Command, OnError)>,
+    posts: Vec<(String, Command)>,
+}
+
+fn quiesced(inv: &Inventory, jobs: &[Job], hooks_only: bool) -> Result<Quiesced> {
+    let services: BTreeSet<&str> = jobs.iter().map(|j| j.service.as_str()).collect();
+    let mut cgroups = Vec::new();
+    let mut units = Vec::new();
+    let mut pres: Vec<(String, Command, OnError)> = Vec::new();
+    let mut posts = Vec::new();
+    for name in &services {
+        let q = &inv.service(name).map(|s| &s.quiesce).ok_or_else(|| Error::Usage(format!("service `{name}` is not in the inventory")))?;
+        if let Some(pre) = &q.pre {
+            pres.push((name.to_string(), pre.clone(), q.on_error));
+            if let Some(post) = &q.post {
+                posts.push((name.to_string(), post.clone()));
+            }
+        }
+        if !hooks_only {
+            if let Some(cg) = &q.cgroup {
+                cgroups.push(Cgroup::resolve(cg)?);
+            }
+            if let Some(u) = &q.unit {
+                units.push(u.clone());
+            }
+        }
+    }
+    Ok(Quiesced { cgroups, units, pres, posts })
+}
+
+/// The snapshot of each volume, named before anything is created (ZFS: one per pool).
+fn planned_snapshots(placement: &Placement, jobs: &[Job], opts: &FreezeOptions) -> Vec<Taken> {
+    let mut planned = Vec::new();
+    for (i, vol) in placement.plan.volumes.iter().enumerate() {
+        let lives: Vec<PathBuf> = jobs.iter().zip(&placement.job_volume).filter(|(_, v)| **v == i).map(|(j, _)| j.path.clone()).collect();
+        if let Some(t) = Taken::plan(vol, &lives, opts.run, i, opts.state) {
+            planned.push(t);
+        }
+    }
+    Taken::merge_zfs(planned)
+}
+
+/// Runs the pre hooks in parallel, each after its marker (which tells who needs a post
+/// hook). A failure aborts the backup (after the post hooks owed) or warns, per hook.
+fn run_pre_hooks(pres: &[(String, Command, OnError)], posts: &[(String, Command)], opts: &FreezeOptions, warnings: &mut Vec<Warning>) -> Result<()> {
+    // Pre hooks in parallel; a marker per hook that ran tells who needs a post hook.
+    let results: Vec<(String, OnError, Result<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pres
+            .iter()
+            .map(|(svc, cmd, on_error)| {
+                let m = marker(opts.state, opts.run, svc);
+                scope.spawn(move || (svc.clone(), *on_error, run_pre(&m, svc, cmd)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("hook thread")).collect()
+    });
+    for (svc, on_error, res) in results {
+        if let Err(e) = res {
+            match on_error {
+                OnError::Abort => {
+                    let mut w = Vec::new();
+                    run_posts(opts.state, opts.run, posts, &mut w);
+                    return Err(Error::command(format!("pre-freeze hook of `{svc}` failed, backup aborted (on_error: abort): {e}")));
+                }
+                OnError::Warn => warnings.push(Warning { code: "pre-hook-failed".into(), message: format!("{svc}: {e}; continuing (on_error: warn)") }),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The freeze window: freeze cgroups and units, sync, take every snapshot. The caller
+/// thaws whatever happened.
+fn hold_still_and_snapshot(cgroups: &[Cgroup], units: &[String], plan: &crate::plan::Plan, taken: &[Taken], deadline: Duration) -> Result<()> {
+    for c in cgroups {
+        c.freeze(deadline / 4)?;
+    }
+    for u in units {
+        crate::snapshot::tool(&["systemctl", "freeze", u])?;
+    }
+    failpoint("backup-frozen");
+    sync_volumes(plan);
+    failpoint("backup-synced");
+    for (i, t) in taken.iter().enumerate() {
+        t.take()?;
+        failpoint(&format!("backup-snapshot-{i}-taken"));
+    }
+    failpoint("backup-snapshotted");
+    Ok(())
 }
 
 /// Completes the backup journals of dead runs: thaw, post hooks, remove snapshots.

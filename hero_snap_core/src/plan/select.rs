@@ -103,14 +103,7 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
                 jobs.push(Job { service: svc.name.clone(), surface: surface.name.clone(), path: surface.path_for(ctx.as_deref()), context: ctx });
             }
             if surface.scope == Scope::Context && msurf.contexts.is_empty() {
-                outcomes.push(Outcome::new(
-                    &svc.name,
-                    Some(&surface.name),
-                    None,
-                    Status::Skipped,
-                    Some("no context of the selection has this surface on disk".into()),
-                ));
-                ms.left_out.push(leave("no context of the selection has this surface on disk".into()));
+                skip("no context of the selection has this surface on disk", Status::Skipped);
                 continue;
             }
             ms.surfaces.push(msurf);

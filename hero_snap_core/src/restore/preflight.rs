@@ -234,32 +234,7 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
         refusals.push(Refusal::FormatTooNew { archive: manifest.format, supported: ARCHIVE_FORMAT });
         return Err(Error::Preflight(refusals));
     }
-    for s in &sel.services {
-        if manifest.service(s).is_none() {
-            refusals.push(Refusal::Selection {
-                message: format!(
-                    "service `{s}` is not in the archive (it holds: {})",
-                    manifest.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            });
-        }
-    }
-    let archived_contexts: BTreeSet<&str> = manifest.services.iter().flat_map(|s| s.contexts.iter().map(String::as_str)).collect();
-    for c in &sel.contexts {
-        if !archived_contexts.contains(c.as_str()) {
-            refusals.push(Refusal::Selection {
-                message: format!("context `{c}` is not in the archive (it holds: {})", archived_contexts.iter().copied().collect::<Vec<_>>().join(", ")),
-            });
-        }
-    }
-    if let Some(new) = &sel.rename_to {
-        if sel.contexts.len() != 1 {
-            refusals.push(Refusal::Selection { message: "--as renames one context: select exactly one with --context".into() });
-        }
-        if !crate::inventory::valid_name(new) {
-            refusals.push(Refusal::Selection { message: format!("`{new}` is not a valid context name") });
-        }
-    }
+    refusals.extend(selection_refusals(manifest, sel));
 
     let mut plan =
         RestorePlan { instance: manifest.instance.clone(), surfaces: Vec::new(), migrations: Vec::new(), rebuild_pending: Vec::new(), services: Vec::new() };
@@ -313,6 +288,38 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
     } else {
         Err(Error::Preflight(refusals))
     }
+}
+
+/// What the selection asks for that the archive does not hold, or cannot do.
+fn selection_refusals(manifest: &Manifest, sel: &RestoreSelection) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    for s in &sel.services {
+        if manifest.service(s).is_none() {
+            refusals.push(Refusal::Selection {
+                message: format!(
+                    "service `{s}` is not in the archive (it holds: {})",
+                    manifest.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+    let archived_contexts: BTreeSet<&str> = manifest.services.iter().flat_map(|s| s.contexts.iter().map(String::as_str)).collect();
+    for c in &sel.contexts {
+        if !archived_contexts.contains(c.as_str()) {
+            refusals.push(Refusal::Selection {
+                message: format!("context `{c}` is not in the archive (it holds: {})", archived_contexts.iter().copied().collect::<Vec<_>>().join(", ")),
+            });
+        }
+    }
+    if let Some(new) = &sel.rename_to {
+        if sel.contexts.len() != 1 {
+            refusals.push(Refusal::Selection { message: "--as renames one context: select exactly one with --context".into() });
+        }
+        if !crate::inventory::valid_name(new) {
+            refusals.push(Refusal::Selection { message: format!("`{new}` is not a valid context name") });
+        }
+    }
+    refusals
 }
 
 /// The target of every selected copy of `ms`'s surfaces; whether any was selected.
