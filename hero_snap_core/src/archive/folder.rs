@@ -82,7 +82,7 @@ impl Item {
     }
 }
 
-/// One file of the folder, as [`list`] found it.
+/// One file of the folder, as [`crate::list`] found it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
     /// The file's path, or the object's `s3://BUCKET/KEY`.
