@@ -168,7 +168,7 @@ fn thaw(cgroups: &[Cgroup], units: &[String]) -> Vec<Error> {
         }
     }
     for u in units {
-        if let Err(e) = crate::snapshot::tool(&["systemctl", "thaw", u]) {
+        if let Err(e) = crate::process::tool(&["systemctl", "thaw", u]) {
             failed.push(e);
         }
     }
@@ -417,7 +417,7 @@ fn hold_still_and_snapshot(cgroups: &[Cgroup], units: &[String], plan: &crate::p
         c.freeze(deadline / 4)?;
     }
     for u in units {
-        crate::snapshot::tool(&["systemctl", "freeze", u])?;
+        crate::process::tool(&["systemctl", "freeze", u])?;
     }
     failpoint("backup-frozen");
     sync_volumes(plan);

@@ -1,5 +1,5 @@
 //! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the stable corpus replay
-//! test (`tests/fuzz_corpus.rs`), so both drive exactly the same code. Not part of the API.
+//! test (`tests/it/fuzz_corpus.rs`), so both drive exactly the same code. Not part of the API.
 
 use crate::archive::format::Manifest;
 use crate::{verify, Cancel, Decryption, NoProgress};

@@ -16,11 +16,6 @@ pub(crate) fn run(cmd: &Command, vars: &[(&str, &str)]) -> Result<String> {
     program.run()
 }
 
-/// Runs a command and returns its standard output.
-pub(crate) fn run_capture(cmd: &Command) -> Result<String> {
-    run(cmd, &[])
-}
-
 fn substitute(arg: &str, vars: &[(&str, &str)]) -> String {
     let mut out = arg.to_string();
     for (k, v) in vars {

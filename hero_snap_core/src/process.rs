@@ -155,6 +155,18 @@ impl Program {
     }
 }
 
+/// Runs an external tool and returns its stdout; the error names the program and its stderr.
+pub(crate) fn tool(argv: &[&str]) -> Result<String> {
+    tool_in(None, argv)
+}
+
+/// [`tool`], run in the directory `cwd`.
+pub(crate) fn tool_in(cwd: Option<&std::path::Path>, argv: &[&str]) -> Result<String> {
+    // Tools' messages are parsed and shown: keep them in English; LVM warns about every
+    // descriptor it inherits otherwise.
+    Program::new(argv).env("LC_ALL", "C").env("LVM_SUPPRESS_FD_WARNINGS", "1").cwd(cwd).run()
+}
+
 enum Pipe {
     Out(std::process::ChildStdout),
     Err(std::process::ChildStderr),

@@ -87,7 +87,7 @@ fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, 
     let (mut jobs, mut services, mut warnings, mut outcomes) = plan::select(inv, &opts.selection)?;
     let placement = plan::place(inv, &mut jobs, opts.allow_live)?;
     cancel.check()?;
-    let state = state::dir(opts.state_dir.as_deref(), inv);
+    let state = state::state_dir(opts.state_dir.as_deref(), Some(inv));
     let run = state::run_id();
     let frozen = freeze::freeze(inv, &jobs, &placement, &FreezeOptions { state: &state, run: &run, deadline: opts.freeze_deadline }, progress)?;
     warnings.extend(frozen.warnings.iter().cloned());
@@ -212,7 +212,7 @@ pub fn backup_to(inv: &Inventory, opts: &BackupOptions, to: &Location, progress:
 }
 
 fn backup_to_s3(inv: &Inventory, opts: &BackupOptions, obj: &S3Object, progress: &dyn Progress, cancel: &Cancel) -> Result<BackupReport> {
-    let state = state::dir(opts.state_dir.as_deref(), inv);
+    let state = state::state_dir(opts.state_dir.as_deref(), Some(inv));
     let run = state::run_id();
     let (upload, outcome) = s3::Upload::start(obj)?;
     // Journaled before the first part leaves, so that a killed run's upload can be found.

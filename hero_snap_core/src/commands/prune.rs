@@ -145,15 +145,16 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
     }
     let mut report = PruneReport { dry_run: opts.dry_run, kept: Vec::new(), deleted: Vec::new(), freed_bytes: 0, ignored, space: None };
     let mut next_backup = 0u64;
-    for (_, mut list) in series {
-        list.sort_by_key(|a| std::cmp::Reverse(created_key(a)));
-        next_backup += list[0].size;
+    for (_, list) in series {
+        let mut list: Vec<(Option<time::OffsetDateTime>, Listed)> = list.into_iter().map(|a| (created_key(&a), a)).collect();
+        list.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+        next_backup += list[0].1.size;
         // An archive whose creation time cannot be read is never deleted: it cannot be dated.
-        let (dated, undated): (Vec<Listed>, Vec<Listed>) = list.into_iter().partition(|a| created_key(a).is_some());
-        let times: Vec<time::OffsetDateTime> = dated.iter().filter_map(created_key).collect();
+        let (dated, undated): (Vec<_>, Vec<_>) = list.into_iter().partition(|(t, _)| t.is_some());
+        let times: Vec<time::OffsetDateTime> = dated.iter().filter_map(|(t, _)| *t).collect();
         let chosen = opts.retention.choose(&times);
-        let undated = undated.into_iter().map(|a| (a, vec!["creation time unreadable".to_string()]));
-        for (a, reasons) in dated.into_iter().zip(chosen).chain(undated) {
+        let undated = undated.into_iter().map(|(_, a)| (a, vec!["creation time unreadable".to_string()]));
+        for (a, reasons) in dated.into_iter().map(|(_, a)| a).zip(chosen).chain(undated) {
             let created = a.summary.as_ref().map(|s| s.created.clone()).unwrap_or_default();
             if reasons.is_empty() {
                 if !opts.dry_run {

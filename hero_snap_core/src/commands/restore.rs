@@ -72,7 +72,7 @@ pub fn restore(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<RestoreReport> {
-    let state = state::dir(opts.state_dir.as_deref(), target);
+    let state = state::state_dir(opts.state_dir.as_deref(), Some(target));
     // One run at a time per state directory: a backup's snapshots or another restore's swaps.
     let mut lock_warnings = Vec::new();
     let _lock = Lock::acquire(&state, &mut lock_warnings)?;

@@ -408,7 +408,7 @@ fn secret_names(target: &Inventory) -> std::result::Result<BTreeSet<String>, Str
             ))
         }
         Some(SecretStore::File(path)) => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
-        Some(SecretStore::Command(cmd)) => crate::hooks::run_capture(cmd).map_err(|e| e.to_string())?,
+        Some(SecretStore::Command(cmd)) => crate::hooks::run(cmd, &[]).map_err(|e| e.to_string())?,
     };
     Ok(text.lines().map(|l| l.split('=').next().unwrap_or("").trim().to_string()).filter(|n| !n.is_empty() && !n.starts_with('#')).collect())
 }

@@ -309,12 +309,17 @@ mod tests {
         let state = Arc::new(State::default());
         let s2 = Arc::clone(&state);
         let _ = std::thread::spawn(move || {
-            let _guard = s2.writing.lock().unwrap_or_else(PoisonError::into_inner);
-            panic!("poison the lock");
+            let mut pending = s2.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let _error = s2.error.lock().unwrap_or_else(PoisonError::into_inner);
+            *pending = 1;
+            panic!("poison the locks");
         })
         .join();
-        assert!(state.writing.is_poisoned());
-        state.writing.lock().unwrap_or_else(PoisonError::into_inner).insert(PathBuf::from("x"));
+        assert!(state.pending.is_poisoned() && state.error.is_poisoned());
+        // The pool's own bookkeeping, on the poisoned locks: counting a file done, recording
+        // and reporting the first error.
+        finished(&state);
+        assert_eq!(*state.pending.lock().unwrap_or_else(PoisonError::into_inner), 0);
         state.fail(Error::Cancelled);
         assert!(matches!(state.check(), Err(Error::Cancelled)));
     }

@@ -17,6 +17,7 @@ use crate::inventory::SnapshotBackend;
 use crate::mounts::Mount;
 
 pub(crate) use crate::fs_tree::RESERVED_PREFIX;
+pub(crate) use crate::process::{tool, tool_in};
 
 /// What is snapshotted as one unit: a btrfs subvolume, a ZFS dataset, an LVM LV, or the
 /// surfaces of one filesystem copied by reflink (or read as they are).
@@ -161,16 +162,4 @@ impl Taken {
         }
         out
     }
-}
-
-/// Runs an external tool and returns its stdout; the error names the program and its stderr.
-pub(crate) fn tool(argv: &[&str]) -> Result<String> {
-    tool_in(None, argv)
-}
-
-/// [`tool`], run in the directory `cwd`.
-pub(crate) fn tool_in(cwd: Option<&std::path::Path>, argv: &[&str]) -> Result<String> {
-    // Tools' messages are parsed and shown: keep them in English; LVM warns about every
-    // descriptor it inherits otherwise.
-    crate::process::Program::new(argv).env("LC_ALL", "C").env("LVM_SUPPRESS_FD_WARNINGS", "1").cwd(cwd).run()
 }

@@ -28,11 +28,6 @@ pub fn state_dir(explicit: Option<&Path>, inventory: Option<&Inventory>) -> Path
     explicit.or_else(|| inventory.and_then(|i| i.state_dir())).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
-/// [`state_dir`] for a run on `inv`.
-pub(crate) fn dir(explicit: Option<&Path>, inv: &Inventory) -> PathBuf {
-    state_dir(explicit, Some(inv))
-}
-
 /// What `gc` completed: one entry per dead run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Recovered {
