@@ -236,17 +236,20 @@ fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(job) = job else { return };
-        let dest = job.dest.clone();
         if !state.failed.load(Ordering::SeqCst) {
             // A panic would leave the file counted as pending for ever: it becomes an error.
-            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_file(job)))
-                .unwrap_or_else(|_| Err(Error::command(format!("writing {}: a restore writer thread panicked", dest.display()))));
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write_file(&job)))
+                .unwrap_or_else(|_| Err(Error::command(format!("writing {}: a restore writer thread panicked", job.dest.display()))));
             if let Err(e) = written {
+                // Recorded while the job, and so its pieces channel, is still held: a parser
+                // that sees the channel close finds the cause already there (CI once saw a
+                // full disk reported only as "the writers stopped").
                 state.fail(e);
             }
         }
-        state.writing.lock().unwrap_or_else(PoisonError::into_inner).remove(&dest);
-        // A skipped job's pieces channel drops here, which stops the parser feeding it.
+        state.writing.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.dest);
+        // A failed or skipped job's pieces channel drops here, which stops the parser feeding it.
+        drop(job);
         finished(state);
     }
 }
@@ -256,7 +259,7 @@ fn ends_inside(dest: &dyn std::fmt::Display, got: u64, size: u64) -> Error {
 }
 
 /// Creates and writes one file, then applies its metadata through the open descriptor.
-fn write_file(job: Job) -> Result<()> {
+fn write_file(job: &Job) -> Result<()> {
     let dest = &job.dest;
     let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -265,14 +268,14 @@ fn write_file(job: Job) -> Result<()> {
             Error::io(dest, "creating")(e)
         }
     })?;
-    let written = match job.content {
+    let written = match &job.content {
         Content::Whole(data) => {
-            file.write_all(&data).map_err(Error::io(dest, "writing"))?;
+            file.write_all(data).map_err(Error::io(dest, "writing"))?;
             data.len() as u64
         }
         Content::Pieces(pieces) => {
             let mut written = 0;
-            for piece in pieces {
+            for piece in pieces.iter() {
                 file.write_all(&piece).map_err(Error::io(dest, "writing"))?;
                 written += piece.len() as u64;
             }
@@ -283,16 +286,16 @@ fn write_file(job: Job) -> Result<()> {
         // The parser stopped feeding this file; it reports why.
         return Err(ends_inside(&dest.display(), written, job.size));
     }
-    let m = job.meta;
+    let m = &job.meta;
     let mtime = filetime::FileTime::from_unix_time(m.mtime, 0);
     filetime::set_file_handle_times(&file, Some(mtime), Some(mtime)).map_err(Error::io(dest, "setting the mtime"))?;
     std::os::unix::fs::fchown(&file, Some(m.uid), Some(m.gid)).map_err(Error::io(dest, "setting the owner"))?;
     // After the owner: chown clears set-id bits (which the reader refuses anyway).
     file.set_permissions(fs::Permissions::from_mode(m.mode)).map_err(Error::io(dest, "setting the mode"))?;
-    for (name, value) in m.xattrs {
+    for (name, value) in &m.xattrs {
         use std::os::unix::ffi::OsStrExt;
         use xattr::FileExt;
-        file.set_xattr(std::ffi::OsStr::from_bytes(&name), &value).map_err(Error::io(dest, "setting extended attributes"))?;
+        file.set_xattr(std::ffi::OsStr::from_bytes(name), value).map_err(Error::io(dest, "setting extended attributes"))?;
     }
     crate::state::failpoint("restore-extract-file");
     Ok(())
@@ -322,5 +325,30 @@ mod tests {
         assert_eq!(*state.pending.lock().unwrap_or_else(PoisonError::into_inner), 0);
         state.fail(Error::Cancelled);
         assert!(matches!(state.check(), Err(Error::Cancelled)));
+    }
+
+    /// A large file whose writer fails (here: its directory does not exist) is reported by
+    /// its own error, naming the path, never as writers that merely stopped.
+    #[test]
+    fn a_failed_large_file_reports_its_own_error() {
+        let mut tar = tar::Builder::new(Vec::new());
+        let data = vec![7u8; 8 * CHUNK];
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "big", &data[..]).unwrap();
+        let bytes = tar.into_inner().unwrap();
+        for _ in 0..50 {
+            let mut pool = Writers::new().unwrap();
+            let mut archive = tar::Archive::new(&bytes[..]);
+            let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+            let dest = PathBuf::from("/nonexistent-hero-snap-dir/big");
+            let err = match pool.write(&mut entry, dest, "big", &crate::progress::NoProgress) {
+                Err(e) => e,
+                Ok(_) => pool.finish().unwrap_err(),
+            };
+            assert!(err.to_string().contains("/nonexistent-hero-snap-dir/big"), "{err}");
+        }
     }
 }
