@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hero_snap_core::{
-    BackupOptions, Compression, Decryption, DecryptionChoice, EncryptionChoice, Extent, Folder, Inventory, Location, RestoreOptions, RestoreSelection, Result,
-    S3Config, Selection,
+    Ancestors, BackupOptions, Compression, Decryption, DecryptionChoice, EncryptionChoice, Extent, Folder, Inventory, Location, RestoreOptions,
+    RestoreSelection, Result, S3Config, Selection, Since,
 };
 
 /// Atomic, cross-service-consistent snapshots of a Hero instance into one encrypted
@@ -192,6 +192,17 @@ pub struct BackupArgs {
     /// zstd worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<u32>,
+    /// Write an incremental archive on PARENT: `latest` (the newest archive of this
+    /// instance and selection beside --to; a full one if there is none), or an archive
+    /// this host wrote (its file or s3:// key).
+    #[arg(long, value_name = "PARENT")]
+    pub since: Option<String>,
+    /// With --since: compare each file's content with the parent's, not metadata alone.
+    #[arg(long, requires = "since")]
+    pub rehash: bool,
+    /// With --since: start a new full archive once the chain has N archives.
+    #[arg(long, value_name = "N", requires = "since", value_parser = clap::value_parser!(u32).range(1..))]
+    pub full_every: Option<u32>,
 }
 
 impl BackupArgs {
@@ -210,6 +221,13 @@ impl BackupArgs {
             allow_live: self.scope.allow_live,
             freeze_deadline: Duration::from_millis(self.freeze_deadline_ms),
             state_dir: self.scope.instance.state_dir.clone(),
+            since: match self.since.as_deref() {
+                None => None,
+                Some("latest") => Some(Since::Latest),
+                Some(parent) => Some(Since::Archive(self.s3.location(parent)?)),
+            },
+            rehash: self.rehash,
+            full_every: self.full_every,
         })
     }
 }
@@ -274,9 +292,10 @@ impl S3Args {
 
 #[derive(Args)]
 pub struct ReadArgs {
-    /// Archive file, `-` for standard input, or s3://BUCKET/KEY.
-    #[arg(long)]
-    pub from: String,
+    /// Archive file, `-` for standard input, or s3://BUCKET/KEY. An incremental's
+    /// ancestors are found beside it, or given with more --from (any order).
+    #[arg(long, required = true)]
+    pub from: Vec<String>,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
@@ -284,9 +303,12 @@ pub struct ReadArgs {
 }
 
 impl ReadArgs {
-    /// The archive, opened for reading (`Extent::Head` reads only the manifest).
-    pub fn open(&self, extent: Extent) -> Result<Box<dyn Read>> {
-        self.s3.location(&self.from)?.open(extent)
+    /// The newest archive of those given, opened for reading (`Extent::Head` reads only
+    /// the manifest), and where its ancestors are.
+    pub fn open(&self, extent: Extent, keys: &Decryption) -> Result<(Box<dyn Read>, Ancestors)> {
+        let given = self.from.iter().map(|f| self.s3.location(f)).collect::<Result<Vec<_>>>()?;
+        let (newest, ancestors) = Ancestors::chain_of(given, keys)?;
+        Ok((newest.open(extent)?, ancestors))
     }
 }
 

@@ -116,6 +116,12 @@ impl Frozen {
         self.taken.iter().find_map(|t| t.view(live)).unwrap_or_else(|| live.to_path_buf())
     }
 
+    /// Whether the view of `live` keeps its inode numbers and ctimes: true for the live
+    /// path and for btrfs, LVM and ZFS snapshots, false for a reflink copy.
+    pub(crate) fn stable(&self, live: &Path) -> bool {
+        !self.taken.iter().any(|t| matches!(t, crate::snapshot::Taken::Reflink(_)) && t.view(live).is_some())
+    }
+
     /// Checks that no snapshot became invalid while it was read.
     pub(crate) fn check(&self) -> Result<()> {
         self.taken.iter().try_for_each(Taken::still_valid)

@@ -81,8 +81,8 @@ mod commands;
 pub mod fuzzing;
 
 pub use archive::{
-    Compression, Consistency, Decryption, DecryptionChoice, Encryption, EncryptionChoice, Extent, Folder, LeftOut, Listed, Location, Manifest, ManifestService,
-    ManifestSurface, S3Config, S3Object, S3Prefix, SelectionRecord, Summary, Warning, ARCHIVE_FORMAT,
+    Ancestors, Compression, Consistency, Decryption, DecryptionChoice, Encryption, EncryptionChoice, Extent, Folder, LeftOut, Listed, Location, Manifest,
+    ManifestService, ManifestSurface, ParentRecord, S3Config, S3Object, S3Prefix, SelectionRecord, Since, Summary, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
 };
 pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport};
 pub use commands::gc::gc;
@@ -92,7 +92,7 @@ pub use commands::list::list;
 pub use commands::plan::plan;
 pub use commands::preflight::preflight;
 pub use commands::prune::{prune, Kept, MinFree, PruneOptions, PruneReport, SpaceCheck};
-pub use commands::restore::{restore, RestoreOptions, RestoreReport};
+pub use commands::restore::{restore, restore_chain, RestoreOptions, RestoreReport};
 pub use commands::verify::{verify, VerifyReport};
 pub use error::{BoxError, Error, Result};
 pub use freeze::watchdog::run_watchdog_if_invoked;

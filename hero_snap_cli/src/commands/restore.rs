@@ -10,7 +10,8 @@ pub fn run(args: &RestoreArgs, out: &Output, cancel: &Cancel) -> Result<()> {
     let keys = args.archive.keys.decryption()?;
     let inv = args.instance.load()?;
     let progress = out.progress();
-    let report = hero_snap_core::restore(args.archive.open(Extent::Whole)?, &keys, &inv, &args.options(), &progress, cancel)?;
+    let (input, mut ancestors) = args.archive.open(Extent::Whole, &keys)?;
+    let report = hero_snap_core::restore_chain(input, &mut ancestors, &keys, &inv, &args.options(), &progress, cancel)?;
     progress.done();
     out.report(&report, print);
     out.outcomes(&report.outcomes, Stream::Stdout);

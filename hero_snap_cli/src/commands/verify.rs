@@ -8,7 +8,7 @@ use crate::output::{Output, Stream};
 pub fn run(args: &ReadArgs, out: &Output, cancel: &Cancel) -> Result<()> {
     let keys = args.keys.decryption()?;
     let progress = out.progress();
-    let report = hero_snap_core::verify(args.open(Extent::Whole)?, &keys, &progress, cancel)?;
+    let report = hero_snap_core::verify(args.open(Extent::Whole, &keys)?.0, &keys, &progress, cancel)?;
     progress.done();
     out.report(&report, |r| println!("ok: {} files, {} entries, {} bytes match the index", r.files, r.entries, r.bytes));
     out.outcomes(&report.outcomes, Stream::Stdout);

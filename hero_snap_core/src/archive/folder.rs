@@ -99,6 +99,16 @@ pub struct Listed {
     pub(crate) item: Item,
 }
 
+impl Listed {
+    /// Where the archive is, for reading it whole.
+    pub(crate) fn location(&self) -> super::Location {
+        match &self.item {
+            Item::File(p) => super::Location::File(p.clone()),
+            Item::Object(o) => super::Location::S3(o.clone()),
+        }
+    }
+}
+
 /// The head of an archive's manifest, for a listing.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -120,6 +130,12 @@ pub struct Summary {
     pub files: u64,
     /// Bytes of file data in the archive (before compression).
     pub bytes: u64,
+    /// An incremental's place in its chain (absent for a full archive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<u32>,
+    /// An incremental's parent: its run id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl Summary {
@@ -135,6 +151,8 @@ impl Summary {
             selection: selection_label(m),
             files: m.files,
             bytes: m.bytes,
+            level: (m.level > 0).then_some(m.level),
+            parent: m.parent.as_ref().map(|p| p.run_id.clone()),
         }
     }
 }

@@ -6,8 +6,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::inventory::{Class, Scope};
 
-/// The archive format this build writes; it reads this one and older.
+/// The format of a full archive this build writes (readable by every hero-snap).
 pub const ARCHIVE_FORMAT: u32 = 1;
+/// The format of an incremental archive (decisions/D-13): a manifest with a `parent`,
+/// index entries whose bytes are in an ancestor (`in`). This build reads 1 and 2.
+pub const INCREMENTAL_FORMAT: u32 = 2;
+/// The newest format this build reads.
+pub const NEWEST_FORMAT: u32 = INCREMENTAL_FORMAT;
 /// The tar member holding the manifest; always the first member.
 pub const MANIFEST_PATH: &str = "hero-snap/manifest.yaml";
 /// The tar member holding the index; always the last member.
@@ -128,6 +133,27 @@ pub struct Manifest {
     pub files: u64,
     /// Bytes of file data archived.
     pub bytes: u64,
+    /// An incremental archive's parent: the archive whose state this one changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRecord>,
+    /// Place in its chain: 0 for a full archive, the parent's level + 1 for an incremental.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub level: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Which archive an incremental builds on, and the hashes that make a substitute visible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRecord {
+    /// The parent's run id: the name its files go by in this archive's index (`in`).
+    pub run_id: String,
+    /// BLAKE3 of the parent's manifest member.
+    pub manifest_blake3: String,
+    /// BLAKE3 of the parent's index member.
+    pub index_blake3: String,
 }
 
 /// The selection a backup was made with.
@@ -159,13 +185,18 @@ impl Manifest {
             format: u32,
         }
         let head: Head = serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))?;
-        if head.format > ARCHIVE_FORMAT {
+        if head.format > NEWEST_FORMAT {
             return Err(Error::Refused(format!(
-                "archive format {} is newer than this build of hero-snap reads (format {ARCHIVE_FORMAT}); restore it with a newer hero-snap",
+                "archive format {} is newer than this build of hero-snap reads (format {NEWEST_FORMAT}); restore it with a newer hero-snap",
                 head.format
             )));
         }
-        serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))
+        let m: Manifest = serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))?;
+        // Format 2 is the incremental's: it has a parent, a full archive has none.
+        if (m.format >= INCREMENTAL_FORMAT) != m.parent.is_some() || (m.parent.is_some() != (m.level > 0)) {
+            return Err(Error::Corrupt(format!("{MANIFEST_PATH}: format {}, level {} and a parent that do not go together", m.format, m.level)));
+        }
+        Ok(m)
     }
 
     /// The archived service of this name.
@@ -181,6 +212,10 @@ pub(crate) struct IndexEntry {
     pub path: String,
     pub size: u64,
     pub blake3: String,
+    /// In an incremental: the run id of the ancestor holding the bytes; absent when this
+    /// archive holds them.
+    #[serde(default, rename = "in", skip_serializing_if = "Option::is_none")]
+    pub in_archive: Option<String>,
 }
 
 /// The last member of every archive.
@@ -211,13 +246,13 @@ impl Index {
 
     /// Writes the index as YAML with one line per file, so that it can be produced from a
     /// spill file without holding every entry in memory.
-    pub(crate) fn write_head(out: &mut impl std::io::Write, manifest_blake3: &str, files: u64, entries: u64, bytes: u64) -> std::io::Result<()> {
-        writeln!(out, "format: {ARCHIVE_FORMAT}")?;
+    pub(crate) fn write_head(out: &mut impl std::io::Write, format: u32, manifest_blake3: &str, files: u64, entries: u64, bytes: u64) -> std::io::Result<()> {
+        writeln!(out, "format: {format}")?;
         writeln!(out, "manifest_blake3: \"{manifest_blake3}\"")?;
         writeln!(out, "files: {files}")?;
         writeln!(out, "entries: {entries}")?;
         writeln!(out, "bytes: {bytes}")?;
-        if files == 0 {
+        if files == 0 && format == ARCHIVE_FORMAT {
             writeln!(out, "index: []")
         } else {
             writeln!(out, "index:")
@@ -229,12 +264,20 @@ impl Index {
         writeln!(out, "- {{path: {}, size: {size}, blake3: \"{}\"}}", yaml_quote(path), hash.to_hex())
     }
 
+    /// An incremental's line for a file whose bytes are in the ancestor `run_id`.
+    pub(crate) fn write_inherited(out: &mut impl std::io::Write, path: &str, size: u64, hash: &str, run_id: &str) -> std::io::Result<()> {
+        writeln!(out, "- {{path: {}, size: {size}, blake3: \"{hash}\", in: {}}}", yaml_quote(path), yaml_quote(run_id))
+    }
+
     #[cfg(test)]
     pub(crate) fn to_yaml(&self) -> String {
         let mut out = Vec::new();
-        Index::write_head(&mut out, &self.manifest_blake3, self.files, self.entries, self.bytes).expect("writing to a Vec");
+        Index::write_head(&mut out, self.format, &self.manifest_blake3, self.files, self.entries, self.bytes).expect("writing to a Vec");
         for e in &self.index {
-            out.extend_from_slice(format!("- {{path: {}, size: {}, blake3: \"{}\"}}\n", yaml_quote(&e.path), e.size, e.blake3).as_bytes());
+            match &e.in_archive {
+                None => out.extend_from_slice(format!("- {{path: {}, size: {}, blake3: \"{}\"}}\n", yaml_quote(&e.path), e.size, e.blake3).as_bytes()),
+                Some(id) => Index::write_inherited(&mut out, &e.path, e.size, &e.blake3, id).expect("writing to a Vec"),
+            }
         }
         String::from_utf8(out).expect("utf-8")
     }
@@ -324,8 +367,8 @@ mod tests {
 
     #[test]
     fn a_newer_format_is_refused_by_name() {
-        let err = Manifest::from_yaml("format: 2\nsomething_new: true\n").unwrap_err();
-        assert!(matches!(&err, Error::Refused(m) if m.contains("archive format 2 is newer")), "{err}");
+        let err = Manifest::from_yaml("format: 3\nsomething_new: true\n").unwrap_err();
+        assert!(matches!(&err, Error::Refused(m) if m.contains("archive format 3 is newer")), "{err}");
     }
 
     fn name() -> impl Strategy<Value = String> {
@@ -349,7 +392,7 @@ mod tests {
                     left_out: vec![LeftOut { surface: "idx".into(), class: Class::Derived, reason: "derived".into() }],
                     secrets: vec!["KEY".into()], files, bytes }],
                 warnings: vec![Warning { code: "w".into(), message: warn }],
-                files, bytes,
+                files, bytes, parent: None, level: 0,
             };
             let back = Manifest::from_yaml(&m.to_yaml().unwrap()).unwrap();
             prop_assert_eq!(back, m);
@@ -361,7 +404,8 @@ mod tests {
                 format: ARCHIVE_FORMAT,
                 manifest_blake3: blake3::hash(b"m").to_hex().to_string(),
                 files: paths.len() as u64, entries: 7, bytes: 42,
-                index: paths.iter().zip(&sizes).map(|(p, s)| IndexEntry { path: p.clone(), size: *s, blake3: blake3::hash(p.as_bytes()).to_hex().to_string() }).collect(),
+                index: paths.iter().zip(&sizes).enumerate().map(|(i, (p, s))| IndexEntry { path: p.clone(), size: *s, blake3: blake3::hash(p.as_bytes()).to_hex().to_string(),
+                    in_archive: (i % 3 == 1).then(|| format!("2026{i}-\"{p}")) }).collect(),
             };
             let back = Index::from_yaml(&index.to_yaml()).unwrap();
             prop_assert_eq!(back, index);

@@ -5,6 +5,7 @@
 //! the age and zstd layers, [`location`] where an archive is (file, stdin/stdout, S3),
 //! [`folder`] a directory or prefix of archives, [`s3`] object storage.
 
+pub(crate) mod chain;
 pub(crate) mod crypto;
 pub(crate) mod folder;
 pub(crate) mod format;
@@ -13,9 +14,12 @@ pub(crate) mod read;
 pub(crate) mod s3;
 pub(crate) mod write;
 
+pub use chain::{Ancestors, Since};
 pub use crypto::{Decryption, DecryptionChoice, Encryption, EncryptionChoice};
 pub use folder::{Folder, Listed, Summary};
-pub use format::{Consistency, LeftOut, Manifest, ManifestService, ManifestSurface, SelectionRecord, Warning, ARCHIVE_FORMAT};
+pub use format::{
+    Consistency, LeftOut, Manifest, ManifestService, ManifestSurface, ParentRecord, SelectionRecord, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
+};
 pub use location::{Extent, Location};
 pub use s3::{S3Config, S3Object, S3Prefix};
 pub use write::Compression;

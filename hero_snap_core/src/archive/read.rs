@@ -7,6 +7,7 @@ use std::sync::mpsc;
 
 use tar::EntryType;
 
+use super::chain::HashingReader;
 use super::crypto::{open_compressed_stream, open_tar_stream, Decryption};
 use super::format::{split_member, IndexEntry, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
 use crate::error::{Error, Result};
@@ -87,8 +88,14 @@ pub(crate) struct Member<'a, 'b, R: Read> {
 /// What reading the whole archive found.
 pub(crate) struct ReadOutcome {
     pub manifest: Manifest,
+    /// BLAKE3 of the manifest member: the archive's identity in a chain.
+    pub manifest_blake3: blake3::Hash,
     /// The index's totals (its entries were checked as they were read, never kept).
     pub index: IndexHead,
+    /// BLAKE3 of the index member, which a child archive names.
+    pub index_blake3: blake3::Hash,
+    /// An incremental's files whose bytes are in ancestors (format 2; `None` for format 1).
+    pub inherited: Option<Inherited>,
 }
 
 /// Receives the manifest once, then every data member. A regular file's visitor returns
@@ -253,7 +260,7 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
         let mut entry = entry.map_err(corrupt)?;
         let path = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| Error::Refused("a member name is not UTF-8".into()))?;
         if path == INDEX_PATH {
-            index = Some(check_index(&mut entry, &manifest_hash, std::mem::replace(&mut seen, SeenFiles::empty()), data_members)?);
+            index = Some(check_index(&mut entry, (&manifest_hash, manifest.format), std::mem::replace(&mut seen, SeenFiles::empty()), data_members)?);
             break;
         }
         let (key, inner) = split_member(&path)
@@ -289,7 +296,7 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     }
     // Read to the end so that zstd checks its frame checksum and age its last chunk.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(|e| Error::Corrupt(format!("after the index: {e}")))?;
-    Ok(ReadOutcome { manifest, index })
+    Ok(ReadOutcome { manifest, manifest_blake3: manifest_hash, index: index.head, index_blake3: index.index_blake3, inherited: index.inherited })
 }
 
 /// A member's header: readable, a type hero-snap restores, no setuid/setgid, content only
@@ -337,11 +344,13 @@ const INDEX_LINE_LIMIT: u64 = 64 << 10;
 
 /// Reads the index member line by line (its exact text form, docs/FORMAT.md section 4)
 /// and checks it against the files read, in step, holding one entry at a time.
-fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest_hash: &blake3::Hash, seen: SeenFiles, data_members: u64) -> Result<IndexHead> {
+fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest: (&blake3::Hash, u32), seen: SeenFiles, data_members: u64) -> Result<IndexCheck> {
+    let (manifest_hash, manifest_format) = manifest;
     if entry.header().entry_type() != EntryType::Regular || entry.size() > INDEX_LIMIT {
         return Err(Error::Refused(format!("{INDEX_PATH}: not a regular member of at most {INDEX_LIMIT} bytes")));
     }
-    let mut text = io::BufReader::with_capacity(1 << 16, entry.take(INDEX_LIMIT));
+    let mut hashed = HashingReader { inner: entry.take(INDEX_LIMIT), hasher: blake3::Hasher::new() };
+    let mut text = io::BufReader::with_capacity(1 << 16, &mut hashed);
     let mut line = String::new();
     let mut next_line = |line: &mut String| -> Result<bool> {
         line.clear();
@@ -367,8 +376,11 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest_hash: &blake3::Hash,
     }
     let yaml_err = |e: serde_saphyr::Error| Error::Corrupt(format!("{INDEX_PATH}: {}", e.to_string().lines().next().unwrap_or("")));
     let format: Format = serde_saphyr::from_str(&head).map_err(yaml_err)?;
-    if format.format > super::format::ARCHIVE_FORMAT {
+    if format.format > super::format::NEWEST_FORMAT {
         return Err(Error::Refused(format!("{INDEX_PATH}: index format {} is newer than this build reads", format.format)));
+    }
+    if format.format != manifest_format {
+        return Err(Error::Corrupt(format!("{INDEX_PATH}: index format {} in an archive of format {manifest_format}", format.format)));
     }
     let head: IndexHead = serde_saphyr::from_str(&head).map_err(yaml_err)?;
     if head.manifest_blake3 != manifest_hash.to_hex().as_str() {
@@ -376,13 +388,22 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest_hash: &blake3::Hash,
     }
     let mut seen = seen.into_reader()?;
     let (mut files, mut bytes) = (0u64, 0u64);
+    let mut inherited = Inherited::new(manifest_format)?;
     while next_line(&mut line)? {
         if head.index.is_some() {
             return Err(Error::Corrupt(format!("{INDEX_PATH}: entries follow `index: []`")));
         }
         let want = parse_index_line(line.trim_end_matches('\n')).ok_or_else(|| {
-            Error::Corrupt(format!("{INDEX_PATH}: entry {} is not an index line (`- {{path: \"...\", size: N, blake3: \"...\"}}`)", files + 1))
+            Error::Corrupt(format!(
+                "{INDEX_PATH}: entry {} is not an index line (`- {{path: \"...\", size: N, blake3: \"...\"}}`)",
+                files + inherited.count + 1
+            ))
         })?;
+        if want.in_archive.is_some() {
+            // Bytes in an ancestor: checked when the chain is read (archive/chain.rs).
+            inherited.push(&want.path, &line)?;
+            continue;
+        }
         let Some((path, size, hash)) = seen.next()? else {
             return Err(Error::Corrupt(format!("{}: listed in the index but missing from the archive", want.path)));
         };
@@ -404,7 +425,59 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest_hash: &blake3::Hash,
     if head.files != files || head.entries != data_members || head.bytes != bytes {
         return Err(Error::Corrupt("the index's counts do not match the archive's members".into()));
     }
-    Ok(head)
+    drop(text);
+    Ok(IndexCheck { head, index_blake3: hashed.hasher.finalize(), inherited: inherited.finish()? })
+}
+
+/// What reading an index found beyond its totals.
+struct IndexCheck {
+    head: IndexHead,
+    index_blake3: blake3::Hash,
+    inherited: Option<Inherited>,
+}
+
+/// An incremental's index lines whose bytes are in an ancestor, spilled to a file.
+pub(crate) struct Inherited {
+    out: Option<io::BufWriter<std::fs::File>>,
+    /// How many.
+    pub count: u64,
+    format: u32,
+}
+
+impl Inherited {
+    fn new(format: u32) -> Result<Inherited> {
+        Ok(Inherited { out: None, count: 0, format })
+    }
+
+    fn push(&mut self, path: &str, line: &str) -> Result<()> {
+        use std::io::Write;
+        if self.format < super::format::INCREMENTAL_FORMAT {
+            return Err(Error::Corrupt(format!("{INDEX_PATH}: `{path}` is listed as held by another archive (`in`), in an archive of format {}", self.format)));
+        }
+        if self.out.is_none() {
+            let f = tempfile::tempfile().map_err(Error::io(std::env::temp_dir(), "creating the list of inherited files"))?;
+            self.out = Some(io::BufWriter::with_capacity(1 << 16, f));
+        }
+        let out = self.out.as_mut().expect("created above");
+        out.write_all(line.as_bytes()).map_err(Error::io(std::env::temp_dir(), "writing the list of inherited files"))?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Option<Inherited>> {
+        if self.format < super::format::INCREMENTAL_FORMAT {
+            return Ok(None);
+        }
+        Ok(Some(self))
+    }
+
+    /// The spilled lines, as one index-line file.
+    pub(crate) fn into_file(self) -> Result<Option<std::fs::File>> {
+        match self.out {
+            None => Ok(None),
+            Some(out) => out.into_inner().map(Some).map_err(|e| Error::io(std::env::temp_dir(), "writing the list of inherited files")(e.into_error())),
+        }
+    }
 }
 
 /// Fuzzing entry point: `data` as the index member of an archive that holds no files and
@@ -424,7 +497,7 @@ pub(crate) fn fuzz_index(data: &[u8]) {
     let mut archive = tar::Archive::new(&bytes[..]);
     if let Some(Ok(mut entry)) = archive.entries().ok().and_then(|mut e| e.next()) {
         if let Ok(seen) = SeenFiles::new() {
-            let _ = check_index(&mut entry, &blake3::hash(b""), seen, 0);
+            let _ = check_index(&mut entry, (&blake3::hash(b""), super::format::NEWEST_FORMAT), seen, 0);
         }
     }
     for line in String::from_utf8_lossy(data).lines() {
@@ -434,15 +507,20 @@ pub(crate) fn fuzz_index(data: &[u8]) {
 
 /// One entry line. The line hero-snap writes is split directly; a path with escapes
 /// goes through the YAML parser.
-fn parse_index_line(line: &str) -> Option<IndexEntry> {
+pub(crate) fn parse_index_line(line: &str) -> Option<IndexEntry> {
+    let plain = |s: &str| !s.contains(['\\', '"']) && s.chars().all(|c| !c.is_control() && c != '\u{feff}');
     let fast = || -> Option<IndexEntry> {
         let body = line.strip_prefix("- {path: \"")?.strip_suffix("\"}")?;
+        let (body, in_archive) = match body.rsplit_once("\", in: \"") {
+            Some((rest, id)) if plain(id) && !id.is_empty() => (rest, Some(id.to_string())),
+            Some(_) => return None,
+            None => (body, None),
+        };
         let (rest, hash) = body.rsplit_once("\", blake3: \"")?;
         let (path, size) = rest.rsplit_once("\", size: ")?;
-        let plain = !path.contains(['\\', '"']) && path.chars().all(|c| !c.is_control() && c != '\u{feff}');
         let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let digits = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit());
-        (plain && hex && digits).then(|| Some(IndexEntry { path: path.to_string(), size: size.parse().ok()?, blake3: hash.to_string() }))?
+        (plain(path) && hex && digits).then(|| Some(IndexEntry { path: path.to_string(), size: size.parse().ok()?, blake3: hash.to_string(), in_archive }))?
     };
     fast().or_else(|| line.strip_prefix("- ").and_then(|l| serde_saphyr::from_str(l).ok()))
 }

@@ -12,8 +12,9 @@ use std::sync::mpsc;
 
 use tar::{EntryType, Header, HeaderMode};
 
+use super::chain::{fingerprint, HashingWriter, IndexTable};
 use super::crypto::{EncryptedWriter, Encryption};
-use super::format::{Index, Manifest, Warning, INDEX_PATH, MANIFEST_PATH};
+use super::format::{Index, Manifest, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT, INDEX_PATH, MANIFEST_PATH};
 use crate::error::{Error, Result};
 use crate::fs_tree::{hash_reader, walk, walk_error};
 use crate::progress::{Cancel, Event, Progress};
@@ -50,6 +51,25 @@ pub(crate) struct ArchiveWriter<W: Write + Send + 'static> {
     pub(crate) warnings: Vec<Warning>,
     /// File data moves through this buffer, read and compressed in large steps.
     buf: Vec<u8>,
+    /// Two fingerprints (stable, then metadata only) per index line, for the index cache.
+    stat: BufWriter<File>,
+    /// An incremental's parent: files it holds unchanged are listed, not archived.
+    parent: Option<ParentIndex>,
+    /// Whether the tree being written keeps inode numbers and ctimes (see [`fingerprint`]).
+    stable: bool,
+    /// Files listed as held by an ancestor, and their bytes.
+    pub(crate) inherited: (u64, u64),
+}
+
+/// The parent's index, from the cache (decisions/D-13).
+pub(crate) struct ParentIndex {
+    pub table: IndexTable,
+    /// The parent's fingerprints.
+    pub stat: File,
+    /// The parent's run id: what its own files are listed `in`.
+    pub run_id: String,
+    /// Compare content too (`--rehash`), not metadata alone.
+    pub rehash: bool,
 }
 
 /// Writes smaller than this reach zstd gathered; file data (1 MiB steps) passes straight.
@@ -73,6 +93,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         tar.mode(HeaderMode::Complete);
         tar.follow_symlinks(false);
         let spill = tempfile::tempfile().map_err(Error::io(std::env::temp_dir(), "creating the index spill file"))?;
+        let stat = tempfile::tempfile().map_err(Error::io(std::env::temp_dir(), "creating the index spill file"))?;
         Ok(ArchiveWriter {
             tar,
             spill: BufWriter::new(spill),
@@ -83,7 +104,16 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             hardlinks: HashMap::new(),
             warnings: Vec::new(),
             buf: vec![0; COPY_BUF],
+            stat: BufWriter::new(stat),
+            parent: None,
+            stable: true,
+            inherited: (0, 0),
         })
+    }
+
+    /// Makes this an incremental of `parent`: call before the first tree.
+    pub(crate) fn incremental(&mut self, parent: ParentIndex) {
+        self.parent = Some(parent);
     }
 
     fn out_err(e: io::Error) -> Error {
@@ -98,9 +128,11 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
     }
 
     /// Appends the tree at `root` (a directory) under the member path `member_root`.
-    pub(crate) fn write_tree(&mut self, root: &Path, member_root: &str, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
+    /// `stable`: the tree keeps the source's inode numbers and ctimes (not a reflink copy).
+    pub(crate) fn write_tree(&mut self, root: &Path, member_root: &str, stable: bool, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
         // Hard links are kept within a surface; a restore places surfaces independently.
         self.hardlinks.clear();
+        self.stable = stable;
         let root_dev = std::fs::symlink_metadata(root).map_err(Error::io(root, "reading"))?.dev();
         for entry in walk(root) {
             cancel.check()?;
@@ -157,6 +189,10 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
                     path.display()
                 )));
             }
+            // A hard-linked inode is archived whole every time: its names live in one archive.
+            if meta.nlink() == 1 && self.inherit(path, member, meta)? {
+                return Ok(());
+            }
             self.write_file(path, member, progress, cancel)?;
             return Ok(());
         } else {
@@ -208,6 +244,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             hash
         };
         Index::write_entry(&mut self.spill, member, size, &hash).map_err(Error::io("<index spill>", "writing"))?;
+        self.fingerprints(&meta)?;
         self.files += 1;
         self.entries += 1;
         self.bytes += size;
@@ -286,14 +323,70 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         self.tar.append(&header, &records[..]).map_err(Self::out_err)
     }
 
+    fn fingerprints(&mut self, meta: &std::fs::Metadata) -> Result<()> {
+        let (strong, weak) = (fingerprint(meta, self.stable), fingerprint(meta, false));
+        self.stat.write_all(&strong.to_le_bytes()).and_then(|_| self.stat.write_all(&weak.to_le_bytes())).map_err(Error::io("<index spill>", "writing"))
+    }
+
+    /// Lists the file as held by an ancestor if the parent's index has it unchanged.
+    fn inherit(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata) -> Result<bool> {
+        let Some(parent) = &self.parent else { return Ok(false) };
+        let Some((_, number, entry)) = parent.table.get(member)? else { return Ok(false) };
+        if entry.size != meta.len() {
+            return Ok(false);
+        }
+        let (strong, weak) = (super::chain::stat_at(&parent.stat, number * 2)?, super::chain::stat_at(&parent.stat, number * 2 + 1)?);
+        let same = if parent.rehash {
+            weak == fingerprint(meta, false) && {
+                let mut f = open_source(path).map_err(Error::io(path, "opening"))?;
+                hash_reader(&mut f).map_err(Error::io(path, "reading"))?.to_hex().as_str() == entry.blake3
+            }
+        } else if self.stable {
+            strong == fingerprint(meta, true)
+        } else {
+            weak == fingerprint(meta, false)
+        };
+        if !same {
+            return Ok(false);
+        }
+        let origin = entry.in_archive.as_deref().unwrap_or(&parent.run_id);
+        Index::write_inherited(&mut self.spill, member, entry.size, &entry.blake3, origin).map_err(Error::io("<index spill>", "writing"))?;
+        self.fingerprints(meta)?;
+        self.inherited.0 += 1;
+        self.inherited.1 += entry.size;
+        Ok(true)
+    }
+
     /// Writes the index and finishes every layer, in the only order that yields a readable file.
-    pub(crate) fn finish(mut self) -> Result<(W, ArchiveTotals)> {
+    /// `cache`: where a copy of the index and its fingerprints go (the index cache).
+    pub(crate) fn finish(mut self, cache: Option<(&Path, &Path)>) -> Result<(W, ArchiveTotals)> {
         let manifest_hash = self.manifest_hash.expect("the manifest is written first").to_hex().to_string();
+        let format = if self.parent.is_some() { INCREMENTAL_FORMAT } else { ARCHIVE_FORMAT };
         let mut head = Vec::new();
-        Index::write_head(&mut head, &manifest_hash, self.files, self.entries, self.bytes).expect("Vec write");
+        Index::write_head(&mut head, format, &manifest_hash, self.files, self.entries, self.bytes).expect("Vec write");
         let mut spill = self.spill.into_inner().map_err(|e| Error::io("<index spill>", "writing")(e.into_error()))?;
         let spill_len = spill.stream_position().map_err(Error::io("<index spill>", "reading"))?;
         spill.rewind().map_err(Error::io("<index spill>", "reading"))?;
+        // The index's hash (a child archive names it), and its copy for the cache.
+        let index_blake3 = {
+            let copy: Box<dyn Write> = match cache {
+                Some((index, _)) => Box::new(BufWriter::new(File::create(index).map_err(Error::io(index, "writing the cached index"))?)),
+                None => Box::new(io::sink()),
+            };
+            let mut out = HashingWriter { inner: copy, hasher: blake3::Hasher::new() };
+            out.write_all(&head)
+                .and_then(|_| io::copy(&mut (&mut spill).take(spill_len), &mut out))
+                .and_then(|_| out.flush())
+                .map_err(Error::io("<index cache>", "writing"))?;
+            spill.rewind().map_err(Error::io("<index spill>", "reading"))?;
+            out.hasher.finalize()
+        };
+        if let Some((_, stat_path)) = cache {
+            let mut stat = self.stat.into_inner().map_err(|e| Error::io("<index spill>", "writing")(e.into_error()))?;
+            stat.rewind().map_err(Error::io("<index spill>", "reading"))?;
+            let mut out = File::create(stat_path).map_err(Error::io(stat_path, "writing the cached fingerprints"))?;
+            io::copy(&mut stat, &mut out).map_err(Error::io(stat_path, "writing the cached fingerprints"))?;
+        }
         let mut header = Header::new_gnu();
         header.set_entry_type(EntryType::Regular);
         header.set_size(head.len() as u64 + spill_len);
@@ -303,7 +396,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         let z = self.tar.into_inner().map_err(Self::out_err)?.into_inner().map_err(|e| Self::out_err(e.into_error()))?;
         let enc = z.finish().map_err(Self::out_err)?;
         let out = enc.finish().map_err(Self::out_err)?;
-        Ok((out, ArchiveTotals { files: self.files, entries: self.entries, bytes: self.bytes }))
+        Ok((out, ArchiveTotals { files: self.files, entries: self.entries, bytes: self.bytes, manifest_blake3: manifest_hash, index_blake3 }))
     }
 }
 
@@ -427,7 +520,7 @@ fn open_source(path: &Path) -> io::Result<File> {
 }
 
 /// What went into an archive.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 #[allow(dead_code)] // backup takes its counts from the manifest; kept for other writers
 pub(crate) struct ArchiveTotals {
     /// Regular files.
@@ -436,6 +529,10 @@ pub(crate) struct ArchiveTotals {
     pub entries: u64,
     /// Bytes of file data.
     pub bytes: u64,
+    /// BLAKE3 of the manifest member, hex.
+    pub manifest_blake3: String,
+    /// BLAKE3 of the index member.
+    pub index_blake3: blake3::Hash,
 }
 
 pub(crate) fn now_secs() -> u64 {

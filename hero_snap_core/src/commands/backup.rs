@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::format::{surface_member_root, Manifest, ARCHIVE_FORMAT};
+use crate::archive::chain::{self, Cache, CacheRecord, Since};
+use crate::archive::format::{surface_member_root, Manifest, ParentRecord, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT};
 use crate::archive::s3::{self, S3Object};
-use crate::archive::write::ArchiveWriter;
+use crate::archive::write::{ArchiveWriter, ParentIndex};
 use crate::archive::{Compression, Encryption, Location};
 use crate::error::{Error, Result};
 use crate::freeze::{self, FreezeOptions};
@@ -36,6 +37,14 @@ pub struct BackupOptions {
     pub freeze_deadline: std::time::Duration,
     /// Journals and locks; defaults to the inventory's `state_dir`, then /var/lib/hero-snap.
     pub state_dir: Option<PathBuf>,
+    /// Write an incremental archive on this parent (decisions/D-13). Only [`backup_to`]
+    /// finds parents: it keeps each archive's index in the state directory.
+    pub since: Option<Since>,
+    /// With `since`: compare each file's content with the parent's, not metadata alone.
+    pub rehash: bool,
+    /// With `since`: start a new full archive when the parent's chain has this many
+    /// archives (the full one included).
+    pub full_every: Option<u32>,
 }
 
 impl BackupOptions {
@@ -48,6 +57,9 @@ impl BackupOptions {
             allow_live: false,
             freeze_deadline: std::time::Duration::from_secs(10),
             state_dir: None,
+            since: None,
+            rehash: false,
+            full_every: None,
         }
     }
 }
@@ -62,6 +74,16 @@ pub struct BackupReport {
     /// One result per selected surface (and context): archived, skipped and why, or
     /// failed and why. The archive holds every `ok` surface even when another failed.
     pub outcomes: Vec<Outcome>,
+    /// An incremental's files listed as held by an ancestor (not in this archive), and their bytes.
+    #[serde(skip_serializing_if = "none_inherited")]
+    pub inherited: (u64, u64),
+    /// What the index cache keeps of this archive once it is published.
+    #[serde(skip)]
+    cached: Option<CacheRecord>,
+}
+
+fn none_inherited(n: &(u64, u64)) -> bool {
+    *n == (0, 0)
 }
 
 impl BackupReport {
@@ -79,16 +101,86 @@ impl BackupReport {
 ///
 /// `out` is written from a thread of its own (age encryption runs there, beside the
 /// compressing and reading threads), hence `Send + 'static`.
+/// Written this way, the archive's index is not kept in the state directory, so no
+/// incremental can build on it; `opts.since` must be `None`.
 pub fn backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
-    run_backup(inv, opts, out, progress, cancel).map_err(|e| cancel.explain(e))
+    if opts.since.is_some() {
+        return Err(Error::Usage("an incremental backup is written with backup_to, which keeps the indexes it builds on".into()));
+    }
+    backup_cached(inv, opts, out, "-", progress, cancel).map(|(mut report, out)| {
+        if let Some(record) = report.cached.take() {
+            Cache::new(&state::state_dir(opts.state_dir.as_deref(), Some(inv))).discard(&record.run_id);
+        }
+        (report, out)
+    })
 }
 
-fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, out: W, progress: &dyn Progress, cancel: &Cancel) -> Result<(BackupReport, W)> {
-    let (mut jobs, mut services, mut warnings, mut outcomes) = plan::select(inv, &opts.selection)?;
-    let placement = plan::place(inv, &mut jobs, opts.allow_live)?;
-    cancel.check()?;
+/// [`backup`], with the index cache's files left for [`publish`] (or removed on an error).
+fn backup_cached<W: Write + Send + 'static>(
+    inv: &Inventory,
+    opts: &BackupOptions,
+    out: W,
+    to: &str,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<(BackupReport, W)> {
     let state = state::state_dir(opts.state_dir.as_deref(), Some(inv));
     let run = state::run_id();
+    let cache = Cache::new(&state);
+    let result = run_backup(inv, opts, out, (&state, &run, to), progress, cancel).map_err(|e| cancel.explain(e));
+    if result.is_err() {
+        cache.discard(&run);
+    }
+    result
+}
+
+/// The cache record and index of the parent, or `None` for a full archive (with the
+/// warning that says why, when `--since latest` found none or the chain is long enough).
+fn resolve_parent(inv: &Inventory, opts: &BackupOptions, state: &Path, to: &str, warnings: &mut Vec<Warning>) -> Result<Option<(CacheRecord, ParentIndex)>> {
+    let Some(since) = &opts.since else { return Ok(None) };
+    let cache = Cache::new(state);
+    let Some(record) = chain::find_parent(&cache, since, &inv.instance, &opts.selection.record(), to)? else {
+        warnings.push(Warning {
+            code: "full-no-parent".into(),
+            message: format!("no earlier archive of this instance and selection beside {to} is in the index cache; this archive is a full one"),
+        });
+        return Ok(None);
+    };
+    if opts.full_every.is_some_and(|n| record.level + 1 >= n) {
+        warnings.push(Warning {
+            code: "full-every".into(),
+            message: format!("the chain of {} has {} archives (--full-every); this archive starts a new one", record.run_id, record.level + 1),
+        });
+        return Ok(None);
+    }
+    let (table, stat) = cache.open(&record)?;
+    let parent = ParentIndex { table, stat, run_id: record.run_id.clone(), rehash: opts.rehash };
+    Ok(Some((record, parent)))
+}
+
+/// After the archive is safely in place: its index joins the cache.
+fn publish(inv: &Inventory, opts: &BackupOptions, report: &mut BackupReport, location: &str) -> Result<()> {
+    let Some(mut record) = report.cached.take() else { return Ok(()) };
+    record.location = location.to_string();
+    Cache::new(&state::state_dir(opts.state_dir.as_deref(), Some(inv))).publish(&record)
+}
+
+type RunIds<'a> = (&'a Path, &'a str, &'a str);
+
+fn run_backup<W: Write + Send + 'static>(
+    inv: &Inventory,
+    opts: &BackupOptions,
+    out: W,
+    ids: RunIds<'_>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<(BackupReport, W)> {
+    let (state, run, to) = ids;
+    let (state, run) = (state.to_path_buf(), run.to_string());
+    let (mut jobs, mut services, mut warnings, mut outcomes) = plan::select(inv, &opts.selection)?;
+    let placement = plan::place(inv, &mut jobs, opts.allow_live)?;
+    let parent = resolve_parent(inv, opts, &state, to, &mut warnings)?;
+    cancel.check()?;
     let frozen = freeze::freeze(inv, &jobs, &placement, &FreezeOptions { state: &state, run: &run, deadline: opts.freeze_deadline }, progress)?;
     warnings.extend(frozen.warnings.iter().cloned());
     for w in &frozen.warnings {
@@ -127,16 +219,29 @@ fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, 
         warnings: warnings.clone(),
         files,
         bytes,
+        parent: parent.as_ref().map(|(r, _)| ParentRecord {
+            run_id: r.run_id.clone(),
+            manifest_blake3: r.manifest_blake3.clone(),
+            index_blake3: r.index_blake3.clone(),
+        }),
+        level: parent.as_ref().map_or(0, |(r, _)| r.level + 1),
     };
+    let mut manifest = manifest;
+    if parent.is_some() {
+        manifest.format = INCREMENTAL_FORMAT;
+    }
     let counted = CountingWriter { inner: out, count: 0 };
     let mut writer = ArchiveWriter::new(counted, &opts.encryption, opts.compression)?;
+    if let Some((_, index)) = parent {
+        writer.incremental(index);
+    }
     writer.write_manifest(&manifest)?;
     failpoint("backup-manifest-written");
     progress.event(&Event::Phase { phase: "archive".into() });
     for (job, view) in jobs.iter().zip(&views) {
         progress.event(&Event::Surface { service: job.service.clone(), surface: job.surface.clone(), context: job.context.clone() });
         let member = surface_member_root(&job.service, &job.surface, job.context.as_deref());
-        writer.write_tree(view, &member, progress, cancel)?;
+        writer.write_tree(view, &member, frozen.stable(&job.path), progress, cancel)?;
         outcomes.push(Outcome::new(&job.service, Some(&job.surface), job.context.as_deref(), Status::Ok, None));
         failpoint("backup-surface-written");
     }
@@ -144,11 +249,22 @@ fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, 
     // archive is finished, so no archive of it is ever published.
     frozen.check()?;
     let mut late_warnings = std::mem::take(&mut writer.warnings);
-    let (counted, _totals) = writer.finish()?;
+    let inherited = writer.inherited;
+    let cache_files = Cache::new(&state).partial(&run)?;
+    let (counted, totals) = writer.finish(Some((&cache_files.0, &cache_files.1)))?;
     failpoint("backup-archive-finished");
     late_warnings.extend(frozen.release()?);
     failpoint("backup-snapshots-released");
-    let mut manifest = manifest;
+    let cached = CacheRecord {
+        run_id: run.clone(),
+        instance: manifest.instance.clone(),
+        selection: manifest.selection.clone(),
+        created: manifest.created.clone(),
+        manifest_blake3: totals.manifest_blake3.clone(),
+        index_blake3: totals.index_blake3.to_hex().to_string(),
+        level: manifest.level,
+        location: String::new(),
+    };
     // Warnings found while archiving cannot go back into the manifest (it is already
     // written); they are in the report and the event stream.
     manifest.warnings.extend(late_warnings);
@@ -156,7 +272,7 @@ fn run_backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, 
     for o in &outcomes {
         progress.event(&Event::Outcome(o.clone()));
     }
-    Ok((BackupReport { manifest, archive_bytes: counted.count, outcomes }, counted.inner))
+    Ok((BackupReport { manifest, archive_bytes: counted.count, outcomes, inherited, cached: Some(cached) }, counted.inner))
 }
 
 /// Writes the archive to `path` under a temporary name, fsyncs it and renames it into
@@ -175,10 +291,12 @@ pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progre
         .map_err(Error::io(&dir, "creating the archive"))?;
     let file = tmp.as_file().try_clone().map_err(Error::io(tmp.path(), "opening"))?;
     // The writer does not know where its output goes: name the file in its errors.
-    let (report, buffered) = backup(inv, opts, BufWriter::with_capacity(1 << 20, WriteBehind::new(file)), progress, cancel).map_err(|e| match e {
-        Error::Io { path: p, action, source } if p.as_os_str() == "<archive output>" => Error::Io { path: path.to_path_buf(), action, source },
-        other => other,
-    })?;
+    let key = chain::location_key(&Location::File(path.to_path_buf()));
+    let (mut report, buffered) =
+        backup_cached(inv, opts, BufWriter::with_capacity(1 << 20, WriteBehind::new(file)), &key, progress, cancel).map_err(|e| match e {
+            Error::Io { path: p, action, source } if p.as_os_str() == "<archive output>" => Error::Io { path: path.to_path_buf(), action, source },
+            other => other,
+        })?;
     let file: File = buffered.into_inner().map_err(|e| Error::io(tmp.path(), "writing the archive")(e.into_error()))?.file;
     file.sync_all().map_err(Error::io(tmp.path(), "syncing the archive"))?;
     failpoint("backup-before-rename");
@@ -186,6 +304,7 @@ pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progre
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all();
     }
+    publish(inv, opts, &mut report, &key)?;
     Ok(report)
 }
 
@@ -203,8 +322,9 @@ pub fn backup_to(inv: &Inventory, opts: &BackupOptions, to: &Location, progress:
             }
             // Not locked: the archive is written from its own thread (`backup`).
             let out = io::BufWriter::with_capacity(1 << 20, stdout);
-            let (report, mut out) = backup(inv, opts, out, progress, cancel)?;
+            let (mut report, mut out) = backup_cached(inv, opts, out, "-", progress, cancel)?;
             out.flush().map_err(Error::io("-", "writing the archive"))?;
+            publish(inv, opts, &mut report, "-")?;
             Ok(report)
         }
         Location::S3(obj) => backup_to_s3(inv, opts, obj, progress, cancel),
@@ -217,7 +337,7 @@ fn backup_to_s3(inv: &Inventory, opts: &BackupOptions, obj: &S3Object, progress:
     let (upload, outcome) = s3::Upload::start(obj)?;
     // Journaled before the first part leaves, so that a killed run's upload can be found.
     state::journal::save(&state, "upload", &run, &s3::UploadJournal::new(&run, obj))?;
-    let result = backup(inv, opts, upload, progress, cancel).and_then(|(report, upload)| {
+    let result = backup_cached(inv, opts, upload, &obj.url(), progress, cancel).and_then(|(mut report, upload)| {
         let stored = upload.finish()?;
         if stored != report.archive_bytes {
             return Err(Error::storage(format!(
@@ -226,6 +346,7 @@ fn backup_to_s3(inv: &Inventory, opts: &BackupOptions, obj: &S3Object, progress:
                 report.archive_bytes
             )));
         }
+        publish(inv, opts, &mut report, &obj.url())?;
         Ok(report)
     });
     let mut outcome = outcome.lock().unwrap_or_else(|p| p.into_inner());

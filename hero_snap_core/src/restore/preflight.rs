@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::format::{Manifest, ManifestService, MemberKey, ARCHIVE_FORMAT};
+use crate::archive::format::{Manifest, ManifestService, MemberKey, NEWEST_FORMAT};
 use crate::error::{Error, Result};
 use crate::inventory::{Class, Command, Inventory, Scope, SecretStore, Service};
 
@@ -230,8 +230,8 @@ pub struct RestorePlan {
 /// Checks a manifest against the target inventory. Returns the plan, or every refusal.
 pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelection) -> Result<RestorePlan> {
     let mut refusals = Vec::new();
-    if manifest.format > ARCHIVE_FORMAT {
-        refusals.push(Refusal::FormatTooNew { archive: manifest.format, supported: ARCHIVE_FORMAT });
+    if manifest.format > NEWEST_FORMAT {
+        refusals.push(Refusal::FormatTooNew { archive: manifest.format, supported: NEWEST_FORMAT });
         return Err(Error::Preflight(refusals));
     }
     refusals.extend(selection_refusals(manifest, sel));

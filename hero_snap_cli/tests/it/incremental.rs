@@ -1,0 +1,227 @@
+//! Incremental archives (decisions/D-13): a chain of a full archive and incrementals,
+//! restored to the final state, with every kind of change; refusals of broken chains.
+
+use crate::HERO_SNAP;
+use test_support::prelude::*;
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The trees of every surface of the contexts default and geomind.
+fn snapshot_of(inst: &Instance) -> Vec<std::collections::BTreeMap<String, Node>> {
+    let mut surfaces = vec!["var/lib/hero/hero_db/data".to_string()];
+    for c in ["default", "geomind"] {
+        surfaces.extend(["files", "git"].map(|s| format!("var/lib/hero/hero_foundry/contexts/{c}/{s}")));
+    }
+    surfaces.iter().map(|s| tree(&inst.path(s))).collect()
+}
+
+/// Backs up into `folder/name` with `extra` flags; the `--json` result.
+fn backup(inst: &Instance, recipient: &str, folder: &Path, name: &str, extra: &[&str]) -> serde_json::Value {
+    let to = folder.join(name);
+    let mut args = vec!["backup", "--allow-live", "--json", "--to", to.to_str().unwrap(), "-r", recipient];
+    args.extend_from_slice(extra);
+    last_json(&HERO_SNAP.ok(&inst.args(&args)))["result"].clone()
+}
+
+/// Every kind of change an incremental must carry: content, metadata only, new, deleted,
+/// renamed, type changes both ways, hard links, symlinks and empty directories.
+fn change_round_one(a: &Instance) {
+    let g = |p: &str| a.path(&format!("var/lib/hero/hero_foundry/contexts/geomind/{p}"));
+    let db = a.path("var/lib/hero/hero_db/data");
+    fs::write(db.join("dump.rdb"), pseudo_random(200_000, 2)).unwrap(); // same size, new content
+    fs::set_permissions(db.join("appendonly.aof"), fs::Permissions::from_mode(0o600)).unwrap(); // metadata only
+    fs::write(g("files/new.txt"), "new\n").unwrap();
+    fs::remove_file(g("files/docs/readme.md")).unwrap();
+    fs::rename(g("files/blob.bin"), g("files/blob-renamed.bin")).unwrap();
+    fs::remove_file(g("git/HEAD")).unwrap(); // a file becomes a directory
+    fs::create_dir_all(g("git/HEAD/inner")).unwrap();
+    fs::write(g("git/HEAD/inner/x"), "x").unwrap();
+    fs::create_dir_all(g("files/empty")).unwrap();
+    symlink("blob-renamed.bin", g("files/link")).unwrap();
+    fs::hard_link(g("files/new.txt"), g("files/new-hardlink.txt")).unwrap();
+}
+
+fn change_round_two(a: &Instance) {
+    let g = |p: &str| a.path(&format!("var/lib/hero/hero_foundry/contexts/geomind/{p}"));
+    fs::remove_dir_all(g("git/HEAD")).unwrap(); // and back to a file
+    fs::write(g("git/HEAD"), "ref: refs/heads/dev\n").unwrap();
+    fs::remove_file(g("files/link")).unwrap(); // a symlink becomes a file
+    fs::write(g("files/link"), "no longer a link").unwrap();
+    fs::remove_dir(g("files/empty")).unwrap();
+    fs::write(a.path("var/lib/hero/hero_foundry/contexts/default/files/docs/readme.md"), "# default, edited\n").unwrap();
+}
+
+#[test]
+fn a_chain_restores_the_final_state_with_every_kind_of_change() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let folder = a.dir.path().join("archives");
+    fs::create_dir_all(&folder).unwrap();
+
+    // --since latest without an earlier archive: a full one, and it says so.
+    let full = backup(&a, &recipient, &folder, "0-full.hsnap", &["--since", "latest"]);
+    assert_eq!(full["manifest"]["format"], 1);
+    assert!(full["manifest"]["warnings"].to_string().contains("full-no-parent"), "{full}");
+
+    change_round_one(&a);
+    let inc1 = backup(&a, &recipient, &folder, "1-inc.hsnap", &["--since", "latest"]);
+    assert_eq!(inc1["manifest"]["format"], 2);
+    assert_eq!(inc1["manifest"]["level"], 1);
+    assert_eq!(inc1["manifest"]["parent"]["run_id"], full["manifest"]["run_id"]);
+    // Unchanged: default's blob.bin, readme.md and HEAD. A renamed file is a new path, a
+    // hard-linked one is archived whole, a chmod is a change.
+    assert_eq!(inc1["inherited"][0].as_u64().unwrap(), 3, "unchanged files were archived again, or changed ones not: {inc1}");
+
+    change_round_two(&a);
+    let inc2 = backup(&a, &recipient, &folder, "2-inc.hsnap", &["--since", "latest"]);
+    assert_eq!(inc2["manifest"]["level"], 2);
+    assert_eq!(inc2["manifest"]["parent"]["run_id"], inc1["manifest"]["run_id"]);
+    let want = snapshot_of(&a);
+
+    // Restored from the newest alone: the ancestors are found beside it.
+    let b = Instance::new(&[]);
+    let newest = folder.join("2-inc.hsnap");
+    HERO_SNAP.ok(&b.args(&["restore", "--from", newest.to_str().unwrap(), "-i", key.to_str().unwrap()]));
+    assert_eq!(snapshot_of(&b), want, "the chain's restore differs from the source");
+
+    // Given with --from in any order, from a folder of their own.
+    let elsewhere = a.dir.path().join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let mut froms = Vec::new();
+    for n in ["1-inc.hsnap", "0-full.hsnap", "2-inc.hsnap"] {
+        fs::copy(folder.join(n), elsewhere.join(n)).unwrap();
+        froms.push(elsewhere.join(n).display().to_string());
+    }
+    let c = Instance::new(&[]);
+    let mut args: Vec<&str> = vec!["restore", "-i", key.to_str().unwrap()];
+    for f in &froms {
+        args.extend(["--from", f]);
+    }
+    HERO_SNAP.ok(&c.args(&args));
+    assert_eq!(snapshot_of(&c), want);
+
+    // One context of the chain, under a new name.
+    let d = Instance::new(&[]);
+    HERO_SNAP.ok(&d.args(&["restore", "--from", newest.to_str().unwrap(), "-i", key.to_str().unwrap(), "--context", "geomind", "--as", "moved"]));
+    for s in ["files", "git"] {
+        assert_eq!(
+            tree(&d.path(&format!("var/lib/hero/hero_foundry/contexts/moved/{s}"))),
+            tree(&a.path(&format!("var/lib/hero/hero_foundry/contexts/geomind/{s}"))),
+            "a context restored from the chain differs"
+        );
+    }
+}
+
+#[test]
+fn an_unchanged_instance_gives_an_incremental_of_no_files() {
+    let a = Instance::new(&["default"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let folder = a.dir.path().join("archives");
+    fs::create_dir_all(&folder).unwrap();
+    backup(&a, &recipient, &folder, "0.hsnap", &[]);
+    let inc = backup(&a, &recipient, &folder, "1.hsnap", &["--since", "latest"]);
+    assert_eq!(inc["manifest"]["level"], 1);
+    let files = inc["manifest"]["files"].as_u64().unwrap();
+    assert_eq!(inc["inherited"][0].as_u64().unwrap(), files, "an unchanged file was archived again: {inc}");
+    // The archive holds no file data: its index lists every file as held by the full one.
+    let out = HERO_SNAP.ok(&["verify", "--json", "--from", folder.join("1.hsnap").to_str().unwrap(), "-i", key.to_str().unwrap()]);
+    assert_eq!(last_json(&out)["result"]["files"], 0);
+    // --rehash reads every file and still finds nothing changed.
+    let again = backup(&a, &recipient, &folder, "2.hsnap", &["--since", "latest", "--rehash"]);
+    assert_eq!(again["inherited"][0].as_u64().unwrap(), files);
+    // --full-every 3: the chain has three archives, so the next one is full.
+    let full = backup(&a, &recipient, &folder, "3.hsnap", &["--since", "latest", "--full-every", "3"]);
+    assert_eq!(full["manifest"]["format"], 1);
+    assert!(full["manifest"]["warnings"].to_string().contains("full-every"), "{full}");
+}
+
+fn chain_of_two(a: &Instance, recipient: &str) -> PathBuf {
+    let folder = a.dir.path().join("archives");
+    fs::create_dir_all(&folder).unwrap();
+    backup(a, recipient, &folder, "0-full.hsnap", &[]);
+    change_round_one(a);
+    backup(a, recipient, &folder, "1-inc.hsnap", &["--since", "latest"]);
+    folder
+}
+
+#[test]
+fn a_missing_or_damaged_ancestor_is_refused_before_any_swap() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let folder = chain_of_two(&a, &recipient);
+    let newest = folder.join("1-inc.hsnap");
+    let t = Instance::new(&["default", "geomind"]);
+    let before = snapshot_of(&t);
+    let restore = || HERO_SNAP.run(&t.args(&["restore", "--from", newest.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]));
+
+    // Missing: the refusal names the run of the archive it needs.
+    let full = folder.join("0-full.hsnap");
+    let aside = a.dir.path().join("aside.hsnap");
+    fs::rename(&full, &aside).unwrap();
+    let out = restore();
+    assert!(!out.status.success());
+    let full_run = last_json(&HERO_SNAP.ok(&["inspect", "--json", "--from", aside.to_str().unwrap(), "-i", key.to_str().unwrap()]))["result"]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(stderr(&out).contains(&full_run), "the refusal does not name the missing archive: {}", stderr(&out));
+    assert_eq!(snapshot_of(&t), before, "the target changed");
+    assert!(leftovers(&t.root).is_empty(), "{:?}", leftovers(&t.root));
+
+    // Damaged: one byte flipped in the middle of the full archive.
+    let mut bytes = fs::read(&aside).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&full, &bytes).unwrap();
+    let out = restore();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&full_run) || stderr(&out).contains("0-full.hsnap"), "the refusal does not name the damaged archive: {}", stderr(&out));
+    assert_eq!(snapshot_of(&t), before, "the target changed");
+    assert!(leftovers(&t.root).is_empty(), "{:?}", leftovers(&t.root));
+
+    // Restored whole again, the chain works.
+    fs::rename(&aside, &full).unwrap();
+    let out = restore();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(snapshot_of(&t), snapshot_of(&a));
+}
+
+#[test]
+fn a_parent_of_another_instance_or_unknown_to_this_host_is_refused() {
+    let a = Instance::new(&["default"]);
+    let (_, recipient) = age_key(a.dir.path());
+    let other = a.dir.path().join("not-from-here.hsnap");
+    fs::write(&other, b"anything").unwrap();
+    let out = HERO_SNAP.run(&a.args(&[
+        "backup",
+        "--allow-live",
+        "--to",
+        a.dir.path().join("x.hsnap").to_str().unwrap(),
+        "-r",
+        &recipient,
+        "--since",
+        other.to_str().unwrap(),
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("holds no index of this archive"), "{}", stderr(&out));
+    assert!(!a.dir.path().join("x.hsnap").exists());
+
+    // Another selection: a per-context parent for a whole-instance backup.
+    let folder = a.dir.path().join("archives");
+    fs::create_dir_all(&folder).unwrap();
+    backup(&a, &recipient, &folder, "ctx.hsnap", &["--context", "default"]);
+    let out = HERO_SNAP.run(&a.args(&[
+        "backup",
+        "--allow-live",
+        "--to",
+        folder.join("whole.hsnap").to_str().unwrap(),
+        "-r",
+        &recipient,
+        "--since",
+        folder.join("ctx.hsnap").to_str().unwrap(),
+    ]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("another selection"), "{}", stderr(&out));
+}

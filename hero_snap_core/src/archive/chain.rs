@@ -1,0 +1,436 @@
+//! Incremental archives (decisions/D-13): what a backup compares against, and what a chain
+//! restore looks files up in.
+//!
+//! - [`IndexTable`]: the entry lines of an index, looked up by member path. Only a hash and
+//!   an offset per entry stay in memory (16 bytes); the line is read back from its file.
+//! - [`fingerprint`]: the metadata a file is recognised as unchanged by.
+//! - [`Cache`]: each backup's index and fingerprints, kept in the state directory so that
+//!   the next incremental needs neither the parent archive nor the key that opens it.
+
+use std::fs::{self, File};
+use std::hash::{Hash, Hasher};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::format::{IndexEntry, SelectionRecord};
+use super::read::parse_index_line;
+use crate::error::{Error, Result};
+
+fn path_key(path: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
+}
+
+/// Index entry lines of one file, found by path.
+pub(crate) struct IndexTable {
+    file: File,
+    /// (hash of the path, offset of its line, entry number), sorted.
+    rows: Vec<(u64, u64, u32)>,
+    found: Vec<bool>,
+    what: String,
+}
+
+impl IndexTable {
+    /// Every entry line of `file` (lines before `index:` and the line itself are skipped)
+    /// that `keep` accepts. `what` names the file in errors.
+    pub(crate) fn build(mut file: File, what: &str, keep: impl Fn(&IndexEntry) -> bool) -> Result<IndexTable> {
+        let err = |e: io::Error| Error::io(what, "reading the index")(e);
+        file.rewind().map_err(err)?;
+        let mut reader = BufReader::with_capacity(1 << 16, &file);
+        let (mut rows, mut offset, mut number, mut line) = (Vec::new(), 0u64, 0u32, String::new());
+        loop {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            if line.starts_with("- ") {
+                let entry = parse_index_line(line.trim_end_matches('\n'))
+                    .ok_or_else(|| Error::Corrupt(format!("{what}: entry {} is not an index line", number + 1)))?;
+                if keep(&entry) {
+                    rows.push((path_key(&entry.path), offset, number));
+                }
+                number += 1;
+            }
+            offset += n as u64;
+        }
+        rows.sort_unstable();
+        let found = vec![false; rows.len()];
+        Ok(IndexTable { file, rows, found, what: what.to_string() })
+    }
+
+    /// Entries in the table.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn line_at(&self, offset: u64) -> Result<IndexEntry> {
+        let mut buf = vec![0u8; 4096];
+        let mut text = Vec::new();
+        loop {
+            let n = self.file.read_at(&mut buf, offset + text.len() as u64).map_err(Error::io(&self.what, "reading the index"))?;
+            let chunk = &buf[..n];
+            if let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+                text.extend_from_slice(&chunk[..end]);
+                break;
+            }
+            if n == 0 || text.len() > 1 << 16 {
+                return Err(Error::Corrupt(format!("{}: an index line ends unfinished", self.what)));
+            }
+            text.extend_from_slice(chunk);
+        }
+        let line = String::from_utf8(text).map_err(|_| Error::Corrupt(format!("{}: an index line is not UTF-8", self.what)))?;
+        parse_index_line(&line).ok_or_else(|| Error::Corrupt(format!("{}: not an index line: {line}", self.what)))
+    }
+
+    /// The entry for `path`, with its row (for [`IndexTable::mark`]) and entry number.
+    pub(crate) fn get(&self, path: &str) -> Result<Option<(usize, u32, IndexEntry)>> {
+        let key = path_key(path);
+        let start = self.rows.partition_point(|r| r.0 < key);
+        for (row, &(k, offset, number)) in self.rows.iter().enumerate().skip(start) {
+            if k != key {
+                break;
+            }
+            let entry = self.line_at(offset)?;
+            if entry.path == path {
+                return Ok(Some((row, number, entry)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records that the entry of `row` was found; false if it was already.
+    pub(crate) fn mark(&mut self, row: usize) -> bool {
+        !std::mem::replace(&mut self.found[row], true)
+    }
+
+    /// An entry never marked, if any.
+    pub(crate) fn first_missing(&self) -> Result<Option<IndexEntry>> {
+        match self.found.iter().position(|f| !f) {
+            Some(row) => self.line_at(self.rows[row].1).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What a file is recognised as unchanged by. `stable` when the walk reads the files
+/// themselves or a block-level or filesystem snapshot of them (inode numbers and ctimes
+/// carry over); a reflink copy has new ones, so only size, mtime, mode and owner count.
+/// ctime moves on every write, chmod, chown, rename of the inode and extended-attribute
+/// change, so with `stable` it covers those too.
+pub(crate) fn fingerprint(meta: &fs::Metadata, stable: bool) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (meta.size(), meta.mtime(), meta.mtime_nsec(), meta.mode(), meta.uid(), meta.gid()).hash(&mut h);
+    if stable {
+        (meta.ino(), meta.ctime(), meta.ctime_nsec()).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// One archive this host wrote, as the state directory remembers it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct CacheRecord {
+    pub run_id: String,
+    pub instance: String,
+    pub selection: SelectionRecord,
+    pub created: String,
+    pub manifest_blake3: String,
+    pub index_blake3: String,
+    pub level: u32,
+    /// Where the archive was written (a path or `s3://` URL; `-` for standard output).
+    pub location: String,
+}
+
+/// The index cache in `<state dir>/chains/`: per archive `<run>.yaml` (the record),
+/// `<run>.index` (the index member's exact bytes) and `<run>.stat` (one fingerprint per
+/// index entry, 8 bytes little-endian, in index order).
+pub(crate) struct Cache {
+    dir: PathBuf,
+}
+
+/// Archives kept in the cache per instance and selection: the parent of the next
+/// incremental is the newest, the others are kept for a `--since` naming an older one.
+const CACHE_KEEP: usize = 4;
+
+impl Cache {
+    pub(crate) fn new(state: &Path) -> Cache {
+        Cache { dir: state.join("chains") }
+    }
+
+    pub(crate) fn index_path(&self, run: &str) -> PathBuf {
+        self.dir.join(format!("{run}.index"))
+    }
+
+    pub(crate) fn stat_path(&self, run: &str) -> PathBuf {
+        self.dir.join(format!("{run}.stat"))
+    }
+
+    /// Temporary files for a run's index and fingerprints, published by [`Cache::publish`].
+    pub(crate) fn partial(&self, run: &str) -> Result<(PathBuf, PathBuf)> {
+        fs::create_dir_all(&self.dir).map_err(Error::io(&self.dir, "creating the index cache"))?;
+        Ok((self.dir.join(format!(".{run}.index.partial")), self.dir.join(format!(".{run}.stat.partial"))))
+    }
+
+    /// Removes a run's temporary files (a failed backup).
+    pub(crate) fn discard(&self, run: &str) {
+        if let Ok((index, stat)) = self.partial(run) {
+            let _ = fs::remove_file(index);
+            let _ = fs::remove_file(stat);
+        }
+    }
+
+    /// Publishes a run's index and fingerprints under its record, then trims the series.
+    pub(crate) fn publish(&self, record: &CacheRecord) -> Result<()> {
+        let (index, stat) = self.partial(&record.run_id)?;
+        fs::rename(&index, self.index_path(&record.run_id)).map_err(Error::io(&index, "publishing the cached index"))?;
+        fs::rename(&stat, self.stat_path(&record.run_id)).map_err(Error::io(&stat, "publishing the cached index"))?;
+        let yaml = serde_saphyr::to_string(record).map_err(|e| Error::command(format!("cannot write the index cache record: {e}")))?;
+        let path = self.dir.join(format!("{}.yaml", record.run_id));
+        let tmp = self.dir.join(format!(".{}.yaml.partial", record.run_id));
+        fs::write(&tmp, yaml).map_err(Error::io(&tmp, "writing"))?;
+        fs::rename(&tmp, &path).map_err(Error::io(&path, "writing"))?;
+        let mut series: Vec<CacheRecord> = self.records()?.into_iter().filter(|r| r.instance == record.instance && r.selection == record.selection).collect();
+        series.sort_by(|a, b| b.created.cmp(&a.created));
+        for old in series.iter().skip(CACHE_KEEP) {
+            for p in [self.dir.join(format!("{}.yaml", old.run_id)), self.index_path(&old.run_id), self.stat_path(&old.run_id)] {
+                let _ = fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record in the cache.
+    pub(crate) fn records(&self) -> Result<Vec<CacheRecord>> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !name.ends_with(".yaml") {
+                continue;
+            }
+            let text = fs::read_to_string(e.path()).map_err(Error::io(e.path(), "reading"))?;
+            let record: CacheRecord = serde_saphyr::from_str(&text)
+                .map_err(|err| Error::Corrupt(format!("{}: {}; delete it", e.path().display(), err.to_string().lines().next().unwrap_or(""))))?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// The cached index of `record`, checked against the hash its children name.
+    pub(crate) fn open(&self, record: &CacheRecord) -> Result<(IndexTable, File)> {
+        let path = self.index_path(&record.run_id);
+        let mut file = File::open(&path).map_err(Error::io(&path, "opening the cached index"))?;
+        let mut hasher = blake3::Hasher::new();
+        io::copy(&mut file, &mut hasher).map_err(Error::io(&path, "reading the cached index"))?;
+        if hasher.finalize().to_hex().as_str() != record.index_blake3 {
+            return Err(Error::Corrupt(format!(
+                "{}: the cached index does not match the index of archive {}; delete it and run a full backup",
+                path.display(),
+                record.run_id
+            )));
+        }
+        let stat_path = self.stat_path(&record.run_id);
+        let stat = File::open(&stat_path).map_err(Error::io(&stat_path, "opening the cached fingerprints"))?;
+        Ok((IndexTable::build(file, &path.display().to_string(), |_| true)?, stat))
+    }
+}
+
+/// The fingerprint of entry `number` in a `.stat` file.
+pub(crate) fn stat_at(stat: &File, number: u32) -> Result<u64> {
+    let mut b = [0u8; 8];
+    stat.read_exact_at(&mut b, u64::from(number) * 8).map_err(|e| Error::io("<cached fingerprints>", "reading")(e))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// A writer that hashes what passes through it.
+pub(crate) struct HashingWriter<W: Write> {
+    pub inner: W,
+    pub hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that hashes what passes through it.
+pub(crate) struct HashingReader<R: Read> {
+    pub inner: R,
+    pub hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Which archive an incremental backup builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// The newest archive of the same instance and selection this host wrote to the same
+    /// folder or prefix (or to standard output, for `-`). Without one, the backup is full.
+    Latest,
+    /// This archive: a file or an `s3://` key this host wrote.
+    Archive(super::Location),
+}
+
+/// The folder of a location, to tell whether two archives are in the same place.
+fn folder_of(location: &str) -> String {
+    match location.rsplit_once('/') {
+        Some((dir, _)) => dir.to_string(),
+        None => ".".into(),
+    }
+}
+
+/// How a location is recorded: files by their absolute path.
+pub(crate) fn location_key(location: &super::Location) -> String {
+    match location {
+        super::Location::File(p) => {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            match (abs.parent().and_then(|d| d.canonicalize().ok()), abs.file_name()) {
+                (Some(dir), Some(name)) => dir.join(name).display().to_string(),
+                _ => abs.display().to_string(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The parent for `since`, from the cache: `Ok(None)` when `Latest` finds none.
+pub(crate) fn find_parent(cache: &Cache, since: &Since, instance: &str, selection: &SelectionRecord, to: &str) -> Result<Option<CacheRecord>> {
+    let records = cache.records()?;
+    match since {
+        Since::Latest => {
+            let mut series: Vec<CacheRecord> = records
+                .into_iter()
+                .filter(|r| r.instance == instance && &r.selection == selection && folder_of(&r.location) == folder_of(to))
+                .filter(|r| !r.location.starts_with('/') || Path::new(&r.location).exists())
+                .collect();
+            series.sort_by(|a, b| b.created.cmp(&a.created));
+            Ok(series.into_iter().next())
+        }
+        Since::Archive(location) => {
+            let key = location_key(location);
+            let record = records.into_iter().find(|r| r.location == key).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{key}: the state directory ({}) holds no index of this archive (it keeps the last {CACHE_KEEP} of each series this host wrote); back up with --since latest, or without --since for a full archive",
+                    cache.dir.display()
+                ))
+            })?;
+            if record.instance != instance {
+                return Err(Error::Refused(format!(
+                    "{key}: is an archive of instance `{}`, not `{instance}`; an incremental builds on its own instance",
+                    record.instance
+                )));
+            }
+            if &record.selection != selection {
+                return Err(Error::Refused(format!(
+                    "{key}: was made with another selection of services and contexts; an incremental must select what its parent selected"
+                )));
+            }
+            Ok(Some(record))
+        }
+    }
+}
+
+/// Where a chain restore finds an incremental's ancestors: among the archives given
+/// (`--from`, repeated), else beside the newest one (its directory or S3 prefix).
+pub struct Ancestors {
+    given: Vec<super::Location>,
+    beside: Option<super::Folder>,
+    /// (run id, location) of the archives looked at so far.
+    known: Option<Vec<(String, super::Location)>>,
+}
+
+impl Ancestors {
+    /// Ancestors among `given`, then in the folder of `newest`.
+    pub fn new(newest: &super::Location, given: Vec<super::Location>) -> Ancestors {
+        let beside = match newest {
+            super::Location::File(p) => Some(super::Folder::Dir(match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            })),
+            super::Location::S3(o) => {
+                let prefix = o.key.rsplit_once('/').map(|(p, _)| format!("{p}/")).unwrap_or_default();
+                Some(super::Folder::S3(super::S3Prefix { bucket: o.bucket.clone(), prefix, config: o.config.clone() }))
+            }
+            super::Location::Stdio => None,
+        };
+        Ancestors { given, beside, known: None }
+    }
+
+    /// No ancestors: restoring an incremental is refused, naming its parent.
+    pub fn none() -> Ancestors {
+        Ancestors { given: Vec::new(), beside: None, known: None }
+    }
+
+    fn look(&mut self, keys: &super::Decryption) -> Result<&[(String, super::Location)]> {
+        if self.known.is_none() {
+            let mut known = Vec::new();
+            for loc in &self.given {
+                let manifest = super::read::read_manifest(loc.open(super::Extent::Head)?, keys).map_err(|e| Error::Usage(format!("{loc}: {e}")))?;
+                known.push((manifest.run_id, loc.clone()));
+            }
+            if let Some(folder) = &self.beside {
+                for listed in super::folder::read_folder(folder, keys)? {
+                    if let Some(summary) = &listed.summary {
+                        known.push((summary.run_id.clone(), listed.location()));
+                    }
+                }
+            }
+            self.known = Some(known);
+        }
+        Ok(self.known.as_deref().unwrap_or_default())
+    }
+
+    /// Opens the archive of run `parent.run_id`, whole; the caller checks its hashes.
+    pub(crate) fn open(&mut self, parent: &super::ParentRecord, keys: &super::Decryption) -> Result<(super::Location, Box<dyn Read>)> {
+        let beside = self.beside.as_ref().map(|f| f.to_string()).unwrap_or_else(|| "(none: the archive came from standard input)".into());
+        let found = self.look(keys)?.iter().find(|(run, _)| *run == parent.run_id).map(|(_, loc)| loc.clone());
+        let loc = found.ok_or_else(|| {
+            Error::Refused(format!(
+                "the chain needs archive {} (its parent or an older ancestor), which is neither given with --from nor in {beside}; put it beside the incremental or name it with another --from",
+                parent.run_id
+            ))
+        })?;
+        let input = loc.open(super::Extent::Whole)?;
+        Ok((loc, input))
+    }
+}
+
+impl Ancestors {
+    /// The archive to read among `given` (the one of the highest chain level; the only
+    /// one when one is given), and the others as its ancestors.
+    pub fn chain_of(mut given: Vec<super::Location>, keys: &super::Decryption) -> Result<(super::Location, Ancestors)> {
+        if given.len() <= 1 {
+            let newest = given.pop().ok_or_else(|| Error::Usage("no archive given".into()))?;
+            let ancestors = Ancestors::new(&newest, Vec::new());
+            return Ok((newest, ancestors));
+        }
+        if given.contains(&super::Location::Stdio) {
+            return Err(Error::Usage("`-` (standard input) can only be the one archive given; name a chain's archives as files or s3:// keys".into()));
+        }
+        let mut levels = Vec::new();
+        for loc in &given {
+            let manifest = super::read::read_manifest(loc.open(super::Extent::Head)?, keys).map_err(|e| Error::Usage(format!("{loc}: {e}")))?;
+            levels.push(manifest.level);
+        }
+        let top = (0..given.len()).max_by_key(|&i| (levels[i], std::cmp::Reverse(i))).expect("two or more");
+        let newest = given.remove(top);
+        let ancestors = Ancestors::new(&newest, given);
+        Ok((newest, ancestors))
+    }
+}
