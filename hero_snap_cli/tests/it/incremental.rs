@@ -225,3 +225,21 @@ fn a_parent_of_another_instance_or_unknown_to_this_host_is_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("another selection"), "{}", stderr(&out));
 }
+
+#[test]
+fn prune_keeps_what_a_kept_incremental_builds_on_and_list_shows_the_chain() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let folder = chain_of_two(&a, &recipient);
+    let dir = folder.to_str().unwrap();
+    // --keep-last 1 keeps the incremental; its full parent stays, with the reason.
+    let out = HERO_SNAP.ok(&["prune", dir, "--keep-last", "1", "-i", key.to_str().unwrap(), "--json"]);
+    let r = last_json(&out)["result"].clone();
+    assert_eq!(r["deleted"], serde_json::json!([]), "{r}");
+    assert!(r["kept"].to_string().contains("builds on it"), "{r}");
+    assert!(folder.join("0-full.hsnap").exists() && folder.join("1-inc.hsnap").exists());
+    let list = last_json(&HERO_SNAP.ok(&["list", dir, "-i", key.to_str().unwrap(), "--json"]))["result"].clone();
+    let inc = list.as_array().unwrap().iter().find(|l| l["path"].as_str().unwrap().ends_with("1-inc.hsnap")).unwrap().clone();
+    assert_eq!(inc["summary"]["level"], 1, "{list}");
+    assert!(inc["summary"]["parent"].is_string(), "{list}");
+}

@@ -154,7 +154,9 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
         let times: Vec<time::OffsetDateTime> = dated.iter().filter_map(|(t, _)| *t).collect();
         let chosen = opts.retention.choose(&times);
         let undated = undated.into_iter().map(|(_, a)| (a, vec!["creation time unreadable".to_string()]));
-        for (a, reasons) in dated.into_iter().map(|(_, a)| a).zip(chosen).chain(undated) {
+        let mut decided: Vec<(Listed, Vec<String>)> = dated.into_iter().map(|(_, a)| a).zip(chosen).chain(undated).collect();
+        keep_ancestors(&mut decided);
+        for (a, reasons) in decided {
             let created = a.summary.as_ref().map(|s| s.created.clone()).unwrap_or_default();
             if reasons.is_empty() {
                 if !opts.dry_run {
@@ -180,6 +182,27 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
         report.space = Some(SpaceCheck { path: dir.to_path_buf(), available, required, ok: available >= required });
     }
     Ok(report)
+}
+
+/// An archive a kept incremental builds on is kept too, however old: without it the
+/// incremental cannot be restored (decisions/D-13).
+fn keep_ancestors(decided: &mut [(Listed, Vec<String>)]) {
+    let run_of = |l: &Listed| l.summary.as_ref().map(|s| s.run_id.clone()).unwrap_or_default();
+    let parent_of = |l: &Listed| l.summary.as_ref().and_then(|s| s.parent.clone());
+    for i in 0..decided.len() {
+        if decided[i].1.is_empty() {
+            continue;
+        }
+        let (mut child, mut parent) = (run_of(&decided[i].0), parent_of(&decided[i].0));
+        while let Some(p) = parent {
+            let Some(j) = decided.iter().position(|(l, _)| run_of(l) == p) else { break };
+            let reason = format!("incremental {child} builds on it");
+            if !decided[j].1.contains(&reason) {
+                decided[j].1.push(reason);
+            }
+            (child, parent) = (p, parent_of(&decided[j].0));
+        }
+    }
 }
 
 fn created_key(l: &Listed) -> Option<time::OffsetDateTime> {
