@@ -243,3 +243,36 @@ fn prune_keeps_what_a_kept_incremental_builds_on_and_list_shows_the_chain() {
     assert_eq!(inc["summary"]["level"], 1, "{list}");
     assert!(inc["summary"]["parent"].is_string(), "{list}");
 }
+
+/// docs/FORMAT.md section 7.1, run as written: stock age, zstd, tar, sed and cp rebuild
+/// the final state of a chain of three.
+#[test]
+fn stock_tools_rebuild_a_chains_final_state() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let folder = chain_of_two(&a, &recipient);
+    change_round_two(&a);
+    let newest = backup(&a, &recipient, &folder, "2-inc.hsnap", &["--since", "latest"]);
+    let doc = fs::read_to_string(test_support::fixtures::repo().join("docs/FORMAT.md")).unwrap();
+    let script = doc.split("### 7.1").nth(1).unwrap().split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let script = script.replace("key.txt", key.to_str().unwrap()).replace("RUN-ID-OF-2-inc", newest["manifest"]["run_id"].as_str().unwrap());
+    let work = a.dir.path().join("stock");
+    fs::create_dir_all(&work).unwrap();
+    for n in ["0-full.hsnap", "1-inc.hsnap", "2-inc.hsnap"] {
+        fs::copy(folder.join(n), work.join(n)).unwrap();
+    }
+    let out = std::process::Command::new("bash").arg("-c").arg(&script).current_dir(&work).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    // Content, kind, mode and link targets; the copy leaves directory times as it likes.
+    let shape = |root: &Path| -> Vec<(String, &'static str, u32, String, Option<PathBuf>)> {
+        tree(root).into_iter().map(|(p, n)| (p, n.kind, if n.kind == "dir" { 0 } else { n.mode }, n.blake3, n.link)).collect()
+    };
+    for (surface, member) in [
+        ("var/lib/hero/hero_db/data", "services/hero_db/instance/data"),
+        ("var/lib/hero/hero_foundry/contexts/geomind/files", "services/hero_foundry/contexts/geomind/files"),
+        ("var/lib/hero/hero_foundry/contexts/geomind/git", "services/hero_foundry/contexts/geomind/git"),
+        ("var/lib/hero/hero_foundry/contexts/default/files", "services/hero_foundry/contexts/default/files"),
+    ] {
+        assert_eq!(shape(&work.join("out").join(member)), shape(&a.path(surface)), "{member} differs");
+    }
+}
