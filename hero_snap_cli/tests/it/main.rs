@@ -13,6 +13,7 @@ mod demo;
 mod deployment;
 mod diskfull;
 mod golden;
+mod monitoring;
 mod nushell;
 mod operator;
 mod outputs;

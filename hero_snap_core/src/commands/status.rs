@@ -115,6 +115,13 @@ impl StatusReport {
     }
 }
 
+impl SeriesStatus {
+    /// The last good run's age for people: `1d 2h`, `3h 5m`, `42s`.
+    pub fn last_good_age_text(&self) -> Option<String> {
+        self.last_good_age_seconds.map(human_age)
+    }
+}
+
 fn stale_reason(s: &SeriesStatus, max: u64) -> String {
     let failed = match &s.last.error {
         Some(e) if !s.last.ok => format!(", last run failed (exit {}): {}", s.last.exit_code, e.message),
