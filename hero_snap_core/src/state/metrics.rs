@@ -31,15 +31,27 @@ pub(crate) fn render(rec: &RunRecord) -> String {
             help: "When the last successful backup of the series ended, in Unix time (0: none ever succeeded).",
             samples: one(Some(rec.last_good.as_ref().and_then(RecordedRun::finished_unix).unwrap_or(0.0))),
         },
-        Family { name: "hero_snap_backup_last_run_timestamp_seconds", help: "When the last backup run ended, in Unix time.", samples: one(last.finished_unix()) },
+        Family {
+            name: "hero_snap_backup_last_run_timestamp_seconds",
+            help: "When the last backup run ended, in Unix time.",
+            samples: one(last.finished_unix()),
+        },
         Family {
             name: "hero_snap_backup_last_run_exit_code",
             help: "The exit code of the last backup run (docs/CLI.md; 0 is success).",
             samples: one(Some(last.exit_code as f64)),
         },
-        Family { name: "hero_snap_backup_last_run_success", help: "1 when the last backup run succeeded, else 0.", samples: one(Some(f64::from(u8::from(last.ok)))) },
+        Family {
+            name: "hero_snap_backup_last_run_success",
+            help: "1 when the last backup run succeeded, else 0.",
+            samples: one(Some(f64::from(u8::from(last.ok)))),
+        },
         Family { name: "hero_snap_backup_duration_seconds", help: "How long the last backup run took.", samples: one(Some(last.duration_seconds)) },
-        Family { name: "hero_snap_backup_archive_bytes", help: "Size of the newest archive written (after compression and encryption).", samples: size(|r| r.archive_bytes) },
+        Family {
+            name: "hero_snap_backup_archive_bytes",
+            help: "Size of the newest archive written (after compression and encryption).",
+            samples: size(|r| r.archive_bytes),
+        },
         Family { name: "hero_snap_backup_files", help: "Regular files in the newest archive written.", samples: size(|r| r.files) },
         Family { name: "hero_snap_backup_bytes", help: "Bytes of file data in the newest archive written.", samples: size(|r| r.bytes) },
         Family {

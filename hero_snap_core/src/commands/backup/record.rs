@@ -71,7 +71,9 @@ impl RunLog {
         };
         match result {
             Ok(report) => {
-                saved.and(written).map_err(|e| Error::command_caused(format!("the backup succeeded, but recording it failed: {e}; fix that and back up again"), e))?;
+                saved
+                    .and(written)
+                    .map_err(|e| Error::command_caused(format!("the backup succeeded, but recording it failed: {e}; fix that and back up again"), e))?;
                 Ok(report)
             }
             Err(e) => {
