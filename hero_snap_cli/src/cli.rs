@@ -45,6 +45,9 @@ pub enum Cmd {
     List(ListArgs),
     /// Delete old archives in a directory by retention rules, with a free-space guard.
     Prune(PruneArgs),
+    /// Show the last backup of each series (instance and selection); with --max-age, exit 18
+    /// when the last good one is older or missing.
+    Status(StatusArgs),
     /// Print a shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -108,6 +111,31 @@ pub struct PruneArgs {
     pub min_free: Option<String>,
     #[command(flatten)]
     pub keys: KeyArgs,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// Only the series of exactly this selection (with --context and --include-derived);
+    /// without any, every series.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Only the series whose backups include derived surfaces.
+    #[arg(long)]
+    pub include_derived: bool,
+    /// Exit 18 when a shown series' last good backup ended longer ago than this (d, h, m, s:
+    /// 26h, 1d12h), or none succeeded, or none was recorded.
+    #[arg(long, value_name = "DURATION")]
+    pub max_age: Option<String>,
+}
+
+impl StatusArgs {
+    /// The series asked for: `None` (all) unless a selection option was given.
+    pub fn selection(&self) -> Option<Selection> {
+        let any = !self.select.services.is_empty() || !self.select.contexts.is_empty() || self.include_derived;
+        any.then(|| Selection { services: self.select.services.clone(), contexts: self.select.contexts.clone(), include_derived: self.include_derived })
+    }
 }
 
 #[derive(Args)]
@@ -203,6 +231,10 @@ pub struct BackupArgs {
     /// With --since: start a new full archive once the chain has N archives.
     #[arg(long, value_name = "N", requires = "since", value_parser = clap::value_parser!(u32).range(1..))]
     pub full_every: Option<u32>,
+    /// After the run, success or failure, write its series' metrics to this file (Prometheus
+    /// text format, for node_exporter's textfile collector; name it *.prom).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl BackupArgs {
@@ -358,6 +390,7 @@ impl Cmd {
             Cmd::Gc(_) => "gc",
             Cmd::List(_) => "list",
             Cmd::Prune(_) => "prune",
+            Cmd::Status(_) => "status",
             Cmd::Completions { .. } => "completions",
             Cmd::Man { .. } => "man",
         }

@@ -66,6 +66,7 @@ fn dispatch(command: Cmd, out: &Output, cancel: &Cancel) -> Result<()> {
         Cmd::Gc(args) => gc::run(&args, out),
         Cmd::List(args) => list::run(&args, out),
         Cmd::Prune(args) => prune::run(&args, out),
+        Cmd::Status(args) => status::run(&args, out),
         Cmd::Completions { shell } => {
             completions::run(shell);
             Ok(())

@@ -93,6 +93,11 @@ pub enum Error {
     /// A free-space guard found less room than required (`prune --min-free`).
     #[error("{0}")]
     NoSpace(String),
+
+    /// A backup series' last good backup is older than the maximum age asked for, or
+    /// there is none (`status --max-age`).
+    #[error("{0}")]
+    Stale(String),
 }
 
 impl Error {
@@ -146,6 +151,7 @@ impl Error {
             Error::Storage { .. } => 8,
             Error::Incomplete(_) => 9,
             Error::NoSpace(_) => 17,
+            Error::Stale(_) => 18,
             Error::Cancelled => 130,
         }
     }
@@ -165,6 +171,7 @@ impl Error {
             Error::Storage { .. } => "storage",
             Error::Incomplete(_) => "incomplete",
             Error::NoSpace(_) => "no-space",
+            Error::Stale(_) => "stale",
         }
     }
 }

@@ -9,7 +9,7 @@
 //! (quiesce, snapshot, thaw) → the archive (walk, tar, zstd, age) → the restore
 //! (pre-flight, stage, verify, swap). The verbs compose those steps: [`plan()`],
 //! [`backup_to`], [`inspect`], [`verify`], [`preflight()`], [`restore()`], [`gc`],
-//! [`list`], [`prune`]. Every public type is re-exported here, at one path.
+//! [`list`], [`prune`], [`status`]. Every public type is re-exported here, at one path.
 //! ARCHITECTURE.md maps the modules.
 //!
 //! ```no_run
@@ -84,7 +84,7 @@ pub use archive::{
     Ancestors, Compression, Consistency, Decryption, DecryptionChoice, Encryption, EncryptionChoice, Extent, Folder, LeftOut, Listed, Location, Manifest,
     ManifestService, ManifestSurface, ParentRecord, S3Config, S3Object, S3Prefix, SelectionRecord, Since, Summary, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
 };
-pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport};
+pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport, RunLog};
 pub use commands::gc::gc;
 pub use commands::inspect::inspect;
 pub use commands::inventory::{surface_table, SurfaceRow};
@@ -93,6 +93,7 @@ pub use commands::plan::plan;
 pub use commands::preflight::preflight;
 pub use commands::prune::{prune, Kept, MinFree, PruneOptions, PruneReport, SpaceCheck};
 pub use commands::restore::{restore, restore_chain, RestoreOptions, RestoreReport};
+pub use commands::status::{status, MaxAge, SeriesStatus, StatusOptions, StatusReport};
 pub use commands::verify::{verify, VerifyReport};
 pub use error::{BoxError, Error, Result};
 pub use freeze::watchdog::run_watchdog_if_invoked;
@@ -107,4 +108,5 @@ pub use restore::{PlannedMigration, Refusal, RestorePlan, RestoreSelection, Surf
 pub use retention::{Retention, Within};
 pub use snapshot::Volume;
 
+pub use state::runs::{selection_label, OutcomeCounts, RecordedRun, RunError, RunRecord, RUN_RECORD_FORMAT};
 pub use state::{state_dir, Recovered, DEFAULT_STATE_DIR};

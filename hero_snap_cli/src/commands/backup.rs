@@ -1,24 +1,25 @@
 //! `hero-snap backup`: the instance, or a selection, into one archive. Its text goes to
 //! stderr: stdout may carry the archive.
 
-use hero_snap_core::{BackupReport, Cancel, Location, Result};
+use hero_snap_core::{BackupReport, Cancel, Result, RunLog};
 
 use crate::cli::BackupArgs;
 use crate::output::{list_or_dash, Output, Stream};
 
 pub fn run(args: &BackupArgs, out: &Output, cancel: &Cancel) -> Result<()> {
     let inv = args.scope.instance.load()?;
-    let opts = args.options()?;
-    let to = args.s3.location(&args.to)?;
+    // Recorded from here on, whatever fails (the keys, the target, the run itself).
+    let log = RunLog::start(&inv, &args.scope.selection(), args.scope.instance.state_dir.as_deref(), &args.to).metrics_file(args.metrics_file.clone());
     let progress = out.progress();
-    let report = hero_snap_core::backup_to(&inv, &opts, &to, &progress, cancel)?;
+    let result = args.options().and_then(|opts| hero_snap_core::backup_to(&inv, &opts, &args.s3.location(&args.to)?, &progress, cancel));
+    let report = log.finish(result)?;
     progress.done();
-    out.report(&report, |r| print(r, &to));
+    out.report(&report, |r| print(r, &args.to));
     out.outcomes(&report.outcomes, Stream::Stderr);
     hero_snap_core::check_outcomes(&report.outcomes)
 }
 
-fn print(report: &BackupReport, to: &Location) {
+fn print(report: &BackupReport, to: &str) {
     let m = &report.manifest;
     eprintln!(
         "archived {} services, {} files, {} bytes into {} ({} bytes), consistency {:?}",

@@ -12,4 +12,5 @@ pub mod plan;
 pub mod preflight;
 pub mod prune;
 pub mod restore;
+pub mod status;
 pub mod verify;

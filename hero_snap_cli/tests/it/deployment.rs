@@ -79,6 +79,7 @@ fn every_runbook_command_runs() {
         .env("BACKUPS", work.path().join("backups"))
         .env("OFFSITE", work.path().join("offsite"))
         .env("KEYS", work.path().join("keys"))
+        .env("TEXTFILE", work.path().join("textfile"))
         .env("S3_BUCKET", "runbook")
         .output()
         .unwrap();
@@ -91,6 +92,8 @@ fn every_runbook_command_runs() {
     let key = format!("{}/hero-", host.trim());
     let (status, listing) = gateway.api("GET", "/runbook", None);
     assert!(status == 200 && listing.contains(&key), "no archive in the bucket: {listing}");
+    let metrics = std::fs::read_to_string(work.path().join("textfile/hero-snap.prom")).unwrap();
+    assert!(metrics.contains("hero_snap_backup_last_run_success{instance=\"hero-demo\",selection=\"whole instance\"} 1"), "{metrics}");
     let pf = std::fs::read_to_string(work.path().join("backups/preflight.json")).unwrap();
     assert!(pf.contains("\"kind\":\"collision\""), "{pf}");
 }

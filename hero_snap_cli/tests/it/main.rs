@@ -14,6 +14,7 @@ mod deployment;
 mod diskfull;
 mod golden;
 mod incremental;
+mod monitoring;
 mod nushell;
 mod operator;
 mod outputs;

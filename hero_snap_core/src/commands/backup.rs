@@ -21,6 +21,9 @@ use crate::plan::{self, Selection};
 use crate::progress::{Cancel, Event, Progress};
 use crate::state::{self, failpoint};
 
+mod record;
+pub use record::RunLog;
+
 /// Options of [`backup`].
 #[derive(Debug)]
 pub struct BackupOptions {

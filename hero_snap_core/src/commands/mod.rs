@@ -10,4 +10,5 @@ pub(crate) mod plan;
 pub(crate) mod preflight;
 pub(crate) mod prune;
 pub(crate) mod restore;
+pub(crate) mod status;
 pub(crate) mod verify;

@@ -1,13 +1,18 @@
 //! What hero-snap keeps between runs, in the state directory: journals of runs in
 //! progress (so that `gc` can finish or undo a dead run's work), the run lock, run ids,
-//! and the crash-test failpoints.
+//! the record of each backup series' last runs (`runs`, read by `status` and written out
+//! as metrics by `metrics`), and the crash-test failpoints.
 
 pub(crate) mod failpoint;
 pub(crate) mod journal;
 pub(crate) mod lock;
+pub(crate) mod metrics;
+pub(crate) mod runs;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 
 pub(crate) use failpoint::failpoint;
@@ -51,4 +56,27 @@ pub(crate) fn now_rfc3339() -> String {
 pub(crate) fn run_id() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!("{:04}{:02}{:02}T{:02}{:02}{:02}-{}", now.year(), now.month() as u8, now.day(), now.hour(), now.minute(), now.second(), std::process::id())
+}
+
+/// Replaces `path` with `data` atomically: a temporary file in the same directory, fsync,
+/// rename. A reader sees the old contents or the new, never half of them. `what` names
+/// the file in errors (`writing the run record`).
+pub(crate) fn write_atomically(path: &Path, data: &[u8], what: &'static str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir).map_err(Error::io(dir, what))?;
+    tmp.write_all(data).map_err(Error::io(tmp.path(), what))?;
+    tmp.as_file().sync_all().map_err(Error::io(tmp.path(), what))?;
+    // node_exporter and other readers run as other users: the file is world-readable, as
+    // a file written with the usual umask would be (tempfile creates it 0600).
+    use std::os::unix::fs::PermissionsExt;
+    let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+    tmp.persist(path).map_err(|e| Error::io(path, what)(e.error))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
