@@ -145,6 +145,27 @@ pub(crate) struct CacheRecord {
     pub location: String,
 }
 
+impl CacheRecord {
+    /// The record of a just-written archive; its location is set when it is published.
+    pub(crate) fn of(manifest: &super::Manifest, manifest_blake3: &str, index_blake3: &blake3::Hash) -> CacheRecord {
+        CacheRecord {
+            run_id: manifest.run_id.clone(),
+            instance: manifest.instance.clone(),
+            selection: manifest.selection.clone(),
+            created: manifest.created.clone(),
+            manifest_blake3: manifest_blake3.to_string(),
+            index_blake3: index_blake3.to_hex().to_string(),
+            level: manifest.level,
+            location: String::new(),
+        }
+    }
+
+    /// How a child archive names this one.
+    pub(crate) fn as_parent(&self) -> super::ParentRecord {
+        super::ParentRecord { run_id: self.run_id.clone(), manifest_blake3: self.manifest_blake3.clone(), index_blake3: self.index_blake3.clone() }
+    }
+}
+
 /// The index cache in `<state dir>/chains/`: per archive `<run>.yaml` (the record),
 /// `<run>.index` (the index member's exact bytes) and `<run>.stat` (one fingerprint per
 /// index entry, 8 bytes little-endian, in index order).

@@ -370,22 +370,7 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest: (&blake3::Hash, u32
             break;
         }
     }
-    #[derive(serde::Deserialize)]
-    struct Format {
-        format: u32,
-    }
-    let yaml_err = |e: serde_saphyr::Error| Error::Corrupt(format!("{INDEX_PATH}: {}", e.to_string().lines().next().unwrap_or("")));
-    let format: Format = serde_saphyr::from_str(&head).map_err(yaml_err)?;
-    if format.format > super::format::NEWEST_FORMAT {
-        return Err(Error::Refused(format!("{INDEX_PATH}: index format {} is newer than this build reads", format.format)));
-    }
-    if format.format != manifest_format {
-        return Err(Error::Corrupt(format!("{INDEX_PATH}: index format {} in an archive of format {manifest_format}", format.format)));
-    }
-    let head: IndexHead = serde_saphyr::from_str(&head).map_err(yaml_err)?;
-    if head.manifest_blake3 != manifest_hash.to_hex().as_str() {
-        return Err(Error::Corrupt(format!("{MANIFEST_PATH}: its BLAKE3 does not match the index")));
-    }
+    let head = parse_index_head(&head, manifest_hash, manifest_format)?;
     let mut seen = seen.into_reader()?;
     let (mut files, mut bytes) = (0u64, 0u64);
     let mut inherited = Inherited::new(manifest_format)?;
@@ -427,6 +412,27 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest: (&blake3::Hash, u32
     }
     drop(text);
     Ok(IndexCheck { head, index_blake3: hashed.hasher.finalize(), inherited: inherited.finish()? })
+}
+
+/// The index's lines up to `index:`, checked against the manifest's hash and format.
+fn parse_index_head(head: &str, manifest_hash: &blake3::Hash, manifest_format: u32) -> Result<IndexHead> {
+    #[derive(serde::Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    let yaml_err = |e: serde_saphyr::Error| Error::Corrupt(format!("{INDEX_PATH}: {}", e.to_string().lines().next().unwrap_or("")));
+    let format: Format = serde_saphyr::from_str(head).map_err(yaml_err)?;
+    if format.format > super::format::NEWEST_FORMAT {
+        return Err(Error::Refused(format!("{INDEX_PATH}: index format {} is newer than this build reads", format.format)));
+    }
+    if format.format != manifest_format {
+        return Err(Error::Corrupt(format!("{INDEX_PATH}: index format {} in an archive of format {manifest_format}", format.format)));
+    }
+    let head: IndexHead = serde_saphyr::from_str(head).map_err(yaml_err)?;
+    if head.manifest_blake3 != manifest_hash.to_hex().as_str() {
+        return Err(Error::Corrupt(format!("{MANIFEST_PATH}: its BLAKE3 does not match the index")));
+    }
+    Ok(head)
 }
 
 /// What reading an index found beyond its totals.

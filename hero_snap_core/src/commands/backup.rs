@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::archive::chain::{self, Cache, CacheRecord, Since};
-use crate::archive::format::{surface_member_root, Manifest, ParentRecord, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT};
+use crate::archive::format::{surface_member_root, Manifest, ManifestService, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT};
 use crate::archive::s3::{self, S3Object};
 use crate::archive::write::{ArchiveWriter, ParentIndex};
 use crate::archive::{Compression, Encryption, Location};
@@ -161,6 +161,26 @@ fn resolve_parent(inv: &Inventory, opts: &BackupOptions, state: &Path, to: &str,
     Ok(Some((record, parent)))
 }
 
+/// Counts the files and bytes of every view into the manifest's services and surfaces;
+/// the totals.
+fn count_views(jobs: &[plan::Job], views: &[PathBuf], services: &mut [ManifestService], progress: &dyn Progress, cancel: &Cancel) -> Result<(u64, u64)> {
+    progress.event(&Event::Phase { phase: "scan".into() });
+    let (mut files, mut bytes) = (0, 0);
+    for (job, view) in jobs.iter().zip(views) {
+        let (f, b) = count_tree(view, cancel)?;
+        let svc = services.iter_mut().find(|s| s.name == job.service).expect("selected service");
+        svc.files += f;
+        svc.bytes += b;
+        let surf = svc.surfaces.iter_mut().find(|s| s.name == job.surface).expect("selected surface");
+        surf.files += f;
+        surf.bytes += b;
+        files += f;
+        bytes += b;
+    }
+    progress.event(&Event::Totals { files, bytes });
+    Ok((files, bytes))
+}
+
 /// After the archive is safely in place: its index joins the cache.
 fn publish(inv: &Inventory, opts: &BackupOptions, report: &mut BackupReport, location: &str) -> Result<()> {
     let Some(mut record) = report.cached.take() else { return Ok(()) };
@@ -192,24 +212,11 @@ fn run_backup<W: Write + Send + 'static>(
     let views: Vec<PathBuf> = jobs.iter().map(|j| frozen.view(&j.path)).collect();
     cancel.check()?;
 
-    progress.event(&Event::Phase { phase: "scan".into() });
-    let (mut files, mut bytes) = (0, 0);
-    for (job, view) in jobs.iter().zip(&views) {
-        let (f, b) = count_tree(view, cancel)?;
-        let svc = services.iter_mut().find(|s| s.name == job.service).expect("selected service");
-        svc.files += f;
-        svc.bytes += b;
-        let surf = svc.surfaces.iter_mut().find(|s| s.name == job.surface).expect("selected surface");
-        surf.files += f;
-        surf.bytes += b;
-        files += f;
-        bytes += b;
-    }
-    progress.event(&Event::Totals { files, bytes });
+    let (files, bytes) = count_views(&jobs, &views, &mut services, progress, cancel)?;
     failpoint("backup-scanned");
 
-    let manifest = Manifest {
-        format: ARCHIVE_FORMAT,
+    let mut manifest = Manifest {
+        format: if parent.is_some() { INCREMENTAL_FORMAT } else { ARCHIVE_FORMAT },
         tool: "hero-snap".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         created: state::now_rfc3339(),
@@ -222,17 +229,9 @@ fn run_backup<W: Write + Send + 'static>(
         warnings: warnings.clone(),
         files,
         bytes,
-        parent: parent.as_ref().map(|(r, _)| ParentRecord {
-            run_id: r.run_id.clone(),
-            manifest_blake3: r.manifest_blake3.clone(),
-            index_blake3: r.index_blake3.clone(),
-        }),
+        parent: parent.as_ref().map(|(r, _)| r.as_parent()),
         level: parent.as_ref().map_or(0, |(r, _)| r.level + 1),
     };
-    let mut manifest = manifest;
-    if parent.is_some() {
-        manifest.format = INCREMENTAL_FORMAT;
-    }
     let counted = CountingWriter { inner: out, count: 0 };
     let mut writer = ArchiveWriter::new(counted, &opts.encryption, opts.compression)?;
     if let Some((_, index)) = parent {
@@ -258,16 +257,7 @@ fn run_backup<W: Write + Send + 'static>(
     failpoint("backup-archive-finished");
     late_warnings.extend(frozen.release()?);
     failpoint("backup-snapshots-released");
-    let cached = CacheRecord {
-        run_id: run.clone(),
-        instance: manifest.instance.clone(),
-        selection: manifest.selection.clone(),
-        created: manifest.created.clone(),
-        manifest_blake3: totals.manifest_blake3.clone(),
-        index_blake3: totals.index_blake3.to_hex().to_string(),
-        level: manifest.level,
-        location: String::new(),
-    };
+    let cached = CacheRecord::of(&manifest, &totals.manifest_blake3, &totals.index_blake3);
     // Warnings found while archiving cannot go back into the manifest (it is already
     // written); they are in the report and the event stream.
     manifest.warnings.extend(late_warnings);
