@@ -94,7 +94,7 @@ pub use commands::preflight::preflight;
 pub use commands::prune::{prune, Kept, MinFree, PruneOptions, PruneReport, SpaceCheck};
 pub use commands::restore::{restore, restore_chain, RestoreOptions, RestoreReport};
 pub use commands::status::{status, MaxAge, SeriesStatus, StatusOptions, StatusReport};
-pub use commands::verify::{verify, VerifyReport};
+pub use commands::verify::{verify, verify_chain, VerifyReport};
 pub use error::{BoxError, Error, Result};
 pub use freeze::watchdog::run_watchdog_if_invoked;
 pub use inventory::{

@@ -9,7 +9,10 @@ use crate::output::Output;
 pub fn run(args: &RestoreArgs, out: &Output) -> Result<()> {
     let keys = args.archive.keys.decryption()?;
     let inv = args.instance.load()?;
-    let manifest = hero_snap_core::inspect(args.archive.open(Extent::Head, &keys)?.0, &keys)?;
+    let (input, mut ancestors) = args.archive.open(Extent::Head, &keys)?;
+    let manifest = hero_snap_core::inspect(input, &keys)?;
+    // An incremental's ancestors must all be there: found by their heads, not read.
+    ancestors.locate(&manifest, &keys)?;
     let plan = hero_snap_core::preflight(&manifest, &inv, &args.options().selection)?;
     out.report(&plan, print_plan);
     Ok(())

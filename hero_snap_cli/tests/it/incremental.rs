@@ -128,6 +128,9 @@ fn an_unchanged_instance_gives_an_incremental_of_no_files() {
     // The archive holds no file data: its index lists every file as held by the full one.
     let out = HERO_SNAP.ok(&["verify", "--json", "--from", folder.join("1.hsnap").to_str().unwrap(), "-i", key.to_str().unwrap()]);
     assert_eq!(last_json(&out)["result"]["files"], 0);
+    // verify reads the full archive beside it for them, and checks each.
+    assert_eq!(last_json(&out)["result"]["inherited_files"].as_u64().unwrap(), files);
+    assert_eq!(last_json(&out)["result"]["ancestors"].as_array().unwrap().len(), 1);
     // --rehash reads every file and still finds nothing changed.
     let again = backup(&a, &recipient, &folder, "2.hsnap", &["--since", "latest", "--rehash"]);
     assert_eq!(again["inherited"][0].as_u64().unwrap(), files);
@@ -168,6 +171,16 @@ fn a_missing_or_damaged_ancestor_is_refused_before_any_swap() {
         .to_string();
     assert!(stderr(&out).contains(&full_run), "the refusal does not name the missing archive: {}", stderr(&out));
     assert_eq!(snapshot_of(&t), before, "the target changed");
+    // Pre-flight and verify say the same, pre-flight from the archives' heads alone.
+    for verb in ["preflight", "verify"] {
+        let mut args = vec![verb, "--from", newest.to_str().unwrap(), "-i", key.to_str().unwrap()];
+        if verb == "preflight" {
+            args.push("--replace");
+        }
+        let args = if verb == "preflight" { t.args(&args) } else { args.iter().map(|s| s.to_string()).collect() };
+        let out = HERO_SNAP.run(&args);
+        assert!(!out.status.success() && stderr(&out).contains(&full_run), "{verb}: {}", stderr(&out));
+    }
     assert!(leftovers(&t.root).is_empty(), "{:?}", leftovers(&t.root));
 
     // Damaged: one byte flipped in the middle of the full archive.
@@ -179,6 +192,8 @@ fn a_missing_or_damaged_ancestor_is_refused_before_any_swap() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains(&full_run) || stderr(&out).contains("0-full.hsnap"), "the refusal does not name the damaged archive: {}", stderr(&out));
     assert_eq!(snapshot_of(&t), before, "the target changed");
+    let out = HERO_SNAP.run(&["verify", "--from", newest.to_str().unwrap(), "-i", key.to_str().unwrap()]);
+    assert!(!out.status.success() && stderr(&out).contains("0-full.hsnap"), "verify: {}", stderr(&out));
     assert!(leftovers(&t.root).is_empty(), "{:?}", leftovers(&t.root));
 
     // Restored whole again, the chain works.

@@ -372,8 +372,8 @@ pub(crate) fn find_parent(cache: &Cache, since: &Since, instance: &str, selectio
 pub struct Ancestors {
     given: Vec<super::Location>,
     beside: Option<super::Folder>,
-    /// (run id, location) of the archives looked at so far.
-    known: Option<Vec<(String, super::Location)>>,
+    /// (run id, parent's run id, location) of the archives looked at so far.
+    known: Option<Vec<(String, Option<String>, super::Location)>>,
 }
 
 impl Ancestors {
@@ -398,17 +398,17 @@ impl Ancestors {
         Ancestors { given: Vec::new(), beside: None, known: None }
     }
 
-    fn look(&mut self, keys: &super::Decryption) -> Result<&[(String, super::Location)]> {
+    fn look(&mut self, keys: &super::Decryption) -> Result<&[(String, Option<String>, super::Location)]> {
         if self.known.is_none() {
             let mut known = Vec::new();
             for loc in &self.given {
                 let manifest = super::read::read_manifest(loc.open(super::Extent::Head)?, keys).map_err(|e| Error::Usage(format!("{loc}: {e}")))?;
-                known.push((manifest.run_id, loc.clone()));
+                known.push((manifest.run_id, manifest.parent.map(|p| p.run_id), loc.clone()));
             }
             if let Some(folder) = &self.beside {
                 for listed in super::folder::read_folder(folder, keys)? {
                     if let Some(summary) = &listed.summary {
-                        known.push((summary.run_id.clone(), listed.location()));
+                        known.push((summary.run_id.clone(), summary.parent.clone(), listed.location()));
                     }
                 }
             }
@@ -419,16 +419,36 @@ impl Ancestors {
 
     /// Opens the archive of run `parent.run_id`, whole; the caller checks its hashes.
     pub(crate) fn open(&mut self, parent: &super::ParentRecord, keys: &super::Decryption) -> Result<(super::Location, Box<dyn Read>)> {
-        let beside = self.beside.as_ref().map(|f| f.to_string()).unwrap_or_else(|| "(none: the archive came from standard input)".into());
-        let found = self.look(keys)?.iter().find(|(run, _)| *run == parent.run_id).map(|(_, loc)| loc.clone());
-        let loc = found.ok_or_else(|| {
-            Error::Refused(format!(
-                "the chain needs archive {} (its parent or an older ancestor), which is neither given with --from nor in {beside}; put it beside the incremental or name it with another --from",
-                parent.run_id
-            ))
-        })?;
+        let loc = self.find(&parent.run_id, keys)?.1;
         let input = loc.open(super::Extent::Whole)?;
         Ok((loc, input))
+    }
+
+    /// The archive of run `run`: its parent's run id and its location.
+    fn find(&mut self, run: &str, keys: &super::Decryption) -> Result<(Option<String>, super::Location)> {
+        let beside = self.beside.as_ref().map(|f| f.to_string()).unwrap_or_else(|| "(none: the archive came from standard input)".into());
+        let found = self.look(keys)?.iter().find(|(r, _, _)| r == run).map(|(_, p, loc)| (p.clone(), loc.clone()));
+        found.ok_or_else(|| {
+            Error::Refused(format!(
+                "the chain needs archive {run} (its parent or an older ancestor), which is neither given with --from nor in {beside}; put it beside the incremental or name it with another --from"
+            ))
+        })
+    }
+
+    /// Pre-flight of a chain: every ancestor of `manifest` is found (by the heads of the
+    /// archives, not read whole). Returns them newest first, with their locations.
+    pub fn locate(&mut self, manifest: &super::Manifest, keys: &super::Decryption) -> Result<Vec<(String, super::Location)>> {
+        let mut out = Vec::new();
+        let mut next = manifest.parent.as_ref().map(|p| p.run_id.clone());
+        while let Some(run) = next {
+            let (parent, loc) = self.find(&run, keys)?;
+            if out.iter().any(|(r, _)| *r == run) {
+                return Err(Error::Corrupt(format!("{loc}: the chain of {} loops back to {run}", manifest.run_id)));
+            }
+            out.push((run, loc));
+            next = parent;
+        }
+        Ok(out)
     }
 }
 
@@ -454,4 +474,62 @@ impl Ancestors {
         let ancestors = Ancestors::new(&newest, given);
         Ok((newest, ancestors))
     }
+}
+
+/// A reader's visitor that can read an ancestor of an incremental: it is handed the
+/// table of the files the newest archive's index lists as held by that ancestor, uses
+/// only those, checks each against its line, and marks it found.
+pub(crate) trait Filling: super::read::Visitor + Send {
+    /// Sets (or, with `None`, takes back) the table of the ancestor being read.
+    fn fill(&mut self, table: Option<IndexTable>) -> Option<IndexTable>;
+}
+
+/// Reads the ancestors of an incremental, newest first, through `visitor`, until every
+/// file its index lists in an ancestor has been found; checks each link of the chain.
+/// Returns `newest`, and the run ids of the ancestors read.
+pub(crate) fn read_ancestors(
+    visitor: &mut impl Filling,
+    mut newest: super::read::ReadOutcome,
+    ancestors: &mut Ancestors,
+    keys: &super::Decryption,
+    cancel: &crate::progress::Cancel,
+) -> Result<super::read::ReadOutcome> {
+    let Some(inherited) = newest.inherited.take() else { return Ok(newest) };
+    let mut remaining = inherited.count;
+    let Some(list) = inherited.into_file()? else { return Ok(newest) };
+    let (mut link, mut child) = (newest.manifest.parent.clone(), newest.manifest.run_id.clone());
+    while remaining > 0 {
+        let Some(parent) = link else {
+            return Err(Error::Corrupt(format!("{remaining} files of the archive are listed as held by archives that are not its ancestors")));
+        };
+        let list = list.try_clone().map_err(Error::io(std::env::temp_dir(), "reading the list of inherited files"))?;
+        visitor.fill(Some(IndexTable::build(list, "the archive's index", |e| e.in_archive.as_deref() == Some(parent.run_id.as_str()))?));
+        let (loc, input) = ancestors.open(&parent, keys)?;
+        let read = super::read::read_archive(input, keys, visitor, cancel);
+        let table = visitor.fill(None).expect("set above");
+        let named = |e: Error| match e {
+            Error::Corrupt(m) => Error::Corrupt(format!("ancestor {} ({loc}): {m}", parent.run_id)),
+            Error::Refused(m) => Error::Refused(format!("ancestor {} ({loc}): {m}", parent.run_id)),
+            other => other,
+        };
+        let out = read.map_err(named)?;
+        if out.manifest.run_id != parent.run_id
+            || out.manifest_blake3.to_hex().as_str() != parent.manifest_blake3
+            || out.index_blake3.to_hex().as_str() != parent.index_blake3
+            || out.manifest.instance != newest.manifest.instance
+        {
+            return Err(Error::Corrupt(format!(
+                "{loc}: is not the archive {} that {child} was made on (its manifest or index differs): a damaged or substituted ancestor; find the original",
+                parent.run_id
+            )));
+        }
+        if let Some(missing) = table.first_missing()? {
+            return Err(Error::Corrupt(format!("{}: listed as held by {} ({loc}), which does not hold it", missing.path, parent.run_id)));
+        }
+        remaining -= table.len() as u64;
+        newest.ancestors_read.push(parent.run_id.clone());
+        child = parent.run_id.clone();
+        link = out.manifest.parent;
+    }
+    Ok(newest)
 }

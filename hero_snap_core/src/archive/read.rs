@@ -96,6 +96,8 @@ pub(crate) struct ReadOutcome {
     pub index_blake3: blake3::Hash,
     /// An incremental's files whose bytes are in ancestors (format 2; `None` for format 1).
     pub inherited: Option<Inherited>,
+    /// Filled by [`super::chain::read_ancestors`]: the run ids of the ancestors read.
+    pub ancestors_read: Vec<String>,
 }
 
 /// Receives the manifest once, then every data member. A regular file's visitor returns
@@ -296,7 +298,14 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     }
     // Read to the end so that zstd checks its frame checksum and age its last chunk.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(|e| Error::Corrupt(format!("after the index: {e}")))?;
-    Ok(ReadOutcome { manifest, manifest_blake3: manifest_hash, index: index.head, index_blake3: index.index_blake3, inherited: index.inherited })
+    Ok(ReadOutcome {
+        manifest,
+        manifest_blake3: manifest_hash,
+        index: index.head,
+        index_blake3: index.index_blake3,
+        inherited: index.inherited,
+        ancestors_read: Vec::new(),
+    })
 }
 
 /// A member's header: readable, a type hero-snap restores, no setuid/setgid, content only

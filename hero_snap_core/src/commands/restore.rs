@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::chain::IndexTable;
-use crate::archive::read::{read_archive, ReadOutcome};
+use crate::archive::chain::read_ancestors;
+use crate::archive::read::read_archive;
 use crate::archive::{Ancestors, Decryption, Manifest};
 use crate::error::{Error, Result};
 use crate::hooks;
@@ -97,7 +97,7 @@ pub fn restore_chain(
     failpoint("restore-locked");
     let run = state::run_id();
     let mut ex = Extractor::new(target, &opts.selection, opts.keep_old, &run, &state, progress)?;
-    let outcome = read_archive(input, keys, &mut ex, cancel).and_then(|newest| fill_from_ancestors(&mut ex, newest, ancestors, keys, cancel));
+    let outcome = read_archive(input, keys, &mut ex, cancel).and_then(|newest| read_ancestors(&mut ex, newest, ancestors, keys, cancel));
     let outcome = match outcome.and_then(|o| ex.finish_extraction().map(|_| o)) {
         Ok(o) => o,
         Err(e) => {
@@ -145,48 +145,6 @@ pub fn restore_chain(
         progress.event(&Event::Outcome(o.clone()));
     }
     Ok(RestoreReport { manifest: outcome.manifest, plan, files: ex.files, bytes: ex.bytes, kept_old, rebuild_pending, warnings, outcomes })
-}
-
-/// Reads the ancestors of an incremental, newest first, extracting the files its index
-/// lists as held by each, until every such file is in; checks each link of the chain.
-fn fill_from_ancestors(ex: &mut Extractor<'_>, mut newest: ReadOutcome, ancestors: &mut Ancestors, keys: &Decryption, cancel: &Cancel) -> Result<ReadOutcome> {
-    let Some(inherited) = newest.inherited.take() else { return Ok(newest) };
-    let mut remaining = inherited.count;
-    let Some(list) = inherited.into_file()? else { return Ok(newest) };
-    let (mut link, mut child) = (newest.manifest.parent.clone(), newest.manifest.run_id.clone());
-    while remaining > 0 {
-        let Some(parent) = link else {
-            return Err(Error::Corrupt(format!("{remaining} files of the archive are listed as held by archives that are not its ancestors")));
-        };
-        let list = list.try_clone().map_err(Error::io(std::env::temp_dir(), "reading the list of inherited files"))?;
-        ex.fill = Some(IndexTable::build(list, "the archive's index", |e| e.in_archive.as_deref() == Some(parent.run_id.as_str()))?);
-        let (loc, input) = ancestors.open(&parent, keys)?;
-        let read = read_archive(input, keys, ex, cancel);
-        let table = ex.fill.take().expect("set above");
-        let named = |e: Error| match e {
-            Error::Corrupt(m) => Error::Corrupt(format!("ancestor {} ({loc}): {m}", parent.run_id)),
-            Error::Refused(m) => Error::Refused(format!("ancestor {} ({loc}): {m}", parent.run_id)),
-            other => other,
-        };
-        let out = read.map_err(named)?;
-        if out.manifest.run_id != parent.run_id
-            || out.manifest_blake3.to_hex().as_str() != parent.manifest_blake3
-            || out.index_blake3.to_hex().as_str() != parent.index_blake3
-            || out.manifest.instance != newest.manifest.instance
-        {
-            return Err(Error::Corrupt(format!(
-                "{loc}: is not the archive {} that {child} was made on (its manifest or index differs): a damaged or substituted ancestor; find the original",
-                parent.run_id
-            )));
-        }
-        if let Some(missing) = table.first_missing()? {
-            return Err(Error::Corrupt(format!("{}: listed as held by {} ({loc}), which does not hold it", missing.path, parent.run_id)));
-        }
-        remaining -= table.len() as u64;
-        child = parent.run_id.clone();
-        link = out.manifest.parent;
-    }
-    Ok(newest)
 }
 
 /// Stops the affected services, swaps every stage in, runs the migrations and rename

@@ -5,8 +5,9 @@ use std::io::Read;
 
 use serde::Serialize;
 
+use crate::archive::chain::{read_ancestors, Filling, IndexTable};
 use crate::archive::format::Manifest;
-use crate::archive::{read, Decryption};
+use crate::archive::{read, Ancestors, Decryption};
 use crate::error::{Error, Result};
 use crate::fs_tree::CountingReader;
 use crate::outcome::{Outcome, Status};
@@ -23,32 +24,32 @@ pub struct VerifyReport {
     pub entries: u64,
     /// Bytes of file data checked.
     pub bytes: u64,
+    /// An incremental's files checked in its ancestors.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub inherited_files: u64,
+    /// An incremental's ancestors read, newest first (their run ids).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<String>,
     /// One result per surface the manifest lists: verified, or left out of the archive and why.
     pub outcomes: Vec<Outcome>,
 }
 
 /// Reads the whole archive and checks every file's hash, the index and the manifest's hash.
-/// The error names the first bad member, or the stream error.
+/// The error names the first bad member, or the stream error. An incremental archive is
+/// refused, naming its parent: see [`verify_chain`].
 pub fn verify(input: impl Read, keys: &Decryption, progress: &dyn Progress, cancel: &Cancel) -> Result<VerifyReport> {
-    struct Hasher<'p>(&'p dyn Progress);
-    impl read::Visitor for Hasher<'_> {
-        fn manifest(&mut self, m: &Manifest) -> Result<()> {
-            self.0.event(&Event::Totals { files: m.files, bytes: m.bytes });
-            Ok(())
-        }
-        fn member<R: Read>(&mut self, m: read::Member<'_, '_, R>) -> Result<Option<(u64, blake3::Hash)>> {
-            use tar::EntryType::*;
-            if !matches!(m.entry.header().entry_type(), Regular | Continuous | GNUSparse) {
-                return Ok(None);
-            }
-            let mut counter = CountingReader { inner: &mut *m.entry, count: 0 };
-            let hash = crate::fs_tree::hash_reader(&mut counter).map_err(|e| Error::Corrupt(format!("{}: {e}", m.path)))?;
-            self.0.event(&Event::Bytes { bytes: counter.count });
-            Ok(Some((counter.count, hash)))
-        }
-    }
+    verify_chain(input, &mut Ancestors::none(), keys, progress, cancel)
+}
+
+/// Checks every file of the archive and, for an incremental, of its ancestors: each file
+/// its index lists in an ancestor is read there and checked against the index's size and
+/// BLAKE3, and each ancestor against the hashes its child names.
+pub fn verify_chain(input: impl Read, ancestors: &mut Ancestors, keys: &Decryption, progress: &dyn Progress, cancel: &Cancel) -> Result<VerifyReport> {
     progress.event(&Event::Phase { phase: "verify".into() });
-    let out = read::read_archive(input, keys, &mut Hasher(progress), cancel).map_err(|e| cancel.explain(e))?;
+    let mut hasher = Hasher { progress, fill: None, inherited: 0 };
+    let out = read::read_archive(input, keys, &mut hasher, cancel)
+        .and_then(|newest| read_ancestors(&mut hasher, newest, ancestors, keys, cancel))
+        .map_err(|e| cancel.explain(e))?;
     let mut outcomes = Vec::new();
     for ms in &out.manifest.services {
         for surf in &ms.surfaces {
@@ -67,5 +68,59 @@ pub fn verify(input: impl Read, keys: &Decryption, progress: &dyn Progress, canc
     for o in &outcomes {
         progress.event(&Event::Outcome(o.clone()));
     }
-    Ok(VerifyReport { files: out.index.files, entries: out.index.entries, bytes: out.index.bytes, manifest: out.manifest, outcomes })
+    Ok(VerifyReport {
+        files: out.index.files,
+        entries: out.index.entries,
+        bytes: out.index.bytes,
+        inherited_files: hasher.inherited,
+        ancestors: out.ancestors_read,
+        manifest: out.manifest,
+        outcomes,
+    })
+}
+
+struct Hasher<'p> {
+    progress: &'p dyn Progress,
+    /// While an ancestor is read: the files wanted from it.
+    fill: Option<IndexTable>,
+    /// Files checked in ancestors.
+    inherited: u64,
+}
+
+impl read::Visitor for Hasher<'_> {
+    fn manifest(&mut self, m: &Manifest) -> Result<()> {
+        if self.fill.is_none() {
+            self.progress.event(&Event::Totals { files: m.files, bytes: m.bytes });
+        }
+        Ok(())
+    }
+    fn member<R: Read>(&mut self, m: read::Member<'_, '_, R>) -> Result<Option<(u64, blake3::Hash)>> {
+        use tar::EntryType::*;
+        if !matches!(m.entry.header().entry_type(), Regular | Continuous | GNUSparse) {
+            return Ok(None);
+        }
+        let mut counter = CountingReader { inner: &mut *m.entry, count: 0 };
+        let hash = crate::fs_tree::hash_reader(&mut counter).map_err(|e| Error::Corrupt(format!("{}: {e}", m.path)))?;
+        self.progress.event(&Event::Bytes { bytes: counter.count });
+        if let Some(table) = &mut self.fill {
+            if let Some((row, _, want)) = table.get(m.path)? {
+                table.mark(row);
+                if want.size != counter.count || want.blake3 != hash.to_hex().as_str() {
+                    return Err(Error::Corrupt(format!("{}: its content is not what the newest archive's index lists for it", m.path)));
+                }
+                self.inherited += 1;
+            }
+        }
+        Ok(Some((counter.count, hash)))
+    }
+}
+
+impl Filling for Hasher<'_> {
+    fn fill(&mut self, table: Option<IndexTable>) -> Option<IndexTable> {
+        std::mem::replace(&mut self.fill, table)
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

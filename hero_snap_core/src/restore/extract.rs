@@ -152,6 +152,12 @@ impl<'a> Extractor<'a> {
     }
 }
 
+impl crate::archive::chain::Filling for Extractor<'_> {
+    fn fill(&mut self, table: Option<IndexTable>) -> Option<IndexTable> {
+        std::mem::replace(&mut self.fill, table)
+    }
+}
+
 impl Visitor for Extractor<'_> {
     fn manifest(&mut self, manifest: &Manifest) -> Result<()> {
         if self.fill.is_some() {
