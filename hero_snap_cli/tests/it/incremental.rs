@@ -291,3 +291,31 @@ fn stock_tools_rebuild_a_chains_final_state() {
         assert_eq!(shape(&work.join("out").join(member)), shape(&a.path(surface)), "{member} differs");
     }
 }
+
+/// A chain read from real snapshots: a btrfs snapshot keeps inode numbers and ctimes (the
+/// full fingerprint), an XFS reflink copy has new ones (size, mtime, mode and owner only).
+/// Either way the unchanged files are listed, not archived, and the chain restores.
+#[test]
+fn chains_from_btrfs_snapshots_and_xfs_reflink_copies() {
+    for fs_kind in ["btrfs", "xfs"] {
+        let lfs = test_support::loopfs::LoopFs::new(fs_kind, 512);
+        // A reflink copy is not instantaneous: the services are held still by a cgroup.
+        let cg = test_support::sys::TestCgroup::new("incremental");
+        let held = format!("    schema: 2\n    quiesce: {{cgroup: \"{}\"}}\n", cg.name);
+        let inventory = INVENTORY.replacen("    schema: 2\n", &held, 1).replacen("    schema: 1\n", &held.replace("schema: 2", "schema: 1"), 1);
+        let a = Instance::in_dir(&["default", "geomind"], &inventory, &lfs.mount);
+        let (key, recipient) = age_key(a.dir.path());
+        let folder = a.dir.path().join("archives");
+        fs::create_dir_all(&folder).unwrap();
+        let full = backup(&a, &recipient, &folder, "0-full.hsnap", &[]);
+        assert_ne!(full["manifest"]["consistency"], "live", "{fs_kind}: not read from a snapshot: {full}");
+        change_round_one(&a);
+        let inc = backup(&a, &recipient, &folder, "1-inc.hsnap", &["--since", "latest"]);
+        assert_ne!(inc["manifest"]["consistency"], "live");
+        assert_eq!(inc["inherited"][0].as_u64().unwrap(), 3, "{fs_kind}: {inc}");
+        let b = Instance::new(&[]);
+        HERO_SNAP.ok(&b.args(&["restore", "--from", folder.join("1-inc.hsnap").to_str().unwrap(), "-i", key.to_str().unwrap()]));
+        assert_eq!(snapshot_of(&b), snapshot_of(&a), "{fs_kind}: the chain's restore differs");
+        assert!(leftovers(&lfs.mount).is_empty(), "{fs_kind}: {:?}", leftovers(&lfs.mount));
+    }
+}
