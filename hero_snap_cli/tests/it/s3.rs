@@ -32,6 +32,7 @@ fn archives_in_object_storage() {
     let gw = Gateway::start(HERO_SNAP);
     gw.make_bucket("hero");
     round_trip(&gw);
+    a_chain_in_a_prefix(&gw);
     list_and_prune_a_prefix(&gw);
     killed_upload_is_aborted_by_gc(&gw);
     failed_backup_aborts_its_upload(&gw);
@@ -88,6 +89,30 @@ fn round_trip(gw: &Gateway) {
     let out = gw.hero_snap(&c.args(&["restore", "--from", cut_url, "-i", key]), &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(!c.path("var/lib/hero/hero_db").exists() && !c.path("var/lib/hero/hero_foundry").exists(), "a refused restore changed the target");
+}
+
+/// An incremental on a full one in the same prefix: `--since latest` finds the parent in
+/// the index cache by its prefix, and restore and verify find it in the prefix.
+fn a_chain_in_a_prefix(gw: &Gateway) {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let key = key.to_str().unwrap();
+    gw.ok(&a.args(&["backup", "--allow-live", "--to", "s3://hero/chain/0-full.hsnap", "-r", &recipient]));
+    let db = a.path("var/lib/hero/hero_db/data");
+    fs::write(db.join("dump.rdb"), pseudo_random(200_000, 7)).unwrap();
+    fs::remove_file(a.path("var/lib/hero/hero_foundry/contexts/geomind/files/blob.bin")).unwrap();
+    let url = "s3://hero/chain/1-inc.hsnap";
+    let out = gw.ok(&a.args(&["backup", "--allow-live", "--json", "--to", url, "-r", &recipient, "--since", "latest"]));
+    let r = last_json(&out)["result"].clone();
+    assert_eq!(r["manifest"]["level"], 1, "{r}");
+    assert!(r["inherited"][0].as_u64().unwrap() >= 5, "{r}");
+    let out = gw.ok(&strings(&["verify", "--json", "--from", url, "-i", key]));
+    assert_eq!(last_json(&out)["result"]["ancestors"].as_array().unwrap().len(), 1);
+    let b = Instance::new(&[]);
+    gw.ok(&b.args(&["restore", "--from", url, "-i", key]));
+    for dir in ["var/lib/hero/hero_db/data", "var/lib/hero/hero_foundry/contexts/geomind/files", "var/lib/hero/hero_foundry/contexts/default/git"] {
+        assert_same_tree(&a.path(dir), &b.path(dir));
+    }
 }
 
 /// `list` and `prune` over s3://BUCKET/PREFIX/: the same rules as for a directory, the
