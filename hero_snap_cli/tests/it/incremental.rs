@@ -319,3 +319,41 @@ fn chains_from_btrfs_snapshots_and_xfs_reflink_copies() {
         assert!(leftovers(&lfs.mount).is_empty(), "{fs_kind}: {:?}", leftovers(&lfs.mount));
     }
 }
+
+/// Killed while writing an incremental, or while reading an ancestor in a chain restore:
+/// `gc` leaves nothing behind, the index cache still names the last published archive, and
+/// the target is exactly as it was.
+#[test]
+fn killed_incremental_backup_and_chain_restore_then_gc() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let folder = chain_of_two(&a, &recipient);
+    let inc1_run = last_json(&HERO_SNAP.ok(&["inspect", "--json", "--from", folder.join("1-inc.hsnap").to_str().unwrap(), "-i", key.to_str().unwrap()]))
+        ["result"]["run_id"]
+        .clone();
+    change_round_two(&a);
+    let to = folder.join("2-inc.hsnap");
+    for point in ["backup-manifest-written", "backup-archive-finished", "backup-before-rename"] {
+        let args = a.args(&["backup", "--allow-live", "--to", to.to_str().unwrap(), "-r", &recipient, "--since", "latest"]);
+        let out = HERO_SNAP.command().env("HERO_SNAP_FAILPOINT", point).args(&args).output().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "{point}: {}", stderr(&out));
+        HERO_SNAP.ok(&a.args(&["gc"]));
+        assert!(leftovers(a.dir.path()).is_empty(), "{point}: {:?}", leftovers(a.dir.path()));
+        assert!(!to.exists(), "{point}: an archive was published");
+    }
+    // The next incremental still builds on the last published one.
+    let inc2 = backup(&a, &recipient, &folder, "2-inc.hsnap", &["--since", "latest"]);
+    assert_eq!(inc2["manifest"]["parent"]["run_id"], inc1_run);
+
+    let t = Instance::new(&["default", "geomind"]);
+    let before = tree_hash(&t.path("var/lib/hero"));
+    let args = t.args(&["restore", "--from", to.to_str().unwrap(), "-i", key.to_str().unwrap(), "--replace"]);
+    let out = HERO_SNAP.command().env("HERO_SNAP_FAILPOINT", "chain-ancestor-read").args(&args).output().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(9), "{}", stderr(&out));
+    let gc = HERO_SNAP.ok(&t.args(&["gc"]));
+    assert!(String::from_utf8_lossy(&gc.stdout).contains("rolled-back"), "{}", String::from_utf8_lossy(&gc.stdout));
+    assert_eq!(tree_hash(&t.path("var/lib/hero")), before, "the target is not as it was");
+    assert!(leftovers(&t.root).is_empty(), "{:?}", leftovers(&t.root));
+    HERO_SNAP.ok(&args);
+    assert_eq!(snapshot_of(&t), snapshot_of(&a));
+}

@@ -173,6 +173,30 @@ pub(crate) struct Cache {
     dir: PathBuf,
 }
 
+/// Prefix of a run's files before they are published (hero-snap's own names, which the
+/// walk skips and `gc` removes once their run is dead).
+const PARTIAL: &str = ".hero-snap-";
+
+/// Removes the unpublished cache files of runs that died; what `gc` reports.
+pub(crate) fn recover(state: &Path) -> Vec<crate::state::Recovered> {
+    let dir = Cache::new(state).dir;
+    let Ok(entries) = fs::read_dir(&dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(run) = name.strip_prefix(PARTIAL).and_then(|r| r.split('.').next()) else { continue };
+        let Some(pid) = run.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id()
+            && !crate::state::process_alive(pid)
+            && fs::remove_file(e.path()).is_ok()
+            && !out.iter().any(|r: &crate::state::Recovered| r.run_id == run)
+        {
+            out.push(crate::state::Recovered { run_id: run.to_string(), action: "index-cache-partial-removed".into() });
+        }
+    }
+    out
+}
+
 /// Archives kept in the cache per instance and selection: the parent of the next
 /// incremental is the newest, the others are kept for a `--since` naming an older one.
 const CACHE_KEEP: usize = 4;
@@ -193,7 +217,7 @@ impl Cache {
     /// Temporary files for a run's index and fingerprints, published by [`Cache::publish`].
     pub(crate) fn partial(&self, run: &str) -> Result<(PathBuf, PathBuf)> {
         fs::create_dir_all(&self.dir).map_err(Error::io(&self.dir, "creating the index cache"))?;
-        Ok((self.dir.join(format!(".{run}.index.partial")), self.dir.join(format!(".{run}.stat.partial"))))
+        Ok((self.dir.join(format!("{PARTIAL}{run}.index.partial")), self.dir.join(format!("{PARTIAL}{run}.stat.partial"))))
     }
 
     /// Removes a run's temporary files (a failed backup).
@@ -211,7 +235,7 @@ impl Cache {
         fs::rename(&stat, self.stat_path(&record.run_id)).map_err(Error::io(&stat, "publishing the cached index"))?;
         let yaml = serde_saphyr::to_string(record).map_err(|e| Error::command(format!("cannot write the index cache record: {e}")))?;
         let path = self.dir.join(format!("{}.yaml", record.run_id));
-        let tmp = self.dir.join(format!(".{}.yaml.partial", record.run_id));
+        let tmp = self.dir.join(format!("{PARTIAL}{}.yaml.partial", record.run_id));
         fs::write(&tmp, yaml).map_err(Error::io(&tmp, "writing"))?;
         fs::rename(&tmp, &path).map_err(Error::io(&path, "writing"))?;
         let mut series: Vec<CacheRecord> = self.records()?.into_iter().filter(|r| r.instance == record.instance && r.selection == record.selection).collect();
@@ -527,6 +551,7 @@ pub(crate) fn read_ancestors(
             return Err(Error::Corrupt(format!("{}: listed as held by {} ({loc}), which does not hold it", missing.path, parent.run_id)));
         }
         remaining -= table.len() as u64;
+        crate::state::failpoint("chain-ancestor-read");
         newest.ancestors_read.push(parent.run_id.clone());
         child = parent.run_id.clone();
         link = out.manifest.parent;

@@ -13,5 +13,6 @@ pub fn gc(state_dir: &Path) -> Result<Vec<Recovered>> {
     let mut out = freeze::recover(state_dir)?;
     out.extend(restore::recover(state_dir)?);
     out.extend(archive::s3::recover(state_dir)?);
+    out.extend(archive::chain::recover(state_dir));
     Ok(out)
 }
