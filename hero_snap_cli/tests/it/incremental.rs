@@ -357,3 +357,63 @@ fn killed_incremental_backup_and_chain_restore_then_gc() {
     HERO_SNAP.ok(&args);
     assert_eq!(snapshot_of(&t), snapshot_of(&a));
 }
+
+/// The corruption cases of the archive suite (a flipped byte at the head, inside and at
+/// the tail; a truncation; a substitute with the right name), applied to the middle link
+/// of a chain of three: each is refused before any swap, naming the link.
+#[test]
+fn a_damaged_middle_link_is_refused_before_any_swap() {
+    for encrypted in [true, false] {
+        let a = Instance::new(&["default", "geomind"]);
+        let (key, recipient) = age_key(a.dir.path());
+        let folder = a.dir.path().join("archives");
+        fs::create_dir_all(&folder).unwrap();
+        let keys: Vec<&str> = if encrypted { vec!["-r", &recipient] } else { vec!["--no-encrypt"] };
+        let write = |name: &str, extra: &[&str]| {
+            let to = folder.join(name);
+            let mut args = vec!["backup", "--allow-live", "--to", to.to_str().unwrap()];
+            args.extend(&keys);
+            args.extend(extra);
+            HERO_SNAP.ok(&a.args(&args));
+        };
+        write("0-full.hsnap", &[]);
+        change_round_one(&a);
+        write("1-inc.hsnap", &["--since", "latest"]);
+        change_round_two(&a);
+        write("2-inc.hsnap", &["--since", "latest"]);
+        let middle = folder.join("1-inc.hsnap");
+        let good = fs::read(&middle).unwrap();
+        let t = Instance::new(&["default", "geomind"]);
+        let before = tree_hash(&t.path("var/lib/hero"));
+        let mut read_args = vec!["--from".to_string(), folder.join("2-inc.hsnap").display().to_string()];
+        read_args.extend(if encrypted { vec!["-i".to_string(), key.display().to_string()] } else { vec!["--allow-plaintext".to_string()] });
+        let n = good.len();
+        let mut cases: Vec<(String, Vec<u8>)> = [40, n / 3, n / 2, n - 40]
+            .iter()
+            .map(|&at| {
+                let mut bad = good.clone();
+                bad[at] ^= 0x20;
+                (format!("byte {at} of {n} flipped"), bad)
+            })
+            .collect();
+        cases.push(("truncated".into(), good[..n * 3 / 4].to_vec()));
+        // A substitute: another archive of the same instance under the middle link's name.
+        write("other.hsnap", &[]);
+        cases.push(("substituted".into(), fs::read(folder.join("other.hsnap")).unwrap()));
+        fs::remove_file(folder.join("other.hsnap")).unwrap();
+        for (what, bytes) in cases {
+            fs::write(&middle, &bytes).unwrap();
+            let mut args = vec!["restore".to_string()];
+            args.extend(read_args.iter().cloned());
+            args.push("--replace".into());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = HERO_SNAP.run(&t.args(&args));
+            assert!(!out.status.success(), "encrypted {encrypted}, {what}: the restore went through");
+            let err = stderr(&out);
+            assert!(err.contains("1-inc.hsnap") || err.contains("needs archive"), "encrypted {encrypted}, {what}: the refusal does not name the link: {err}");
+            assert_eq!(tree_hash(&t.path("var/lib/hero")), before, "encrypted {encrypted}, {what}: the target changed");
+            assert!(leftovers(&t.root).is_empty(), "encrypted {encrypted}, {what}: {:?}", leftovers(&t.root));
+        }
+        fs::write(&middle, &good).unwrap();
+    }
+}
