@@ -86,6 +86,10 @@ fn every_runbook_command_runs() {
     assert!(out.status.success(), "the runbook failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     // What the runbook promises happened.
     assert!(root.join("var/lib/hero/hero_collab/contexts/geomind-moved/collab.db").exists());
+    // The context move printed its downtime: the final incremental, pre-flight and restore.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let downtime = stdout.lines().find_map(|l| l.strip_prefix("downtime: ")).expect("the runbook prints the move's downtime");
+    eprintln!("context move downtime (final incremental + pre-flight + restore, demo data): {downtime}");
     assert!(work.path().join("offsite/hero-first.hsnap").exists());
     let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
     assert!(gateway.uploads("runbook").is_empty());
