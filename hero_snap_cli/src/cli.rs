@@ -71,6 +71,10 @@ pub struct ListArgs {
     pub s3: S3Args,
     #[command(flatten)]
     pub keys: KeyArgs,
+    /// The instance whose state directory's catalog summarises the archives this host
+    /// wrote, when no identity opens them.
+    #[command(flatten)]
+    pub instance: InstanceArgs,
 }
 
 #[derive(Args)]
@@ -80,6 +84,10 @@ pub struct PruneArgs {
     pub dir: String,
     #[command(flatten)]
     pub s3: S3Args,
+    /// The instance whose state directory's catalog lets this host prune the archives it
+    /// wrote without the identity.
+    #[command(flatten)]
+    pub instance: InstanceArgs,
     /// Keep the newest N archives of each series (same instance and selection).
     #[arg(long, default_value_t = 0)]
     pub keep_last: usize,
@@ -155,6 +163,13 @@ impl InstanceArgs {
     /// The inventory, placed under `--root` when given.
     pub fn load(&self) -> Result<Inventory> {
         Inventory::load_under(&self.config, self.root.as_deref())
+    }
+
+    /// The state directory: `--state-dir`, else the inventory's when it can be read (a
+    /// host that only lists archives may have none), else the default.
+    pub fn state(&self) -> PathBuf {
+        let inv = if self.state_dir.is_none() { self.load().ok() } else { None };
+        hero_snap_core::state_dir(self.state_dir.as_deref(), inv.as_ref())
     }
 }
 

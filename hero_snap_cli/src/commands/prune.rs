@@ -18,7 +18,7 @@ pub fn run(args: &PruneArgs, out: &Output) -> Result<()> {
         yearly: args.keep_yearly,
         within: args.keep_within.as_deref().map(str::parse::<Within>).transpose()?,
     };
-    let opts = PruneOptions { retention, dry_run: args.dry_run, min_free };
+    let opts = PruneOptions { retention, dry_run: args.dry_run, min_free, state_dir: Some(args.instance.state()) };
     let report = hero_snap_core::prune(&args.s3.folder(&args.dir)?, &keys, &opts)?;
     out.report(&report, print);
     report.check_space()

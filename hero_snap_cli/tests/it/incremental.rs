@@ -417,3 +417,48 @@ fn a_damaged_middle_link_is_refused_before_any_swap() {
         fs::write(&middle, &good).unwrap();
     }
 }
+
+/// decisions/D-15: on the host that wrote them, `list` and `prune` work without the
+/// identity, from the catalog in its state directory; an archive this host did not write,
+/// or one replaced since, is never summarised from it, and never deleted.
+#[test]
+fn list_and_prune_without_the_identity_from_the_hosts_catalog() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let state = a.root.join("var/lib/hero-snap");
+    let folder = chain_of_two(&a, &recipient);
+    backup(&a, &recipient, &folder, "2-full.hsnap", &[]);
+    // A stranger: an archive of another host (here: another state directory).
+    let other = Instance::new(&["default"]);
+    HERO_SNAP.ok(&other.args(&["backup", "--allow-live", "--to", folder.join("stranger.hsnap").to_str().unwrap(), "-r", &recipient]));
+    let dir = folder.to_str().unwrap();
+    let st = state.to_str().unwrap();
+
+    let list = last_json(&HERO_SNAP.ok(&["list", dir, "--state-dir", st, "--json"]))["result"].clone();
+    let by_name = |n: &str| list.as_array().unwrap().iter().find(|l| l["path"].as_str().unwrap().ends_with(n)).unwrap().clone();
+    for n in ["0-full.hsnap", "1-inc.hsnap", "2-full.hsnap"] {
+        assert_eq!(by_name(n)["from_catalog"], true, "{n}: {list}");
+        assert_eq!(by_name(n)["summary"]["instance"], "test");
+    }
+    assert_eq!(by_name("1-inc.hsnap")["summary"]["level"], 1);
+    assert!(by_name("stranger.hsnap")["summary"].is_null(), "{list}");
+
+    // --keep-last 1 keeps the newest full one; the chain goes, the stranger stays.
+    let out = HERO_SNAP.ok(&["prune", dir, "--keep-last", "1", "--state-dir", st, "--json"]);
+    let r = last_json(&out)["result"].clone();
+    assert_eq!(r["deleted"].as_array().unwrap().len(), 2, "{r}");
+    for (n, there) in [("0-full.hsnap", false), ("1-inc.hsnap", false), ("2-full.hsnap", true), ("stranger.hsnap", true)] {
+        assert_eq!(folder.join(n).exists(), there, "{n}: {r}");
+    }
+    let entries = fs::read_dir(state.join("catalog")).unwrap().count();
+    assert_eq!(entries, 1, "the catalog still lists deleted archives");
+
+    // Replaced under the same name: its size no longer matches, so it is not trusted.
+    fs::copy(folder.join("stranger.hsnap"), folder.join("2-full.hsnap")).unwrap();
+    let list = last_json(&HERO_SNAP.ok(&["list", dir, "--state-dir", st, "--json"]))["result"].clone();
+    let replaced = list.as_array().unwrap().iter().find(|l| l["path"].as_str().unwrap().ends_with("2-full.hsnap")).unwrap().clone();
+    assert!(replaced["summary"].is_null(), "a replaced archive was summarised from the catalog: {list}");
+    // With the identity, everything is read from the manifests as before.
+    let list = last_json(&HERO_SNAP.ok(&["list", dir, "-i", key.to_str().unwrap(), "--json"]))["result"].clone();
+    assert!(list.as_array().unwrap().iter().all(|l| l["from_catalog"].is_null() && l["summary"].is_object()), "{list}");
+}

@@ -430,7 +430,7 @@ impl Ancestors {
                 known.push((manifest.run_id, manifest.parent.map(|p| p.run_id), loc.clone()));
             }
             if let Some(folder) = &self.beside {
-                for listed in super::folder::read_folder(folder, keys)? {
+                for listed in super::folder::read_folder(folder, keys, None)? {
                     if let Some(summary) = &listed.summary {
                         known.push((summary.run_id.clone(), summary.parent.clone(), listed.location()));
                     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::catalog::Catalog;
 use super::crypto::{encrypted_head, Decryption};
 use super::format::{Consistency, Manifest};
 use super::s3::{self, S3Config, S3Object, S3Prefix};
@@ -95,6 +96,9 @@ pub struct Listed {
     pub summary: Option<Summary>,
     /// Why the manifest could not be read, e.g. `encrypted (no identity given)`.
     pub problem: Option<String>,
+    /// The summary comes from this host's catalog (the archive was not opened).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_catalog: bool,
     #[serde(skip)]
     pub(crate) item: Item,
 }
@@ -107,10 +111,15 @@ impl Listed {
             Item::Object(o) => super::Location::S3(o.clone()),
         }
     }
+
+    /// The location as the catalog and the index cache name it.
+    pub(crate) fn location_key(&self) -> String {
+        super::chain::location_key(&self.location())
+    }
 }
 
 /// The head of an archive's manifest, for a listing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     /// The instance the archive was taken from.
     pub instance: String,
@@ -139,7 +148,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn of(m: &Manifest) -> Summary {
+    pub(crate) fn of(m: &Manifest) -> Summary {
         let contexts: BTreeSet<&String> = m.services.iter().flat_map(|s| &s.contexts).collect();
         Summary {
             instance: m.instance.clone(),
@@ -174,10 +183,17 @@ fn selection_label(m: &Manifest) -> String {
 }
 
 /// Every file of `folder` with what its manifest says; archives first, newest first.
-pub(crate) fn read_folder(folder: &Folder, keys: &Decryption) -> Result<Vec<Listed>> {
+/// Encrypted archives the keys do not open are summarised from `catalog` when this host
+/// wrote them (decisions/D-15).
+pub(crate) fn read_folder(folder: &Folder, keys: &Decryption, catalog: Option<&Catalog>) -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     for (item, size) in items(folder)? {
-        out.push(examine(item, size, keys));
+        let mut listed = examine(item, size, keys);
+        let unopened = listed.summary.is_none() && listed.encrypted == Some(true);
+        if let Some(summary) = catalog.filter(|_| unopened).and_then(|c| c.summary(&listed.location_key(), size)) {
+            (listed.summary, listed.problem, listed.from_catalog) = (Some(summary), None, true);
+        }
+        out.push(listed);
     }
     out.sort_by(|a, b| match (&a.summary, &b.summary) {
         (Some(x), Some(y)) => y.created.cmp(&x.created).then_with(|| a.path.cmp(&b.path)),
@@ -216,7 +232,7 @@ fn items(folder: &Folder) -> Result<Vec<(Item, u64)>> {
 }
 
 fn examine(item: Item, size: u64, keys: &Decryption) -> Listed {
-    let mut listed = Listed { path: item.name(), size, encrypted: None, summary: None, problem: None, item };
+    let mut listed = Listed { path: item.name(), size, encrypted: None, summary: None, problem: None, from_catalog: false, item };
     // One open per archive: the first bytes tell whether it is encrypted, then the
     // manifest is read from the same stream.
     let mut input = match listed.item.open() {

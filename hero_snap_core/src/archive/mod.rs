@@ -5,6 +5,7 @@
 //! the age and zstd layers, [`location`] where an archive is (file, stdin/stdout, S3),
 //! [`folder`] a directory or prefix of archives, [`s3`] object storage.
 
+pub(crate) mod catalog;
 pub(crate) mod chain;
 pub(crate) mod crypto;
 pub(crate) mod folder;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::archive::catalog::Catalog;
 use crate::archive::chain::{self, Cache, CacheRecord, Since};
 use crate::archive::format::{surface_member_root, Manifest, ManifestService, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT};
 use crate::archive::s3::{self, S3Object};
@@ -185,7 +186,11 @@ fn count_views(jobs: &[plan::Job], views: &[PathBuf], services: &mut [ManifestSe
 fn publish(inv: &Inventory, opts: &BackupOptions, report: &mut BackupReport, location: &str) -> Result<()> {
     let Some(mut record) = report.cached.take() else { return Ok(()) };
     record.location = location.to_string();
-    Cache::new(&state::state_dir(opts.state_dir.as_deref(), Some(inv))).publish(&record)
+    let state = state::state_dir(opts.state_dir.as_deref(), Some(inv));
+    if location != "-" {
+        Catalog::record(&state, location, report.archive_bytes, &report.manifest)?;
+    }
+    Cache::new(&state).publish(&record)
 }
 
 type RunIds<'a> = (&'a Path, &'a str, &'a str);

@@ -1,5 +1,8 @@
 //! `list`: the archives of a directory or S3 prefix, with a summary of each manifest.
 
+use std::path::Path;
+
+use crate::archive::catalog::Catalog;
 use crate::archive::folder::{read_folder, Folder, Listed};
 use crate::archive::Decryption;
 use crate::error::Result;
@@ -8,7 +11,9 @@ use crate::error::Result;
 /// with `.` are skipped: they are backups still being written). Archives come first,
 /// newest first; files that are not readable archives follow, by name.
 ///
-/// Plaintext archives are read without asking; encrypted ones need `keys`.
+/// Plaintext archives are read without asking; encrypted ones need `keys`, or were
+/// written by this host and are in the catalog of its state directory `state`
+/// (decisions/D-15): then their summary comes from there, marked `from_catalog`.
 ///
 /// ```no_run
 /// use hero_snap_core::{list, Decryption, Folder};
@@ -16,7 +21,7 @@ use crate::error::Result;
 /// let mut keys = Decryption::default();
 /// keys.add_identity_file("/root/hero-snap.key".as_ref())?;
 /// let folder = Folder::parse("s3://backups/hero/", &Default::default())?;
-/// for f in list(&folder, &keys)? {
+/// for f in list(&folder, &keys, None)? {
 ///     match (&f.summary, &f.problem) {
 ///         (Some(s), _) => println!("{} {} {}", s.created, s.instance, f.path),
 ///         (None, Some(p)) => println!("{}: {p}", f.path),
@@ -25,6 +30,7 @@ use crate::error::Result;
 /// }
 /// # Ok(()) }
 /// ```
-pub fn list(folder: &Folder, keys: &Decryption) -> Result<Vec<Listed>> {
-    read_folder(folder, keys)
+pub fn list(folder: &Folder, keys: &Decryption, state: Option<&Path>) -> Result<Vec<Listed>> {
+    let catalog = state.map(Catalog::open);
+    read_folder(folder, keys, catalog.as_ref())
 }

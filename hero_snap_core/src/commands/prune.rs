@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::archive::catalog::Catalog;
 use crate::archive::folder::{read_folder, Folder, Listed};
 use crate::archive::Decryption;
 use crate::error::{Error, Result};
@@ -50,6 +51,9 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// After pruning, check that the directory's filesystem has this much room.
     pub min_free: Option<MinFree>,
+    /// The state directory whose catalog summarises the archives this host wrote, so that
+    /// they are pruned without the identity that opens them (decisions/D-15).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One archive [`prune`] keeps, and the rules that keep it.
@@ -123,7 +127,7 @@ impl PruneReport {
 /// let mut keys = Decryption::default();
 /// keys.add_identity_file("/root/hero-snap.key".as_ref())?;
 /// let retention = Retention { last: 3, daily: 7, weekly: 5, monthly: 12, ..Retention::default() };
-/// let opts = PruneOptions { retention, dry_run: true, min_free: Some(MinFree::NextBackup) };
+/// let opts = PruneOptions { retention, dry_run: true, min_free: Some(MinFree::NextBackup), state_dir: None };
 /// let report = prune(&Path::new("/backups").into(), &keys, &opts)?;
 /// println!("would delete {:?}", report.deleted);
 /// # Ok(()) }
@@ -137,7 +141,8 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
     if let (Some(_), Folder::S3(p)) = (opts.min_free, folder) {
         return Err(Error::Usage(format!("{}: --min-free checks a local filesystem; object storage has no free space to check", p.url())));
     }
-    let (archives, ignored): (Vec<Listed>, Vec<Listed>) = read_folder(folder, keys)?.into_iter().partition(|l| l.summary.is_some());
+    let catalog = opts.state_dir.as_deref().map(Catalog::open);
+    let (archives, ignored): (Vec<Listed>, Vec<Listed>) = read_folder(folder, keys, catalog.as_ref())?.into_iter().partition(|l| l.summary.is_some());
     let mut series: BTreeMap<(String, String), Vec<Listed>> = BTreeMap::new();
     for a in archives {
         let s = a.summary.as_ref().expect("partitioned");
@@ -161,6 +166,9 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
             if reasons.is_empty() {
                 if !opts.dry_run {
                     a.item.delete()?;
+                    if let Some(c) = &catalog {
+                        c.forget(&a.location_key());
+                    }
                 }
                 report.freed_bytes += a.size;
                 report.deleted.push(a.path);
