@@ -143,3 +143,59 @@ fn secret_values_never_enter_an_archive_and_no_output_prints_keys() {
         assert!(!tar.windows(value.len()).any(|w| w == value.as_bytes()), "the secret value is in the archive");
     }
 }
+
+/// Pre-flight checks the secret names the archive's manifest records against the target's
+/// store, run for real: a stand-in `hero_proc` that implements `secret list` and `secret
+/// set`. The target inventory itself lists no secrets, so only the archive can ask.
+#[test]
+fn preflight_checks_the_archives_secret_names_against_a_real_store() {
+    let src = Instance::new(&["default"]);
+    let (key, recipient) = age_key(src.dir.path());
+    let archive = src.dir.path().join("a.hsnap");
+    HERO_SNAP.ok(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "-r", &recipient]));
+
+    let t = Instance::new(&[]);
+    let store = t.dir.path().join("store");
+    let mode = t.dir.path().join("mode");
+    let hero_proc = t.dir.path().join("hero_proc");
+    fs::write(
+        &hero_proc,
+        format!(
+            "#!/bin/sh\n# A stand-in for hero_proc's secret commands: names in a file, values never printed.\n\
+             case \"$(cat {mode} 2>/dev/null)\" in fail) echo 'hero_proc: cannot reach the daemon' >&2; exit 3;; hang) sleep 60;; esac\n\
+             case \"$1 $2\" in\n  'secret list') [ ! -f {store} ] || cut -d= -f1 {store};;\n  'secret set') echo \"$3=$4\" >> {store};;\n  *) exit 64;;\nesac\n",
+            mode = mode.display(),
+            store = store.display()
+        ),
+    )
+    .unwrap();
+    chmod(&hero_proc, 0o755);
+    let inv = INVENTORY.replace("    secrets: [HERO_DB_KEY]\n", "").replace(
+        "secret_store: {file: /etc/hero/secrets}",
+        &format!("secret_store: {{command: {{argv: [{}, secret, list], timeout_secs: 2}}}}", hero_proc.display()),
+    );
+    fs::write(&t.inventory, inv).unwrap();
+    let preflight = t.args(&["preflight", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]);
+
+    // The store lacks the name: refused with the name, the service and the command that sets it.
+    let out = HERO_SNAP.run(&preflight);
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("HERO_DB_KEY (for hero_db)") && err.contains("hero_proc secret set HERO_DB_KEY"), "{err}");
+    // A failing store: a clear error with its own message.
+    fs::write(&mode, "fail").unwrap();
+    let out = HERO_SNAP.run(&preflight);
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot check the target's secrets") && stderr(&out).contains("cannot reach the daemon"), "{}", stderr(&out));
+    // A hanging store: killed at its timeout, said so.
+    fs::write(&mode, "hang").unwrap();
+    let out = HERO_SNAP.run(&preflight);
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
+    assert!(stderr(&out).contains("did not finish within 2 s and was killed"), "{}", stderr(&out));
+    // Set through the store's own command: pre-flight and restore go through.
+    fs::write(&mode, "ok").unwrap();
+    let set = Command::new(&hero_proc).args(["secret", "set", "HERO_DB_KEY", "a-value"]).status().unwrap();
+    assert!(set.success());
+    HERO_SNAP.ok(&preflight);
+    HERO_SNAP.ok(&t.args(&["restore", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap()]));
+}

@@ -98,10 +98,14 @@ pub enum Refusal {
         /// The existing target path.
         path: PathBuf,
     },
-    /// The target's secret store lacks secrets the services need.
+    /// The target's secret store lacks secrets the services need: the names the archive's
+    /// manifest records for the services restored, and the target inventory's own.
     MissingSecrets {
         /// The missing names.
         names: Vec<String>,
+        /// Per missing name, the services that need it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        needed_by: Vec<String>,
     },
     /// The target's secret store could not be read.
     SecretStore {
@@ -160,7 +164,14 @@ impl std::fmt::Display for Refusal {
                 Some(c) => write!(f, "context `{c}` already exists on the target ({service}.{surface} at {}); restore it under another name with --as NEW, or pass --replace", path.display()),
                 None => write!(f, "{service}.{surface} already holds data at {}; pass --replace to replace it", path.display()),
             },
-            Refusal::MissingSecrets { names } => write!(f, "secrets missing on the target: {}; set them (e.g. `hero_proc secret set NAME`) before restoring", names.join(", ")),
+            Refusal::MissingSecrets { names, needed_by } => {
+                let each: Vec<String> = names.iter().zip(needed_by.iter().map(Some).chain(std::iter::repeat(None))).map(|(n, by)| match by {
+                    Some(by) => format!("{n} (for {by})"),
+                    None => n.clone(),
+                }).collect();
+                let set: Vec<String> = names.iter().map(|n| format!("hero_proc secret set {n}")).collect();
+                write!(f, "secrets missing on the target: {}; set them before restoring: {}", each.join(", "), set.join("; "))
+            }
             Refusal::SecretStore { message } => write!(f, "cannot check the target's secrets: {message}"),
             Refusal::NoSpace { path, needed, available } => write!(f, "{}: needs {} bytes with margin, {} available; free space or restore elsewhere", path.display(), needed, available),
             Refusal::NoInodes { path, needed, available } => write!(f, "{}: needs about {} inodes for the files, {} available; free inodes or restore elsewhere", path.display(), needed, available),
@@ -238,7 +249,8 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
 
     let mut plan =
         RestorePlan { instance: manifest.instance.clone(), surfaces: Vec::new(), migrations: Vec::new(), rebuild_pending: Vec::new(), services: Vec::new() };
-    let mut secrets_needed = BTreeSet::new();
+    // Secret name -> the services that need it, from the archive and from the target.
+    let mut secrets_needed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for ms in &manifest.services {
         if !sel.services.is_empty() && !sel.services.contains(&ms.name) {
             continue;
@@ -262,7 +274,9 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
             continue;
         }
         plan.services.push(ms.name.clone());
-        secrets_needed.extend(ts.secrets.iter().cloned());
+        for name in ms.secrets.iter().chain(&ts.secrets) {
+            secrets_needed.entry(name.clone()).or_default().insert(ms.name.clone());
+        }
         plan_migrations(ms, ts, &mut plan, &mut refusals);
     }
     if plan.surfaces.is_empty() && refusals.is_empty() {
@@ -272,9 +286,11 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
     if !secrets_needed.is_empty() {
         match secret_names(target) {
             Ok(have) => {
-                let missing: Vec<String> = secrets_needed.iter().filter(|n| !have.contains(*n)).cloned().collect();
+                let missing: Vec<(&String, &BTreeSet<String>)> = secrets_needed.iter().filter(|(n, _)| !have.contains(*n)).collect();
                 if !missing.is_empty() {
-                    refusals.push(Refusal::MissingSecrets { names: missing });
+                    let names = missing.iter().map(|(n, _)| (*n).clone()).collect();
+                    let needed_by = missing.iter().map(|(_, s)| s.iter().cloned().collect::<Vec<_>>().join(", ")).collect();
+                    refusals.push(Refusal::MissingSecrets { names, needed_by });
                 }
             }
             Err(message) => refusals.push(Refusal::SecretStore { message }),
