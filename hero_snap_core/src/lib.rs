@@ -98,7 +98,8 @@ pub use commands::verify::{verify, VerifyReport};
 pub use error::{BoxError, Error, Result};
 pub use freeze::watchdog::run_watchdog_if_invoked;
 pub use inventory::{
-    Class, Command, Hooks, Inventory, Migration, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface, CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
+    Class, Command, Hooks, Inventory, Migration, Notify, NotifyOn, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface,
+    CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
 };
 pub use mounts::Mount;
 pub use outcome::{check_outcomes, failures, Outcome, Status};

@@ -21,6 +21,7 @@ use crate::plan::{self, Selection};
 use crate::progress::{Cancel, Event, Progress};
 use crate::state::{self, failpoint};
 
+mod notify;
 mod record;
 pub use record::RunLog;
 
