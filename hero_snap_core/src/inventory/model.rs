@@ -142,7 +142,7 @@ impl NotifyOn {
 }
 
 /// The inventory's `notify:`: a command run after a backup run ends, given the run's
-/// record as JSON on stdin (docs/INVENTORY.md, section 3.4).
+/// record as JSON on stdin (docs/INVENTORY.md, section 3.8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify {
     /// What runs: argv (no shell) and timeout, as for hooks.
