@@ -91,7 +91,7 @@ pub use commands::inventory::{surface_table, SurfaceRow};
 pub use commands::list::list;
 pub use commands::plan::plan;
 pub use commands::preflight::preflight;
-pub use commands::prune::{prune, Kept, MinFree, PruneOptions, PruneReport, SpaceCheck};
+pub use commands::prune::{prune, with_prune_metrics, Kept, MinFree, PruneOptions, PruneReport, PrunedSeries, SpaceCheck};
 pub use commands::restore::{restore, restore_chain, RestoreOptions, RestoreReport};
 pub use commands::status::{status, MaxAge, SeriesStatus, StatusOptions, StatusReport};
 pub use commands::verify::{verify, VerifyReport};
