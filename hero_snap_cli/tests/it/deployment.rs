@@ -107,6 +107,8 @@ fn every_runbook_command_runs() {
     assert!(status == 200 && listing.contains(&key), "no archive in the bucket: {listing}");
     let metrics = std::fs::read_to_string(work.path().join("textfile/hero-snap.prom")).unwrap();
     assert!(metrics.contains("hero_snap_backup_last_run_success{instance=\"hero-demo\",selection=\"whole instance\"} 1"), "{metrics}");
+    let pruned = std::fs::read_to_string(work.path().join("textfile/hero-snap-prune.prom")).unwrap();
+    assert!(pruned.contains("hero_snap_prune_last_run_success{instance=\"hero-demo\",selection=\"whole instance\"} 1"), "{pruned}");
     let pf = std::fs::read_to_string(work.path().join("backups/preflight.json")).unwrap();
     assert!(pf.contains("\"kind\":\"collision\""), "{pf}");
     inventory_parts_load(&repo, &root, work.path(), &inventory_parts);
