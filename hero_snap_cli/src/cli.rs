@@ -117,6 +117,10 @@ pub struct PruneArgs {
     /// `auto` for the size of each series' newest archive plus 10 % (directories only).
     #[arg(long, value_name = "SIZE|auto")]
     pub min_free: Option<String>,
+    /// After the prune, whatever its result, replace PATH with each series' prune metrics
+    /// for node_exporter's textfile collector (kept, deleted, freed bytes, time, success).
+    #[arg(long, value_name = "PATH", conflicts_with = "dry_run")]
+    pub metrics_file: Option<PathBuf>,
     #[command(flatten)]
     pub keys: KeyArgs,
 }

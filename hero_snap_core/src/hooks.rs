@@ -1,4 +1,4 @@
-//! Running the inventory's external commands (hooks, migrations, secret listings):
+//! Running the inventory's external commands (hooks, migrations, secret listings, notify):
 //! `{name}` substitution and `HERO_SNAP_*` variables, then [`crate::process`] runs them.
 
 use crate::error::Result;
@@ -8,12 +8,21 @@ use crate::process::Program;
 /// Runs `cmd` with `vars` substituted (`{name}` → value) and extra environment; fails on a
 /// non-zero exit or on the timeout (the process is killed).
 pub(crate) fn run(cmd: &Command, vars: &[(&str, &str)]) -> Result<String> {
+    program(cmd, vars).run()
+}
+
+/// [`run`], with `input` written to the command's stdin.
+pub(crate) fn run_with_input(cmd: &Command, vars: &[(&str, &str)], input: &[u8]) -> Result<String> {
+    program(cmd, vars).stdin(input).run()
+}
+
+fn program(cmd: &Command, vars: &[(&str, &str)]) -> Program {
     let argv: Vec<String> = cmd.argv.iter().map(|a| substitute(a, vars)).collect();
     let mut program = Program::new(&argv).timeout(cmd.timeout());
     for (k, v) in vars {
         program = program.env(format!("HERO_SNAP_{}", k.to_uppercase()), *v);
     }
-    program.run()
+    program
 }
 
 fn substitute(arg: &str, vars: &[(&str, &str)]) -> String {
@@ -32,6 +41,12 @@ mod tests {
     fn variables_are_substituted_and_exported() {
         let cmd = Command { argv: vec!["sh".into(), "-c".into(), "echo {service} $HERO_SNAP_SERVICE $HERO_SNAP_NEW_CONTEXT".into()], timeout_secs: 5 };
         assert_eq!(run(&cmd, &[("service", "hero_db"), ("new_context", "geomind2")]).unwrap().trim(), "hero_db hero_db geomind2");
+    }
+
+    #[test]
+    fn input_reaches_the_command() {
+        let cmd = Command { argv: vec!["sh".into(), "-c".into(), "echo {event}; cat".into()], timeout_secs: 5 };
+        assert_eq!(run_with_input(&cmd, &[("event", "failure")], b"{\"ok\":false}").unwrap(), "failure\n{\"ok\":false}");
     }
 
     #[test]

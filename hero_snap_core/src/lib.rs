@@ -91,14 +91,15 @@ pub use commands::inventory::{surface_table, SurfaceRow};
 pub use commands::list::list;
 pub use commands::plan::plan;
 pub use commands::preflight::preflight;
-pub use commands::prune::{prune, Kept, MinFree, PruneOptions, PruneReport, SpaceCheck};
+pub use commands::prune::{prune, with_prune_metrics, Kept, MinFree, PruneOptions, PruneReport, PrunedSeries, SpaceCheck};
 pub use commands::restore::{restore, restore_chain, RestoreOptions, RestoreReport};
 pub use commands::status::{status, MaxAge, SeriesStatus, StatusOptions, StatusReport};
 pub use commands::verify::{verify, verify_chain, VerifyReport};
 pub use error::{BoxError, Error, Result};
 pub use freeze::watchdog::run_watchdog_if_invoked;
 pub use inventory::{
-    Class, Command, Hooks, Inventory, Migration, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface, CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
+    Class, Command, Hooks, Inventory, Migration, Notify, NotifyOn, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface,
+    CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
 };
 pub use mounts::Mount;
 pub use outcome::{check_outcomes, failures, Outcome, Status};

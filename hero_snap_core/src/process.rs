@@ -1,19 +1,22 @@
 //! The one way hero-snap runs another program (hooks, migrations, secret listings, snapshot
-//! tools): argv without a shell, in a process group of its own, both output pipes read on
-//! the calling thread.
+//! tools, the notify command): argv without a shell, in a process group of its own, both
+//! output pipes read, and its input written, on the calling thread.
 //!
 //! The group is what a timeout kills: a hook is often a shell that started children, and
 //! killing only the shell would leave them running with our pipes open. Reading the pipes
 //! with poll on the calling thread means no reader thread can outlive the call, whatever
-//! the program's descendants do with the pipes.
+//! the program's descendants do with the pipes. The input goes the same way: its pipe is
+//! non-blocking and written when poll says it has room, so a program that never reads its
+//! stdin blocks nothing but itself, until its timeout.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
@@ -25,11 +28,12 @@ const AFTER_EXIT: Duration = Duration::from_secs(1);
 /// While a pipe stays open, how often to look whether the program has exited.
 const STEP: Duration = Duration::from_millis(50);
 
-/// A program to run: argv (no shell), extra environment, working directory, timeout.
+/// A program to run: argv (no shell), extra environment, working directory, input, timeout.
 pub(crate) struct Program {
     argv: Vec<String>,
     env: Vec<(String, String)>,
     cwd: Option<PathBuf>,
+    input: Option<Vec<u8>>,
     timeout: Option<Duration>,
 }
 
@@ -42,7 +46,15 @@ pub(crate) struct Finished {
 
 impl Program {
     pub(crate) fn new<S: AsRef<str>>(argv: &[S]) -> Program {
-        Program { argv: argv.iter().map(|a| a.as_ref().to_owned()).collect(), env: Vec::new(), cwd: None, timeout: None }
+        Program { argv: argv.iter().map(|a| a.as_ref().to_owned()).collect(), env: Vec::new(), cwd: None, input: None, timeout: None }
+    }
+
+    /// Writes `input` to the program's stdin, then closes it (without, stdin is
+    /// `/dev/null`). A program that exits or closes its stdin before reading all of it is
+    /// not an error: what it did not read is dropped.
+    pub(crate) fn stdin(mut self, input: impl Into<Vec<u8>>) -> Program {
+        self.input = Some(input.into());
+        self
     }
 
     pub(crate) fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Program {
@@ -85,7 +97,8 @@ impl Program {
             return Err(Error::command("an empty command line: nothing to run"));
         };
         let mut cmd = std::process::Command::new(name);
-        cmd.args(&self.argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        let stdin = if self.input.is_some() { Stdio::piped() } else { Stdio::null() };
+        cmd.args(&self.argv[1..]).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -108,7 +121,14 @@ impl Program {
 
     fn collect(&self, mut child: Child) -> Result<Finished> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
-        let mut pipes = [child.stdout.take().map(Pipe::Out), child.stderr.take().map(Pipe::Err)];
+        let feed = match (child.stdin.take(), &self.input) {
+            (Some(pipe), Some(data)) => Feed::start(pipe, data).map_err(|e| {
+                kill_group(&mut child);
+                Error::command_caused(format!("`{}`: preparing its stdin: {e}", self.line()), e)
+            })?,
+            _ => None,
+        };
+        let mut pipes = Pipes { out: [child.stdout.take().map(Pipe::Out), child.stderr.take().map(Pipe::Err)], feed };
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let mut exited: Option<(ExitStatus, Instant)> = None;
         // After the pipes close the program is exiting: look for its status often at first.
@@ -116,7 +136,11 @@ impl Program {
         loop {
             if exited.is_none() {
                 match child.try_wait() {
-                    Ok(Some(status)) => exited = Some((status, Instant::now())),
+                    Ok(Some(status)) => {
+                        // Nobody reads the input any more.
+                        pipes.feed = None;
+                        exited = Some((status, Instant::now()));
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         kill_group(&mut child);
@@ -124,7 +148,7 @@ impl Program {
                     }
                 }
             }
-            let open = pipes.iter().any(Option::is_some);
+            let open = pipes.out.iter().any(Option::is_some) || pipes.feed.is_some();
             match exited {
                 Some((status, _)) if !open => return Ok(Finished { status, stdout, stderr }),
                 Some((status, at)) if at.elapsed() >= AFTER_EXIT => return Ok(Finished { status, stdout, stderr }),
@@ -150,7 +174,7 @@ impl Program {
                 nap = (nap * 2).min(Duration::from_millis(10));
                 continue;
             }
-            read_ready(&mut pipes, wait, &mut stdout, &mut stderr);
+            pipes.exchange(wait, &mut stdout, &mut stderr);
         }
     }
 }
@@ -172,44 +196,93 @@ enum Pipe {
     Err(std::process::ChildStderr),
 }
 
-/// Waits up to `wait` for output on the open pipes and reads what is there; a pipe at its
-/// end (or failing) is closed.
-fn read_ready(pipes: &mut [Option<Pipe>; 2], wait: Duration, stdout: &mut Vec<u8>, stderr: &mut Vec<u8>) {
-    let ready: Vec<bool> = {
-        let mut fds: Vec<PollFd> = pipes
-            .iter()
-            .flatten()
-            .map(|p| {
-                let fd = match p {
-                    Pipe::Out(o) => o.as_fd(),
-                    Pipe::Err(e) => e.as_fd(),
-                };
-                PollFd::new(fd, PollFlags::POLLIN)
-            })
-            .collect();
-        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect(),
-            // EINTR: look again on the next round.
-            Err(_) => vec![false; fds.len()],
+/// The program's stdin and what is still to be written to it; dropping it closes the pipe.
+struct Feed<'a> {
+    pipe: std::process::ChildStdin,
+    rest: &'a [u8],
+}
+
+impl<'a> Feed<'a> {
+    /// The pipe made non-blocking, so that a write never waits; `None` (the pipe closed at
+    /// once) when there is nothing to write.
+    fn start(pipe: std::process::ChildStdin, data: &'a [u8]) -> std::io::Result<Option<Feed<'a>>> {
+        if data.is_empty() {
+            return Ok(None);
         }
-    };
-    let mut ready = ready.into_iter();
-    let mut buf = [0u8; 64 * 1024];
-    for slot in pipes.iter_mut() {
-        let Some(pipe) = slot else { continue };
-        if !ready.next().unwrap_or(false) {
-            continue;
+        let flags = OFlag::from_bits_truncate(fcntl(&pipe, FcntlArg::F_GETFL)?);
+        fcntl(&pipe, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+        Ok(Some(Feed { pipe, rest: data }))
+    }
+
+    /// Writes what the pipe takes now; false when the feed is done (all written, or the
+    /// program closed its end).
+    fn write(&mut self) -> bool {
+        match self.pipe.write(self.rest) {
+            Ok(n) => {
+                self.rest = &self.rest[n..];
+                !self.rest.is_empty()
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => true,
+            // EPIPE: the program does not want the rest.
+            Err(_) => false,
         }
-        let (n, sink) = match pipe {
-            Pipe::Out(o) => (o.read(&mut buf), &mut *stdout),
-            Pipe::Err(e) => (e.read(&mut buf), &mut *stderr),
+    }
+}
+
+/// The pipes to the program still open: its stdout and stderr, and its stdin while there
+/// is input left.
+struct Pipes<'a> {
+    out: [Option<Pipe>; 2],
+    feed: Option<Feed<'a>>,
+}
+
+impl Pipes<'_> {
+    /// Waits up to `wait` for output on the open pipes, or room in the input's, and reads
+    /// what is there and writes what fits; a pipe at its end (or failing) is closed.
+    fn exchange(&mut self, wait: Duration, stdout: &mut Vec<u8>, stderr: &mut Vec<u8>) {
+        let (ready, input_ready): (Vec<bool>, bool) = {
+            let mut fds: Vec<PollFd> = self
+                .out
+                .iter()
+                .flatten()
+                .map(|p| {
+                    let fd = match p {
+                        Pipe::Out(o) => o.as_fd(),
+                        Pipe::Err(e) => e.as_fd(),
+                    };
+                    PollFd::new(fd, PollFlags::POLLIN)
+                })
+                .collect();
+            fds.extend(self.feed.as_ref().map(|f| PollFd::new(f.pipe.as_fd(), PollFlags::POLLOUT)));
+            let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+            let mut ready: Vec<bool> = match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect(),
+                // EINTR: look again on the next round.
+                Err(_) => vec![false; fds.len()],
+            };
+            let input_ready = self.feed.is_some() && ready.pop().unwrap_or(false);
+            (ready, input_ready)
         };
-        match n {
-            Ok(0) => *slot = None,
-            Ok(n) => sink.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => *slot = None,
+        if input_ready && !self.feed.as_mut().is_some_and(Feed::write) {
+            self.feed = None;
+        }
+        let mut ready = ready.into_iter();
+        let mut buf = [0u8; 64 * 1024];
+        for slot in self.out.iter_mut() {
+            let Some(pipe) = slot else { continue };
+            if !ready.next().unwrap_or(false) {
+                continue;
+            }
+            let (n, sink) = match pipe {
+                Pipe::Out(o) => (o.read(&mut buf), &mut *stdout),
+                Pipe::Err(e) => (e.read(&mut buf), &mut *stderr),
+            };
+            match n {
+                Ok(0) => *slot = None,
+                Ok(n) => sink.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => *slot = None,
+            }
         }
     }
 }
@@ -272,6 +345,28 @@ mod tests {
             .run_to_end()
             .unwrap();
         assert_eq!((out.stdout.len(), out.stderr.len()), (3000 * 41, 3000 * 42));
+    }
+
+    #[test]
+    fn input_goes_to_stdin_while_the_output_is_read() {
+        // More than a pipe holds each way: `cat` blocks on its stdout unless it is read
+        // while the input is written.
+        let input: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let done = Program::new(&["cat"]).stdin(input.clone()).timeout(Duration::from_secs(60)).run_to_end().unwrap();
+        assert!(done.status.success());
+        assert!(done.stdout == input, "{} bytes came back of {}", done.stdout.len(), input.len());
+        let out = Program::new(&["sh", "-c", "wc -c"]).stdin(Vec::new()).run().unwrap();
+        assert_eq!(out.trim(), "0");
+    }
+
+    #[test]
+    fn a_program_that_does_not_read_its_input_is_no_error_and_no_hang() {
+        let input = vec![b'x'; 1 << 20];
+        let out = Program::new(&["sh", "-c", "echo done"]).stdin(input.clone()).timeout(Duration::from_secs(60)).run().unwrap();
+        assert_eq!(out.trim(), "done");
+        // Alive and not reading: the timeout ends it, the writing does not block the call.
+        let e = Program::new(&["sleep", "300"]).stdin(input).timeout(Duration::from_millis(300)).run().unwrap_err().to_string();
+        assert!(e.contains("did not finish within 300 ms"), "{e}");
     }
 
     /// Run alone in a process of its own by `a_timeout_kills_the_group_and_leaves_no_thread`,

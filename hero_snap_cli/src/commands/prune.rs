@@ -7,6 +7,16 @@ use crate::cli::PruneArgs;
 use crate::output::Output;
 
 pub fn run(args: &PruneArgs, out: &Output) -> Result<()> {
+    let result = prune(args);
+    let report = match &args.metrics_file {
+        Some(path) => hero_snap_core::with_prune_metrics(path, result)?,
+        None => result?,
+    };
+    out.report(&report, print);
+    report.check_space()
+}
+
+fn prune(args: &PruneArgs) -> Result<PruneReport> {
     let keys = args.keys.decryption()?;
     let min_free = args.min_free.as_deref().map(str::parse::<MinFree>).transpose()?;
     let retention = Retention {
@@ -19,9 +29,7 @@ pub fn run(args: &PruneArgs, out: &Output) -> Result<()> {
         within: args.keep_within.as_deref().map(str::parse::<Within>).transpose()?,
     };
     let opts = PruneOptions { retention, dry_run: args.dry_run, min_free, state_dir: Some(args.instance.state()) };
-    let report = hero_snap_core::prune(&args.s3.folder(&args.dir)?, &keys, &opts)?;
-    out.report(&report, print);
-    report.check_space()
+    hero_snap_core::prune(&args.s3.folder(&args.dir)?, &keys, &opts)
 }
 
 fn print(report: &PruneReport) {

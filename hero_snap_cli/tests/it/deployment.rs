@@ -1,6 +1,13 @@
-//! Runs every command of docs/DEPLOYMENT.md, in order, on a demo instance. `sh systemd`
-//! blocks run only where systemd is the init; elsewhere the units they install are checked
-//! with `systemd-analyze verify`.
+//! Runs every command of docs/DEPLOYMENT.md, in order, on a demo instance. The other
+//! blocks are checked without running them:
+//! - `sh systemd` blocks run only where systemd is the init; elsewhere the units they
+//!   install are checked with `systemd-analyze verify`;
+//! - `yaml inventory` blocks (a part of an inventory, e.g. `notify:`) are added to the
+//!   demo's inventory, which `hero-snap inventory` must then load;
+//! - `sh internet` blocks need a service on the internet (ntfy.sh, hc-ping.com), which the
+//!   test machines cannot reach: they are not run, only checked with `bash -n`.
+//!
+//! Any other block type fails the test: every block is run or checked.
 
 use crate::HERO_SNAP;
 use test_support::fixtures;
@@ -37,6 +44,7 @@ fn every_runbook_command_runs() {
     let all = blocks(&doc);
     let systemd_is_init = Path::new("/run/systemd/system").exists();
     let mut script = String::from("set -euo pipefail\n");
+    let mut inventory_parts = Vec::new();
     let mut ran = 0;
     for (info, body) in &all {
         match info.as_str() {
@@ -50,6 +58,11 @@ fn every_runbook_command_runs() {
                 assert!(!units.is_empty());
                 let st = Command::new("systemd-analyze").arg("verify").args(&units).current_dir(&repo).status().unwrap();
                 assert!(st.success(), "systemd-analyze verify {units:?}");
+            }
+            "yaml inventory" => inventory_parts.push(body.clone()),
+            "sh internet" => {
+                let st = Command::new("bash").args(["-n", "-c", body]).status().unwrap();
+                assert!(st.success(), "bash -n: a syntax error in:\n{body}");
             }
             other => panic!("code block `{other}` in DEPLOYMENT.md is neither run nor checked"),
         }
@@ -98,6 +111,21 @@ fn every_runbook_command_runs() {
     assert!(status == 200 && listing.contains(&key), "no archive in the bucket: {listing}");
     let metrics = std::fs::read_to_string(work.path().join("textfile/hero-snap.prom")).unwrap();
     assert!(metrics.contains("hero_snap_backup_last_run_success{instance=\"hero-demo\",selection=\"whole instance\"} 1"), "{metrics}");
+    let pruned = std::fs::read_to_string(work.path().join("textfile/hero-snap-prune.prom")).unwrap();
+    assert!(pruned.contains("hero_snap_prune_last_run_success{instance=\"hero-demo\",selection=\"whole instance\"} 1"), "{pruned}");
     let pf = std::fs::read_to_string(work.path().join("backups/preflight.json")).unwrap();
     assert!(pf.contains("\"kind\":\"collision\""), "{pf}");
+    inventory_parts_load(&repo, &root, work.path(), &inventory_parts);
+}
+
+/// Each `yaml inventory` block, added to the demo's inventory, loads.
+fn inventory_parts_load(repo: &Path, root: &Path, work: &Path, parts: &[String]) {
+    assert!(!parts.is_empty(), "no `yaml inventory` block found");
+    let demo = fs::read_to_string(repo.join("fixtures/demo/inventory.yaml")).unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        let file = work.join(format!("inventory-part-{i}.yaml"));
+        fs::write(&file, format!("{demo}{part}")).unwrap();
+        let out = HERO_SNAP.run(&["inventory", "-c", file.to_str().unwrap(), "--root", root.to_str().unwrap()]);
+        assert!(out.status.success(), "DEPLOYMENT.md's inventory block {part} does not load: {}", stderr(&out));
+    }
 }

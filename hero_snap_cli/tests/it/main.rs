@@ -15,6 +15,7 @@ mod diskfull;
 mod golden;
 mod incremental;
 mod monitoring;
+mod notify;
 mod nushell;
 mod operator;
 mod outputs;

@@ -1,6 +1,7 @@
 //! Running it every day (issue 16): the run record every backup leaves in the state
-//! directory, `status` and its `--max-age` verdict (exit 18), and `--metrics-file`, checked
-//! by `promtool check metrics` (Debian's `prometheus` package, scripts/install-deps).
+//! directory, `status` and its `--max-age` verdict (exit 18), and the `--metrics-file` of
+//! `backup` and `prune`, checked by `promtool check metrics` (Debian's `prometheus`
+//! package, scripts/install-deps).
 
 use crate::HERO_SNAP;
 use test_support::prelude::*;
@@ -161,4 +162,63 @@ fn max_age_fails_when_the_last_good_backup_is_too_old() {
     assert_eq!(code, Some(0), "{v}");
     let out = HERO_SNAP.run(&inst.args(&["status", "--max-age", "26"]));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn prune_metrics_count_each_series_and_mark_failures() {
+    let inst = Instance::new(&["geomind"]);
+    let work = inst.dir.path();
+    let backups = work.join("backups");
+    fs::create_dir_all(&backups).unwrap();
+    let dir = backups.to_str().unwrap();
+    let mut whole_sizes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let to = backups.join(format!("{name}.hsnap"));
+        let out = backup(&inst, to.to_str().unwrap(), &["--no-encrypt"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        whole_sizes.push(fs::metadata(&to).unwrap().len());
+    }
+    let out = backup(&inst, backups.join("geomind.hsnap").to_str().unwrap(), &["--no-encrypt", "--context", "geomind"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prom = work.join("textfile/hero-snap-prune.prom");
+    fs::create_dir_all(prom.parent().unwrap()).unwrap();
+    let prune = |extra: &[&str]| {
+        let mut a = vec!["prune", dir, "--keep-last", "1", "--metrics-file", prom.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        HERO_SNAP.run(&a)
+    };
+    let whole = |name: &str| format!("{name}{{instance=\"test\",selection=\"whole instance\"}}");
+    let geomind = |name: &str| format!("{name}{{instance=\"test\",selection=\"contexts geomind\"}}");
+
+    let out = prune(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = metrics(&prom);
+    assert_eq!(m[&whole("hero_snap_prune_kept_archives")], 1.0, "{m:?}");
+    assert_eq!(m[&whole("hero_snap_prune_deleted_archives")], 2.0);
+    // Created in order a, b, c: the two older ones go.
+    assert_eq!(m[&whole("hero_snap_prune_freed_bytes")], (whole_sizes[0] + whole_sizes[1]) as f64);
+    assert_eq!((m[&geomind("hero_snap_prune_kept_archives")], m[&geomind("hero_snap_prune_deleted_archives")]), (1.0, 0.0));
+    assert_eq!((m[&whole("hero_snap_prune_last_run_success")], m[&geomind("hero_snap_prune_last_run_success")]), (1.0, 1.0));
+    let when = m[&whole("hero_snap_prune_last_run_timestamp_seconds")];
+    assert!(when > 1.7e9, "{when}");
+
+    // The free-space guard refuses (exit 17): the counts stand, the prune is not a success.
+    let out = prune(&["--min-free", "1000000T"]);
+    assert_eq!(out.status.code(), Some(17), "{}", stderr(&out));
+    let m = metrics(&prom);
+    assert_eq!((m[&whole("hero_snap_prune_last_run_success")], m[&whole("hero_snap_prune_kept_archives")]), (0.0, 1.0), "{m:?}");
+
+    // A prune that cannot read its folder: the series it knew are marked failed.
+    fs::rename(&backups, work.join("backups.away")).unwrap();
+    let out = prune(&[]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let m = metrics(&prom);
+    assert_eq!((m[&whole("hero_snap_prune_last_run_success")], m[&geomind("hero_snap_prune_last_run_success")]), (0.0, 0.0), "{m:?}");
+    assert!(!m.contains_key(&whole("hero_snap_prune_kept_archives")), "{m:?}");
+    fs::rename(work.join("backups.away"), &backups).unwrap();
+
+    // A dry run deletes nothing: its metrics would say otherwise, and are refused.
+    let out = prune(&["--dry-run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
 }

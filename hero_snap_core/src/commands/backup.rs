@@ -22,6 +22,7 @@ use crate::plan::{self, Selection};
 use crate::progress::{Cancel, Event, Progress};
 use crate::state::{self, failpoint};
 
+mod notify;
 mod record;
 pub use record::RunLog;
 

@@ -12,6 +12,9 @@ use crate::archive::Decryption;
 use crate::error::{Error, Result};
 use crate::retention::Retention;
 
+mod metrics;
+pub use metrics::with_prune_metrics;
+
 /// The free space [`prune`] must leave in the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MinFree {
@@ -81,6 +84,21 @@ pub struct SpaceCheck {
     pub ok: bool,
 }
 
+/// What [`prune`] did to one series (the archives of one instance and selection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PrunedSeries {
+    /// The instance.
+    pub instance: String,
+    /// The selection: `whole instance`, or the services and contexts (as `list` shows it).
+    pub selection: String,
+    /// Archives kept.
+    pub kept: u64,
+    /// Archives deleted (or that would be).
+    pub deleted: u64,
+    /// Bytes freed (or that would be).
+    pub freed_bytes: u64,
+}
+
 /// What [`prune`] kept, deleted (or would delete), and could not judge.
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneReport {
@@ -96,6 +114,8 @@ pub struct PruneReport {
     pub ignored: Vec<Listed>,
     /// The free-space check, when asked for.
     pub space: Option<SpaceCheck>,
+    /// Each series' counts, by instance and selection.
+    pub series: Vec<PrunedSeries>,
 }
 
 impl PruneReport {
@@ -148,9 +168,10 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
         let s = a.summary.as_ref().expect("partitioned");
         series.entry((s.instance.clone(), s.selection.clone())).or_default().push(a);
     }
-    let mut report = PruneReport { dry_run: opts.dry_run, kept: Vec::new(), deleted: Vec::new(), freed_bytes: 0, ignored, space: None };
+    let mut report = PruneReport { dry_run: opts.dry_run, kept: Vec::new(), deleted: Vec::new(), freed_bytes: 0, ignored, space: None, series: Vec::new() };
     let mut next_backup = 0u64;
-    for (_, list) in series {
+    for ((instance, selection), list) in series {
+        let mut counts = PrunedSeries { instance, selection, kept: 0, deleted: 0, freed_bytes: 0 };
         let mut list: Vec<(Option<time::OffsetDateTime>, Listed)> = list.into_iter().map(|a| (created_key(&a), a)).collect();
         list.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
         next_backup += list[0].1.size;
@@ -172,10 +193,13 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
                 }
                 report.freed_bytes += a.size;
                 report.deleted.push(a.path);
+                (counts.deleted, counts.freed_bytes) = (counts.deleted + 1, counts.freed_bytes + a.size);
             } else {
                 report.kept.push(Kept { path: a.path, created, reasons });
+                counts.kept += 1;
             }
         }
+        report.series.push(counts);
     }
     if let (Some(min), Folder::Dir(dir)) = (opts.min_free, folder) {
         let required = match min {

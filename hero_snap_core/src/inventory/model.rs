@@ -101,7 +101,7 @@ pub struct Command {
     pub timeout_secs: u64,
 }
 
-fn default_timeout() -> u64 {
+pub(crate) fn default_timeout() -> u64 {
     60
 }
 
@@ -109,6 +109,52 @@ impl Command {
     /// `timeout_secs` as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// Which backup runs the inventory's notify command is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    /// A run that did not succeed (any exit code but 0, exit 9 included).
+    Failure,
+    /// A run that succeeded (exit 0).
+    Success,
+}
+
+impl NotifyOn {
+    /// The name used in the inventory file, and the `{event}` of the command.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::Failure => "failure",
+            NotifyOn::Success => "success",
+        }
+    }
+
+    /// The event of a run that succeeded (`ok`) or not.
+    pub fn of(ok: bool) -> NotifyOn {
+        if ok {
+            NotifyOn::Success
+        } else {
+            NotifyOn::Failure
+        }
+    }
+}
+
+/// The inventory's `notify:`: a command run after a backup run ends, given the run's
+/// record as JSON on stdin (docs/INVENTORY.md, section 3.8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// What runs: argv (no shell) and timeout, as for hooks.
+    pub command: Command,
+    /// The runs it is told about: failures only (the default), or also successes.
+    pub on: Vec<NotifyOn>,
+}
+
+impl Notify {
+    /// Whether a run that succeeded (`ok`) or failed is to be told.
+    pub fn wants(&self, ok: bool) -> bool {
+        self.on.contains(&NotifyOn::of(ok))
     }
 }
 
@@ -273,6 +319,8 @@ pub struct Inventory {
     pub(crate) secret_store: Option<SecretStore>,
     /// Where hero-snap keeps journals and locks; must not be on a frozen volume.
     pub(crate) state_dir: Option<PathBuf>,
+    /// The command told about backup runs.
+    pub(crate) notify: Option<Notify>,
     /// Set by [`Inventory::rerooted`]: the directory every path was placed under.
     pub(crate) root: Option<PathBuf>,
     /// The services, in inventory order.
@@ -303,6 +351,11 @@ impl Inventory {
     /// Where hero-snap keeps journals and locks, if the inventory says.
     pub fn state_dir(&self) -> Option<&Path> {
         self.state_dir.as_deref()
+    }
+
+    /// The command told about backup runs (`notify:`), if any.
+    pub fn notify(&self) -> Option<&Notify> {
+        self.notify.as_ref()
     }
 
     /// The directory every path was placed under by [`Inventory::rerooted`].

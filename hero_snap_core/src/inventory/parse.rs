@@ -23,7 +23,20 @@ struct FileInventory {
     secret_store: Option<Spanned<SecretStore>>,
     #[serde(default)]
     state_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    notify: Option<Spanned<FileNotify>>,
     services: BTreeMap<String, Spanned<FileService>>,
+}
+
+/// `notify:`: a command (argv, timeout) and the runs it is told about.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNotify {
+    argv: Vec<String>,
+    #[serde(default = "default_timeout")]
+    timeout_secs: u64,
+    #[serde(default)]
+    on: Option<Spanned<Vec<NotifyOn>>>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +132,7 @@ impl Inventory {
         let rules = Rules { source };
         let contexts = rules.contexts(file.contexts)?;
         let state_dir = rules.state_dir(file.state_dir)?;
+        let notify = file.notify.map(|n| rules.notify(n)).transpose()?;
         if file.services.is_empty() {
             return Err(err(0, "services", "no services are declared; declare at least one".into()));
         }
@@ -139,7 +153,7 @@ impl Inventory {
             }
             other => other.map(|s| s.value),
         };
-        Ok(Inventory { source: source.to_path_buf(), instance: file.instance.value, contexts, secret_store, state_dir, root: None, services })
+        Ok(Inventory { source: source.to_path_buf(), instance: file.instance.value, contexts, secret_store, state_dir, notify, root: None, services })
     }
 }
 
@@ -178,6 +192,34 @@ impl Rules<'_> {
             return Err(self.err(s.referenced.line(), "state_dir", format!("`{}` is relative; write an absolute path", s.value)));
         }
         Ok(Some(p))
+    }
+
+    fn notify(&self, n: Spanned<FileNotify>) -> Result<Notify> {
+        let line = n.referenced.line();
+        let n = n.value;
+        if n.argv.is_empty() {
+            return Err(self.err(line, "notify.argv", "`argv` is empty; give the program to run, e.g. [curl, -fsS, --data-binary, \"@-\", URL]".into()));
+        }
+        let mut on = Vec::new();
+        if let Some(list) = n.on {
+            if list.value.is_empty() {
+                return Err(self.err(
+                    list.referenced.line(),
+                    "notify.on",
+                    "is empty, so the command would never run; write [failure] or [failure, success]".into(),
+                ));
+            }
+            for when in list.value {
+                if on.contains(&when) {
+                    return Err(self.err(list.referenced.line(), "notify.on", format!("`{}` is listed twice; remove one", when.as_str())));
+                }
+                on.push(when);
+            }
+        } else {
+            on.push(NotifyOn::Failure);
+        }
+        let command = Command { argv: n.argv, timeout_secs: n.timeout_secs };
+        Ok(Notify { command, on })
     }
 
     /// One service and its surfaces, migrations and hooks.
@@ -344,6 +386,42 @@ mod tests {
                 assert!(message.contains("argv"), "{message}");
             }
             other => panic!("expected an inventory error, got {other:?}"),
+        }
+    }
+
+    const SERVICES: &str = "services:\n  hero_db:\n    version: \"1\"\n    schema: 1\n    surfaces:\n      - {name: data, path: /var/lib/hero/db, scope: instance, class: source}\n";
+
+    #[test]
+    fn notify_defaults_to_failures_and_takes_successes_too() {
+        let text = format!("format: 1\ninstance: demo\nnotify:\n  argv: [curl, -d, \"@-\", \"https://ntfy.sh/t\"]\n{SERVICES}");
+        let inv = Inventory::parse(&text, Path::new("inv.yaml")).unwrap();
+        let n = inv.notify().unwrap();
+        assert_eq!((n.on.as_slice(), n.command.timeout_secs), (&[NotifyOn::Failure][..], 60));
+        assert!(n.wants(false) && !n.wants(true));
+        let text = format!("format: 1\ninstance: demo\nnotify:\n  argv: [x]\n  timeout_secs: 5\n  on: [failure, success]\n{SERVICES}");
+        let n = Inventory::parse(&text, Path::new("inv.yaml")).unwrap().notify().cloned().unwrap();
+        assert!(n.wants(false) && n.wants(true) && n.command.timeout_secs == 5);
+        assert!(Inventory::parse(&format!("format: 1\ninstance: demo\n{SERVICES}"), Path::new("inv.yaml")).unwrap().notify().is_none());
+    }
+
+    #[test]
+    fn notify_rules_name_the_field() {
+        for (notify, field, says) in [
+            ("  argv: []\n", "notify.argv", "`argv` is empty"),
+            ("  argv: [x]\n  on: []\n", "notify.on", "would never run"),
+            ("  argv: [x]\n  on: [failure, failure]\n", "notify.on", "`failure` is listed twice"),
+            ("  argv: [x]\n  on: [always]\n", "(document)", "always"),
+            ("  argv: [x]\n  when: [failure]\n", "(document)", "unknown field"),
+        ] {
+            let text = format!("format: 1\ninstance: demo\nnotify:\n{notify}{SERVICES}");
+            match Inventory::parse(&text, Path::new("inv.yaml")) {
+                Err(Error::Inventory { line, field: f, message, .. }) => {
+                    assert_eq!(f, field, "{message}");
+                    assert!((3..=5).contains(&line), "line {line}: {message}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("expected an inventory error for {notify:?}, got {other:?}"),
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The metrics file of `backup --metrics-file`: a backup series' run record in the
 //! Prometheus text format, for node_exporter's textfile collector. Replaced atomically
-//! after every run, so the collector never reads half a file.
+//! after every run, so the collector never reads half a file. [`text`] and [`escape`] also
+//! make `prune --metrics-file`'s.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,11 +9,24 @@ use std::path::Path;
 use super::runs::{selection_label, RecordedRun, RunRecord};
 use crate::error::Result;
 
-/// One metric family: name, help, and its samples as (extra labels, value).
-struct Family<'a> {
-    name: &'a str,
-    help: &'a str,
-    samples: Vec<(String, f64)>,
+/// One metric family (every one a gauge): name, help, and its samples as (labels, value),
+/// the labels as written between the braces (`instance="a",selection="b"`).
+pub(crate) struct Family<'a> {
+    pub name: &'a str,
+    pub help: &'a str,
+    pub samples: Vec<(String, f64)>,
+}
+
+/// The families in the text format; a family without samples is left out.
+pub(crate) fn text(families: &[Family]) -> String {
+    let mut out = String::new();
+    for f in families.iter().filter(|f| !f.samples.is_empty()) {
+        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", f.name, f.help, f.name);
+        for (labels, value) in &f.samples {
+            let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+        }
+    }
+    out
 }
 
 /// The record as Prometheus text: every metric a gauge labelled with the instance and the
@@ -23,7 +37,8 @@ pub(crate) fn render(rec: &RunRecord) -> String {
     // Sizes are the newest archive's: the last run's when it wrote one (a run with a failed
     // outcome does), else the last good run's.
     let archived: Option<&RecordedRun> = Some(last).filter(|r| r.archive_bytes.is_some()).or(rec.last_good.as_ref());
-    let one = |v: Option<f64>| v.map(|v| vec![(String::new(), v)]).unwrap_or_default();
+    let labels = format!("instance=\"{}\",selection=\"{}\"", escape(&rec.instance), escape(&selection_label(&rec.selection)));
+    let one = |v: Option<f64>| v.map(|v| vec![(labels.clone(), v)]).unwrap_or_default();
     let size = |f: fn(&RecordedRun) -> Option<u64>| one(archived.and_then(f).map(|v| v as f64));
     let families = [
         Family {
@@ -64,23 +79,15 @@ pub(crate) fn render(rec: &RunRecord) -> String {
             help: "Surfaces of the last backup run by outcome status (ok, skipped, failed).",
             samples: [("ok", last.outcomes.ok), ("skipped", last.outcomes.skipped), ("failed", last.outcomes.failed)]
                 .into_iter()
-                .map(|(s, n)| (format!(",status=\"{s}\""), n as f64))
+                .map(|(s, n)| (format!("{labels},status=\"{s}\""), n as f64))
                 .collect(),
         },
     ];
-    let labels = format!("instance=\"{}\",selection=\"{}\"", escape(&rec.instance), escape(&selection_label(&rec.selection)));
-    let mut out = String::new();
-    for f in families.iter().filter(|f| !f.samples.is_empty()) {
-        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", f.name, f.help, f.name);
-        for (extra, value) in &f.samples {
-            let _ = writeln!(out, "{}{{{labels}{extra}}} {value}", f.name);
-        }
-    }
-    out
+    text(&families)
 }
 
 /// A label value with `\`, `"` and newlines escaped, as the text format wants them.
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 

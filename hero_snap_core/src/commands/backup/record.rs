@@ -1,14 +1,16 @@
 //! What a backup run leaves besides its archive: its series' run record in the state
 //! directory (read by `status`), and the metrics file when one is asked for. Written after
-//! every run, success or failure, including one refused before anything was frozen.
+//! every run, success or failure, including one refused before anything was frozen. Then
+//! the inventory's `notify` command is told, when it asks for runs like this one.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::notify;
 use super::BackupReport;
 use crate::archive::format::SelectionRecord;
 use crate::error::{Error, Result};
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, Notify};
 use crate::outcome::check_outcomes;
 use crate::plan::Selection;
 use crate::state::runs::{self, OutcomeCounts, RecordedRun, RunError};
@@ -36,6 +38,8 @@ pub struct RunLog {
     started: String,
     clock: Instant,
     metrics_file: Option<PathBuf>,
+    inventory: PathBuf,
+    notify: Option<Notify>,
 }
 
 impl RunLog {
@@ -50,6 +54,8 @@ impl RunLog {
             started: state::now_rfc3339(),
             clock: Instant::now(),
             metrics_file: None,
+            inventory: inv.source().to_path_buf(),
+            notify: inv.notify().cloned(),
         }
     }
 
@@ -61,28 +67,36 @@ impl RunLog {
 
     /// Records the run's `result` and returns it. A failed run stays failed whatever the
     /// recording does (its problems are logged); a run that succeeded fails with the
-    /// recording's error, since `status` and the metrics would otherwise miss it.
+    /// recording's error, since `status` and the metrics would otherwise miss it. Last, the
+    /// inventory's `notify` command is told about the run (the recording's failure
+    /// included) when it asks for such runs; it never changes the result.
     pub fn finish(self, result: Result<BackupReport>) -> Result<BackupReport> {
-        let run = self.entry(&result);
-        let saved = runs::record(&self.state, &self.instance, &self.selection, run);
+        let mut run = self.entry(&result);
+        let saved = runs::record(&self.state, &self.instance, &self.selection, run.clone());
         let written = match (&saved, &self.metrics_file) {
             (Ok(rec), Some(path)) => metrics::write(path, rec),
             _ => Ok(()),
         };
-        match result {
-            Ok(report) => {
-                saved
-                    .and(written)
-                    .map_err(|e| Error::command_caused(format!("the backup succeeded, but recording it failed: {e}; fix that and back up again"), e))?;
-                Ok(report)
-            }
+        let result = match result {
+            Ok(report) => saved
+                .and(written)
+                .map(|()| report)
+                .map_err(|e| Error::command_caused(format!("the backup succeeded, but recording it failed: {e}; fix that and back up again"), e)),
             Err(e) => {
                 for problem in [saved.err(), written.err()].into_iter().flatten() {
                     tracing::warn!("recording the failed backup: {problem}");
                 }
                 Err(e)
             }
+        };
+        if let (true, Err(e)) = (run.ok, &result) {
+            let (code, error) = failure(e);
+            (run.ok, run.exit_code, run.error) = (false, code, Some(error));
         }
+        if let Some(n) = &self.notify {
+            notify::notify(n, &self.inventory, &self.instance, &self.selection, &run);
+        }
+        result
     }
 
     fn entry(&self, result: &Result<BackupReport>) -> RecordedRun {
@@ -102,7 +116,6 @@ impl RunLog {
             bytes: None,
             outcomes: OutcomeCounts::default(),
         };
-        let failure = |e: &Error| (e.exit_code(), RunError { kind: e.kind().into(), message: e.to_string() });
         let verdict = match result {
             Ok(report) => {
                 let m = &report.manifest;
@@ -121,4 +134,9 @@ impl RunLog {
         }
         run
     }
+}
+
+/// The exit code and recorded error of a failed run.
+fn failure(e: &Error) -> (i32, RunError) {
+    (e.exit_code(), RunError { kind: e.kind().into(), message: e.to_string() })
 }
