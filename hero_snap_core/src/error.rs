@@ -98,6 +98,16 @@ pub enum Error {
     /// there is none (`status --max-age`).
     #[error("{0}")]
     Stale(String),
+
+    /// The archive is of a newer format than this build reads (exit 10, as pre-flight's
+    /// refusal of the same): restore it with a newer hero-snap.
+    #[error("archive format {archive} is newer than this build of hero-snap reads (format {supported}); restore it with a newer hero-snap")]
+    FormatTooNew {
+        /// The archive's format.
+        archive: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
 }
 
 impl Error {
@@ -152,6 +162,7 @@ impl Error {
             Error::Incomplete(_) => 9,
             Error::NoSpace(_) => 17,
             Error::Stale(_) => 18,
+            Error::FormatTooNew { .. } => 10,
             Error::Cancelled => 130,
         }
     }
@@ -172,6 +183,61 @@ impl Error {
             Error::Incomplete(_) => "incomplete",
             Error::NoSpace(_) => "no-space",
             Error::Stale(_) => "stale",
+            Error::FormatTooNew { .. } => "format-too-new",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::Refusal;
+
+    /// docs/CLI.md's tables and `exit_code`/`kind` cannot drift apart: every variant's code
+    /// is the row that names it, and its kind has that code (issue 17).
+    #[test]
+    fn the_exit_code_tables_in_cli_md_match_the_code() {
+        let doc = include_str!("../../docs/CLI.md");
+        let row = |code: i32| -> String {
+            doc.lines().find(|l| l.starts_with(&format!("| {code} |"))).unwrap_or_else(|| panic!("CLI.md has no exit code {code}")).to_string()
+        };
+        let io = || std::io::Error::other("x");
+        let errors: Vec<(&str, Error)> = vec![
+            ("Error::Io", Error::io("/x", "reading")(io())),
+            ("Error::Command", Error::command("x")),
+            ("Error::Usage", Error::Usage("x".into())),
+            ("Error::Corrupt", Error::Corrupt("x".into())),
+            ("Error::Preflight", Error::Preflight(vec![Refusal::Selection { message: "x".into() }, Refusal::UnknownService { service: "s".into() }])),
+            ("Error::Inventory", Error::Inventory { file: "/x".into(), line: 1, field: "f".into(), message: "m".into() }),
+            ("Error::Crypto", Error::Crypto("x".into())),
+            ("Error::Refused", Error::Refused("x".into())),
+            ("Error::Storage", Error::storage("x")),
+            ("Error::Incomplete", Error::Incomplete("x".into())),
+            ("Error::NoSpace", Error::NoSpace("x".into())),
+            ("Error::Stale", Error::Stale("x".into())),
+            ("Error::FormatTooNew", Error::FormatTooNew { archive: 3, supported: 2 }),
+            ("Error::Cancelled", Error::Cancelled),
+        ];
+        for (name, e) in &errors {
+            let code = e.exit_code();
+            assert!(row(code).contains(name), "{name} exits {code}, but CLI.md's row {code} does not name it: {}", row(code));
+            let kind_row = format!("| `{}` | ", e.kind());
+            let kinds = &doc[doc.find("| kind | exit | meaning |").expect("CLI.md's table of error kinds")..];
+            let line = kinds.lines().find(|l| l.starts_with(&kind_row)).unwrap_or_else(|| panic!("CLI.md has no kind `{}`", e.kind()));
+            assert!(line.contains(&format!(" {code} |")) || line.contains(&format!(" {code},")), "kind `{}` exits {code}: {line}", e.kind());
+        }
+        let refusals = [
+            ("FormatTooNew", Refusal::FormatTooNew { archive: 3, supported: 2 }),
+            ("UnknownService", Refusal::UnknownService { service: "s".into() }),
+            ("MountPoint", Refusal::MountPoint { path: "/x".into() }),
+            ("Collision", Refusal::Collision { service: "s".into(), surface: "x".into(), context: None, path: "/x".into() }),
+            ("MissingSecrets", Refusal::MissingSecrets { names: vec!["N".into()], needed_by: vec![] }),
+            ("Selection", Refusal::Selection { message: "x".into() }),
+        ];
+        for (name, r) in &refusals {
+            let code = r.exit_code();
+            assert!(row(code).contains(name), "{name} exits {code}, but CLI.md's row {code} does not name it: {}", row(code));
+            assert_eq!(Error::Preflight(vec![r.clone()]).exit_code(), code, "a refusal alone exits with its own code");
         }
     }
 }

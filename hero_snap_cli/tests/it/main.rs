@@ -5,6 +5,7 @@
 //! own, run one after the other). Tests that share a machine-wide resource are kept apart
 //! by `test_support::sys::exclusive()`; its comment lists them and says why.
 
+mod agreement;
 mod archive;
 mod cli_layout;
 mod consistency;

@@ -186,10 +186,7 @@ impl Manifest {
         }
         let head: Head = serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))?;
         if head.format > NEWEST_FORMAT {
-            return Err(Error::Refused(format!(
-                "archive format {} is newer than this build of hero-snap reads (format {NEWEST_FORMAT}); restore it with a newer hero-snap",
-                head.format
-            )));
+            return Err(Error::FormatTooNew { archive: head.format, supported: NEWEST_FORMAT });
         }
         let m: Manifest = serde_saphyr::from_str(text).map_err(|e| Error::Corrupt(format!("{MANIFEST_PATH}: {}", first_line(&e.to_string()))))?;
         // Format 2 is the incremental's: it has a parent, a full archive has none.
@@ -368,7 +365,8 @@ mod tests {
     #[test]
     fn a_newer_format_is_refused_by_name() {
         let err = Manifest::from_yaml("format: 3\nsomething_new: true\n").unwrap_err();
-        assert!(matches!(&err, Error::Refused(m) if m.contains("archive format 3 is newer")), "{err}");
+        assert!(matches!(&err, Error::FormatTooNew { archive: 3, .. }) && err.to_string().contains("archive format 3 is newer"), "{err}");
+        assert_eq!(err.exit_code(), 10);
     }
 
     fn name() -> impl Strategy<Value = String> {

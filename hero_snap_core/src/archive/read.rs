@@ -255,6 +255,7 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     let mut seen = SeenFiles::new()?;
     let (mut declared_files, mut declared_bytes) = (0u64, 0u64);
     let (max_files, max_bytes) = member_bounds(&manifest);
+    let mut shape = Shape::default();
     let mut index = None;
     // Members before the index: the index's own count must match it.
     for (data_members, entry) in (0u64..).zip(entries.by_ref()) {
@@ -271,6 +272,7 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
             return Err(Error::Refused(format!("member `{path}` belongs to no surface the manifest declares")));
         }
         let (is_file, size) = check_header(&entry, &path)?;
+        shape.check(&entry, &path, &key, inner)?;
         if is_file {
             declared_files += 1;
             declared_bytes = declared_bytes.saturating_add(size);
@@ -332,6 +334,81 @@ fn check_header<R: Read>(entry: &tar::Entry<'_, R>, path: &str) -> Result<(bool,
         return Err(Error::Refused(format!("member `{path}` has type {kind:?} but carries {size} bytes of content")));
     }
     Ok((is_file, size))
+}
+
+/// What each member path of the archive is, so that every reader refuses, with the same
+/// message, what a restore could not place safely: `..` or absolute components, a member
+/// under a symlink or a file, a member before its directory, a second member of one name,
+/// a hard link that leaves its surface or names no file before it. `verify` therefore
+/// never passes an archive `restore` refuses. One hash and a kind per member path: 16
+/// bytes a member (decisions/D-05).
+#[derive(Default)]
+struct Shape {
+    kinds: std::collections::HashMap<u64, MemberKind>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MemberKind {
+    Dir,
+    File,
+    Other,
+}
+
+fn path_hash(key: &MemberKey, inner: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (key, inner).hash(&mut h);
+    h.finish()
+}
+
+fn plain(inner: &str) -> bool {
+    inner.is_empty() || std::path::Path::new(inner).components().all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+impl Shape {
+    fn check<R: Read>(&mut self, entry: &tar::Entry<'_, R>, path: &str, key: &MemberKey, inner: &str) -> Result<()> {
+        if !plain(inner) {
+            return Err(Error::Refused(format!("member `{path}`: unsafe path")));
+        }
+        let kind = entry.header().entry_type();
+        if !inner.is_empty() {
+            let parent = inner.rsplit_once('/').map_or("", |(p, _)| p);
+            match self.kinds.get(&path_hash(key, parent)) {
+                Some(MemberKind::Dir) => {}
+                Some(_) => return Err(Error::Refused(format!("member `{path}` would be written through a symlink or file at `{parent}`"))),
+                None => return Err(Error::Refused(format!("member `{path}` comes before its directory `{parent}`"))),
+            }
+        }
+        let this = match kind {
+            EntryType::Directory => MemberKind::Dir,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => MemberKind::File,
+            _ => MemberKind::Other,
+        };
+        if kind == EntryType::Link {
+            self.check_link(entry, path, key)?;
+        }
+        match self.kinds.insert(path_hash(key, inner), this) {
+            None => Ok(()),
+            // A directory may be sent again (its metadata applies once); nothing else may.
+            Some(MemberKind::Dir) if this == MemberKind::Dir => Ok(()),
+            Some(MemberKind::Dir) if inner.is_empty() => Err(Error::Refused(format!("member `{path}` would be written through a symlink or file at `{path}`"))),
+            Some(_) => Err(Error::Refused(format!("member `{path}` appears twice"))),
+        }
+    }
+
+    fn check_link<R: Read>(&self, entry: &tar::Entry<'_, R>, path: &str, key: &MemberKey) -> Result<()> {
+        let link = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let (lkey, linner) = split_member(&link)
+            .filter(|(k, _)| k == key)
+            .ok_or_else(|| Error::Refused(format!("member `{path}` is a hard link to `{link}`, outside its surface")))?;
+        if !plain(linner) {
+            return Err(Error::Refused(format!("member `{path}`: unsafe link target")));
+        }
+        if self.kinds.get(&path_hash(&lkey, linner)) != Some(&MemberKind::File) {
+            return Err(Error::Refused(format!("member `{path}` links to `{link}`, which is not a file extracted before it")));
+        }
+        Ok(())
+    }
 }
 
 /// The index's fields before its entries.
@@ -432,7 +509,7 @@ fn parse_index_head(head: &str, manifest_hash: &blake3::Hash, manifest_format: u
     let yaml_err = |e: serde_saphyr::Error| Error::Corrupt(format!("{INDEX_PATH}: {}", e.to_string().lines().next().unwrap_or("")));
     let format: Format = serde_saphyr::from_str(head).map_err(yaml_err)?;
     if format.format > super::format::NEWEST_FORMAT {
-        return Err(Error::Refused(format!("{INDEX_PATH}: index format {} is newer than this build reads", format.format)));
+        return Err(Error::FormatTooNew { archive: format.format, supported: super::format::NEWEST_FORMAT });
     }
     if format.format != manifest_format {
         return Err(Error::Corrupt(format!("{INDEX_PATH}: index format {} in an archive of format {manifest_format}", format.format)));

@@ -170,12 +170,6 @@ impl Visitor for Extractor<'_> {
         for ts in &plan.surfaces {
             let parent = ts.path.parent().ok_or_else(|| Error::Usage(format!("{}: cannot restore to /", ts.path.display())))?;
             self.prepare_parent(parent)?;
-            if ts.exists && fs::metadata(&ts.path).is_ok_and(|m| fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())) {
-                return Err(Error::Refused(format!(
-                    "{}: is a mount point; hero-snap swaps directories by rename and cannot replace a mount point (restore into a directory inside it)",
-                    ts.path.display()
-                )));
-            }
             let leaf = ts.path.file_name().expect("surface paths have a last component").to_owned();
             let stage = self.work_dir(parent, "stage")?.join(&leaf);
             let old = parent.join(format!(".hero-snap-{}.old", self.run)).join(&leaf);

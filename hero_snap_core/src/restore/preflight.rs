@@ -98,6 +98,11 @@ pub enum Refusal {
         /// The existing target path.
         path: PathBuf,
     },
+    /// The target path is a mount point, which a swap by rename cannot replace.
+    MountPoint {
+        /// The target path.
+        path: PathBuf,
+    },
     /// The target's secret store lacks secrets the services need: the names the archive's
     /// manifest records for the services restored, and the target inventory's own.
     MissingSecrets {
@@ -144,7 +149,7 @@ impl Refusal {
             Refusal::FormatTooNew { .. } => 10,
             Refusal::UnknownService { .. } | Refusal::UnknownSurface { .. } => 11,
             Refusal::SchemaNewer { .. } | Refusal::NoMigration { .. } => 12,
-            Refusal::Collision { .. } => 13,
+            Refusal::Collision { .. } | Refusal::MountPoint { .. } => 13,
             Refusal::MissingSecrets { .. } | Refusal::SecretStore { .. } => 14,
             Refusal::NoSpace { .. } | Refusal::NoInodes { .. } => 15,
             Refusal::Selection { .. } => 16,
@@ -173,6 +178,11 @@ impl std::fmt::Display for Refusal {
                 write!(f, "secrets missing on the target: {}; set them before restoring: {}", each.join(", "), set.join("; "))
             }
             Refusal::SecretStore { message } => write!(f, "cannot check the target's secrets: {message}"),
+            Refusal::MountPoint { path } => write!(
+                f,
+                "{}: is a mount point; hero-snap swaps directories by rename and cannot replace a mount point (restore into a directory inside it)",
+                path.display()
+            ),
             Refusal::NoSpace { path, needed, available } => write!(f, "{}: needs {} bytes with margin, {} available; free space or restore elsewhere", path.display(), needed, available),
             Refusal::NoInodes { path, needed, available } => write!(f, "{}: needs about {} inodes for the files, {} available; free inodes or restore elsewhere", path.display(), needed, available),
             Refusal::Selection { message } => f.write_str(message),
@@ -367,6 +377,9 @@ fn plan_surfaces(ms: &ManifestService, ts: &Service, sel: &RestoreSelection, pla
             if exists && !sel.replace && !is_empty_dir(&path) {
                 refusals.push(Refusal::Collision { service: ms.name.clone(), surface: s.name.clone(), context: target_ctx.clone(), path: path.clone() });
             }
+            if exists && is_mount_point(&path) {
+                refusals.push(Refusal::MountPoint { path: path.clone() });
+            }
             touched = true;
             plan.surfaces.push(TargetSurface {
                 service: ms.name.clone(),
@@ -407,6 +420,17 @@ fn surface_selected(scope: Scope, contexts: &[String], sel: &RestoreSelection) -
     match scope {
         Scope::Instance => sel.contexts.is_empty(),
         Scope::Context => sel.contexts.is_empty() || contexts.iter().any(|c| sel.contexts.contains(c)),
+    }
+}
+
+/// Whether `path` is the root of a filesystem mounted on its parent's: a restore swaps
+/// directories by rename, which cannot replace a mount point.
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
+    match (dev(path), path.parent().map(dev)) {
+        (Ok(own), Some(Ok(parent))) => own != parent,
+        _ => false,
     }
 }
 
