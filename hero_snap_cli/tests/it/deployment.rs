@@ -1,6 +1,8 @@
 //! Runs every command of docs/DEPLOYMENT.md, in order, on a demo instance. `sh systemd`
 //! blocks run only where systemd is the init; elsewhere the units they install are checked
-//! with `systemd-analyze verify`.
+//! with `systemd-analyze verify`. `json` blocks (the bucket policy) are not run: they must
+//! parse as JSON here, and `s3_lock.rs` applies the policy to a gateway. Any other block
+//! type fails the test.
 
 use crate::HERO_SNAP;
 use test_support::fixtures;
@@ -12,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The doc's code blocks: (info string, body).
-fn blocks(doc: &str) -> Vec<(String, String)> {
+pub(crate) fn blocks(doc: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut cur: Option<(String, String)> = None;
     for line in doc.lines() {
@@ -51,6 +53,9 @@ fn every_runbook_command_runs() {
                 let st = Command::new("systemd-analyze").arg("verify").args(&units).current_dir(&repo).status().unwrap();
                 assert!(st.success(), "systemd-analyze verify {units:?}");
             }
+            "json" => {
+                serde_json::from_str::<serde_json::Value>(body).unwrap_or_else(|e| panic!("a json block of DEPLOYMENT.md does not parse: {e}\n{body}"));
+            }
             other => panic!("code block `{other}` in DEPLOYMENT.md is neither run nor checked"),
         }
     }
@@ -62,11 +67,14 @@ fn every_runbook_command_runs() {
     assert!(st.success());
     // The off-site section backs up to object storage: a real Ceph gateway, whose endpoint
     // and keys go where the runbook keeps them ($KEYS/s3.env).
+    // The bucket has object lock, as the runbook's append-only section asks; the owner's keys
+    // serve as both the machine's and the pruning host's.
     let gateway = Gateway::start(HERO_SNAP);
-    gateway.make_bucket("runbook");
+    gateway.make_locked_bucket("runbook");
     fs::create_dir_all(work.path().join("keys")).unwrap();
     let s3_env: String = gateway.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    fs::write(work.path().join("keys/s3.env"), s3_env).unwrap();
+    fs::write(work.path().join("keys/s3.env"), &s3_env).unwrap();
+    fs::write(work.path().join("keys/s3-owner.env"), s3_env).unwrap();
     let bin_dir = HERO_SNAP.path().parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out = Command::new("bash")
