@@ -75,9 +75,18 @@ fn backup_keys_cannot_delete(gw: &Gateway) {
 }
 
 fn locked_archives_outlive_prune(gw: &Gateway) {
+    // A bucket without object lock cannot hold a locked archive: exit 8, said so.
+    let out = gw.hero_snap(
+        &Instance::new(&["default"]).args(&["backup", "--allow-live", "--no-encrypt", "--to", "s3://hero-backups/l.hsnap", "--s3-object-lock", "1"]),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains("object lock"), "{}", stderr(&out));
     gw.make_locked_bucket("vault");
-    let a = Instance::new(&["default"]);
-    let backup = |name: &str, lock: bool| {
+    // The lock goes on the request that creates the object: CreateMultipartUpload for an
+    // archive of several parts, the PUT of a small one.
+    let (big, small) = (big_instance(12), Instance::new(&["default"]));
+    let backup = |a: &Instance, name: &str, lock: bool| {
         let url = format!("s3://vault/h/{name}");
         let mut args = vec!["backup", "--allow-live", "--no-encrypt", "--to", url.as_str()];
         if lock {
@@ -85,12 +94,15 @@ fn locked_archives_outlive_prune(gw: &Gateway) {
         }
         gw.ok(&a.args(&args));
     };
-    backup("locked.hsnap", true);
-    backup("plain.hsnap", false);
-    backup("newest.hsnap", false);
-    let (status, body) = gw.api("GET", "/vault/h/locked.hsnap?retention=", None);
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("<Mode>COMPLIANCE</Mode>") && body.contains("<RetainUntilDate>"), "{body}");
+    backup(&big, "locked.hsnap", true);
+    backup(&small, "locked-small.hsnap", true);
+    backup(&small, "plain.hsnap", false);
+    backup(&small, "newest.hsnap", false);
+    for key in ["locked.hsnap", "locked-small.hsnap"] {
+        let (status, body) = gw.api("GET", &format!("/vault/h/{key}?retention="), None);
+        assert_eq!(status, 200, "{key}: {body}");
+        assert!(body.contains("<Mode>COMPLIANCE</Mode>") && body.contains("<RetainUntilDate>"), "{key}: {body}");
+    }
 
     // The store refuses to delete the locked version, even to the owner.
     let v = gw.versions("vault", "h/locked.hsnap");
@@ -115,8 +127,11 @@ fn locked_archives_outlive_prune(gw: &Gateway) {
     let out = gw.ok(&strings(&["prune", "--json", "s3://vault/h/", "--keep-last", "1", "--allow-plaintext"]));
     let r = &last_json(&out)["result"];
     assert_eq!(r["deleted"], serde_json::json!(["s3://vault/h/plain.hsnap"]), "{r}");
-    let locked = r["kept"].as_array().unwrap().iter().find(|k| k["path"] == "s3://vault/h/locked.hsnap").expect("locked archive not kept");
-    assert!(locked["reasons"][0].as_str().unwrap().starts_with("locked until 20"), "{locked}");
+    for key in ["locked.hsnap", "locked-small.hsnap"] {
+        let path = format!("s3://vault/h/{key}");
+        let locked = r["kept"].as_array().unwrap().iter().find(|k| k["path"] == path.as_str()).expect("locked archive not kept");
+        assert!(locked["reasons"][0].as_str().unwrap().starts_with("locked until 20"), "{locked}");
+    }
     assert!(gw.versions("vault", "h/plain.hsnap").is_empty(), "prune left a version of the archive it deleted");
     assert!(gw.exists("vault", "h/locked.hsnap") && gw.exists("vault", "h/newest.hsnap"));
     let text = String::from_utf8(gw.ok(&strings(&["prune", "s3://vault/h/", "--keep-last", "1", "--allow-plaintext"])).stdout).unwrap();

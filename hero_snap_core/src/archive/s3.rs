@@ -357,8 +357,15 @@ fn describe(o: &S3Object, endpoint: &str, action: &str, e: &opendal::Error) -> S
             None => "set AWS_REGION or --s3-region to the bucket's region".into(),
         };
         format!("{}: region `{}` is wrong for this bucket while {action}; {fix}", o.url(), o.region())
+    } else if o.config.object_lock_days.is_some() && (has("InvalidRequest") || has("ObjectLockConfiguration")) {
+        // The only request of a locked backup a bucket without object lock finds invalid.
+        format!(
+            "{}: bucket `{}` refused the object lock while {action}; check that it has object lock enabled (created with it: x-amz-bucket-object-lock-enabled: true), or back up without --s3-object-lock",
+            o.url(),
+            o.bucket
+        )
     } else if has("AccessDenied") || e.kind() == opendal::ErrorKind::PermissionDenied {
-        format!("{}: access denied while {action}; the credentials need s3:GetObject, s3:PutObject, s3:ListBucket, s3:AbortMultipartUpload and s3:ListBucketMultipartUploads on the bucket (and s3:DeleteObject for prune)", o.url())
+        format!("{}: access denied while {action}; the credentials need s3:GetObject, s3:PutObject, s3:ListBucket, s3:AbortMultipartUpload and s3:ListBucketMultipartUploads on the bucket (and for prune s3:ListBucketVersions, s3:DeleteObject and s3:DeleteObjectVersion)", o.url())
     } else if e.kind() == opendal::ErrorKind::NotFound {
         format!("{}: no such object at {}", o.url(), endpoint)
     } else if e.kind() == opendal::ErrorKind::ConfigInvalid {
@@ -457,6 +464,10 @@ impl Upload {
                 let _ = self.store.block_on(w.abort());
                 return Err(err);
             }
+        }
+        let lock = self.store.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(lock) = lock {
+            self.store.block_on(lock::ensure_locked(&self.store, &self.obj, &lock))?;
         }
         // opendal's returned metadata can lack the size on RGW; ask the storage.
         let meta = self.store.block_on(self.store.op.stat(&self.obj.key)).map_err(|e| self.store.error(&self.obj, "checking the uploaded archive", e))?;
@@ -638,19 +649,20 @@ mod multipart {
     }
 
     async fn send(store: &Store, obj: &S3Object, method: http::Method, url: String) -> Result<String> {
-        send_for(store, obj, method, url, "managing multipart uploads").await
+        send_for(store, obj, method, url, "managing multipart uploads", None).await
     }
 
     /// One signed request, retried like opendal's; the reply's body, or the S3 error as
     /// [`Store::error`] explains it for `action`.
-    pub(super) async fn send_for(store: &Store, obj: &S3Object, method: http::Method, url: String, action: &str) -> Result<String> {
+    /// A `body` is sent with its Content-MD5, which S3 asks for on configuration calls.
+    pub(super) async fn send_for(store: &Store, obj: &S3Object, method: http::Method, url: String, action: &str, body: Option<String>) -> Result<String> {
         let what = format!("{method} {url}");
-        let req = http::Request::builder()
-            .method(method.clone())
-            .uri(&url)
-            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
-            .body(())
-            .map_err(|e| Error::storage_caused(format!("{what}: {e}"), e))?;
+        let mut req = http::Request::builder().method(method.clone()).uri(&url).header("x-amz-content-sha256", "UNSIGNED-PAYLOAD");
+        if let Some(b) = &body {
+            use md5::Digest;
+            req = req.header("content-md5", reqsign_core::hash::base64_encode(&md5::Md5::digest(b.as_bytes())));
+        }
+        let req = req.body(()).map_err(|e| Error::storage_caused(format!("{what}: {e}"), e))?;
         let (mut parts, ()) = req.into_parts();
         store.signer.sign(&mut parts, None).await.map_err(|e| Error::storage_caused(format!("{what}: signing: {e}"), e))?;
         let client = http_client();
@@ -660,7 +672,11 @@ mod multipart {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
             }
-            let res = client.request(method.clone(), parts.uri.to_string()).headers(parts.headers.clone()).send().await;
+            let mut req = client.request(method.clone(), parts.uri.to_string()).headers(parts.headers.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let res = req.send().await;
             match res {
                 Ok(r) if r.status().is_success() => return r.text().await.map_err(|e| Error::storage_caused(format!("{what}: {e}"), e)),
                 Ok(r) if r.status().is_server_error() || r.status() == 429 => last = format!("HTTP {}", r.status()),

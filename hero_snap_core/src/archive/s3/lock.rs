@@ -65,7 +65,7 @@ async fn versions(store: &Store, obj: &S3Object) -> Result<Vec<String>> {
             Some((k, v)) => format!("key-marker={}&prefix={prefix}&version-id-marker={}&versions=", enc(k, QUERY_VALUE), enc(v, QUERY_VALUE)),
         };
         let url = format!("{}?{query}", bucket_url(store));
-        let body = send_for(store, obj, http::Method::GET, url, "listing the archive's versions").await?;
+        let body = send_for(store, obj, http::Method::GET, url, "listing the archive's versions", None).await?;
         let page: VersionsReply =
             quick_xml::de::from_str(&body).map_err(|e| Error::storage_caused(format!("{}: unreadable list of versions: {e}", obj.url()), e))?;
         let (mut truncated, mut next) = (false, (String::new(), String::new()));
@@ -101,10 +101,32 @@ async fn locked_until(store: &Store, obj: &S3Object, version: Option<&str>) -> O
         url.push_str(&format!("&versionId={}", enc(v, QUERY_VALUE)));
     }
     // No lock configuration, no retention on the object, or no right to read it: not locked.
-    let body = send_for(store, obj, http::Method::GET, url, "reading the archive's retention").await.ok()?;
+    let body = send_for(store, obj, http::Method::GET, url, "reading the archive's retention", None).await.ok()?;
     let until = quick_xml::de::from_str::<Retention>(&body).ok()?.retain_until_date;
     let t = time::OffsetDateTime::parse(&until, &time::format_description::well_known::Rfc3339).ok()?;
     (t > time::OffsetDateTime::now_utc()).then_some(until)
+}
+
+/// Makes sure the archive just completed is locked. The lock headers went with the request
+/// that created it, but some stores ignore them on CreateMultipartUpload (Ceph RGW 16):
+/// then the retention is set now (PutObjectRetention), and the object was unlocked for as
+/// long as that one request took. A store that takes neither fails the backup.
+pub(super) async fn ensure_locked(store: &Store, obj: &S3Object, lock: &ObjectLock) -> Result<()> {
+    if locked_until(store, obj, None).await.is_some() {
+        return Ok(());
+    }
+    let url = format!("{}{}?retention=", bucket_url(store), enc(&obj.key, PATH));
+    let body = format!("<Retention><Mode>{}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>", lock.mode, lock.until);
+    let action = "locking the uploaded archive (it is stored, but not locked; check that the bucket has object lock enabled)";
+    send_for(store, obj, http::Method::PUT, url, action, Some(body)).await?;
+    match locked_until(store, obj, None).await {
+        Some(_) => Ok(()),
+        None => Err(Error::storage(format!(
+            "{}: the archive is stored but the storage did not lock it; check that bucket `{}` has object lock enabled, or back up without --s3-object-lock",
+            obj.url(),
+            obj.bucket
+        ))),
+    }
 }
 
 /// Deletes the archive: in a versioned bucket every version of its key (by version id, so
