@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hero_snap_core::{
-    Ancestors, BackupOptions, Compression, Decryption, DecryptionChoice, EncryptionChoice, Extent, Folder, Inventory, Location, RestoreOptions,
-    RestoreSelection, Result, S3Config, Selection, Since,
+    Ancestors, BackupOptions, BytesPerSec, Compression, Decryption, DecryptionChoice, EncryptionChoice, Error, Extent, Folder, Inventory, Location,
+    RestoreOptions, RestoreSelection, Result, S3Config, Selection, Since,
 };
 
 /// Atomic, cross-service-consistent snapshots of a Hero instance into one encrypted
@@ -221,6 +221,13 @@ pub struct BackupArgs {
     pub to: String,
     #[command(flatten)]
     pub s3: S3Args,
+    /// s3:// only: lock the archive's object for DAYS (COMPLIANCE mode: nobody can delete or
+    /// overwrite it before then). The bucket must have object lock enabled.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub s3_object_lock: Option<u32>,
+    /// s3:// only: send at most this many bytes per second, over all parts in flight (10M = 10 MiB/s).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub limit_upload: Option<BytesPerSec>,
     /// Encrypt to this recipient: `age1...`, `ssh-ed25519 ...` or `ssh-rsa ...` (repeatable).
     #[arg(long = "recipient", short = 'r')]
     pub recipients: Vec<String>,
@@ -257,6 +264,18 @@ pub struct BackupArgs {
 }
 
 impl BackupArgs {
+    /// Where the archive goes, with the object lock and upload limit of an s3:// target.
+    pub fn target(&self) -> Result<Location> {
+        let mut config = self.s3.config();
+        config.object_lock_days = self.s3_object_lock;
+        config.limit_upload = self.limit_upload.map(|l| l.0);
+        let to = Location::parse(&self.to, &config)?;
+        if !matches!(to, Location::S3(_)) && (self.s3_object_lock.is_some() || self.limit_upload.is_some()) {
+            return Err(Error::Usage(format!("`{}`: --s3-object-lock and --limit-upload apply to s3:// targets only", self.to)));
+        }
+        Ok(to)
+    }
+
     /// The backup's options, its encryption decided by the library from the flags.
     pub fn options(&self) -> Result<BackupOptions> {
         let choice = EncryptionChoice {
@@ -331,6 +350,7 @@ impl S3Args {
             region: self.s3_region.clone(),
             profile: self.s3_profile.clone(),
             virtual_host_style: self.s3_virtual_host,
+            ..S3Config::default()
         }
     }
     pub fn location(&self, text: &str) -> Result<Location> {
@@ -349,6 +369,9 @@ pub struct ReadArgs {
     pub from: Vec<String>,
     #[command(flatten)]
     pub s3: S3Args,
+    /// s3:// only: receive at most this many bytes per second, over all ranges in flight (10M = 10 MiB/s).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub limit_download: Option<BytesPerSec>,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -357,7 +380,12 @@ impl ReadArgs {
     /// The newest archive of those given, opened for reading (`Extent::Head` reads only
     /// the manifest), and where its ancestors are.
     pub fn open(&self, extent: Extent, keys: &Decryption) -> Result<(Box<dyn Read>, Ancestors)> {
-        let given = self.from.iter().map(|f| self.s3.location(f)).collect::<Result<Vec<_>>>()?;
+        let mut config = self.s3.config();
+        config.limit_download = self.limit_download.map(|l| l.0);
+        let given = self.from.iter().map(|f| Location::parse(f, &config)).collect::<Result<Vec<_>>>()?;
+        if self.limit_download.is_some() && !given.iter().any(|g| matches!(g, Location::S3(_))) {
+            return Err(Error::Usage("--limit-download applies to s3:// archives only".into()));
+        }
         let (newest, ancestors) = Ancestors::chain_of(given, keys)?;
         Ok((newest.open(extent)?, ancestors))
     }

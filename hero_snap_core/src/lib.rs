@@ -71,6 +71,7 @@ mod process;
 mod progress;
 mod restore;
 mod retention;
+mod size;
 mod snapshot;
 mod state;
 // The verbs: the only modules that compose the layers.
@@ -81,8 +82,9 @@ mod commands;
 pub mod fuzzing;
 
 pub use archive::{
-    Ancestors, Compression, Consistency, Decryption, DecryptionChoice, Encryption, EncryptionChoice, Extent, Folder, LeftOut, Listed, Location, Manifest,
-    ManifestService, ManifestSurface, ParentRecord, S3Config, S3Object, S3Prefix, SelectionRecord, Since, Summary, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
+    Ancestors, BytesPerSec, Compression, Consistency, Decryption, DecryptionChoice, Encryption, EncryptionChoice, Extent, Folder, LeftOut, Listed, Location,
+    Manifest, ManifestService, ManifestSurface, ParentRecord, S3Config, S3Object, S3Prefix, SelectionRecord, Since, Summary, Warning, ARCHIVE_FORMAT,
+    INCREMENTAL_FORMAT,
 };
 pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport, RunLog};
 pub use commands::gc::gc;

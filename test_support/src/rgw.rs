@@ -66,11 +66,21 @@ impl Gateway {
 
     /// One S3 API call: (HTTP status, body).
     pub fn api(&self, method: &str, path: &str, upload: Option<&Path>) -> (u16, String) {
+        self.api_as(&self.env, method, path, upload, &[])
+    }
+
+    /// One S3 API call with the keys of `env` (the owner's: [`Gateway::env`], or a user's
+    /// from [`Gateway::add_user`]) and extra headers (`name: value`).
+    pub fn api_as(&self, env: &[(String, String)], method: &str, path: &str, upload: Option<&Path>, headers: &[&str]) -> (u16, String) {
+        let var = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
         let body = self.dir.path().join("curl-body");
         let mut c = Command::new("curl");
         c.args(["-s", "-o"]).arg(&body).args(["-w", "%{http_code}", "-X", method, "--aws-sigv4", "aws:amz:us-east-1:s3", "--user"]);
-        c.arg(format!("{}:{}", self.var("AWS_ACCESS_KEY_ID"), self.var("AWS_SECRET_ACCESS_KEY")));
+        c.arg(format!("{}:{}", var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")));
         c.args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
+        for h in headers {
+            c.args(["-H", h]);
+        }
         if method == "HEAD" {
             c.arg("-I");
         }
@@ -88,6 +98,45 @@ impl Gateway {
         assert_eq!(status, 200, "creating bucket {name}: {body}");
     }
 
+    /// A bucket with object lock enabled (and so versioned).
+    pub fn make_locked_bucket(&self, name: &str) {
+        let (status, body) = self.api_as(&self.env, "PUT", &format!("/{name}"), None, &["x-amz-bucket-object-lock-enabled: true"]);
+        assert_eq!(status, 200, "creating bucket {name} with object lock: {body}");
+    }
+
+    /// A second user of the gateway (radosgw-admin): its environment, as [`Gateway::env`]
+    /// with its own keys. It owns nothing; a bucket policy gives it rights.
+    pub fn add_user(&self, uid: &str) -> Vec<(String, String)> {
+        let (ak, sk) = (format!("GK{uid:0>24}"), format!("{uid:0>64}"));
+        let out = Command::new("timeout")
+            .args(["60", "radosgw-admin", "-c"])
+            .arg(self.dir.path().join("ceph.conf"))
+            .args(["user", "create", &format!("--uid={uid}"), &format!("--display-name={uid}"), &format!("--access-key={ak}"), &format!("--secret={sk}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "radosgw-admin user create {uid}: {}", stderr(&out));
+        let mut env = self.env.clone();
+        for (k, v) in env.iter_mut() {
+            match k.as_str() {
+                "AWS_ACCESS_KEY_ID" => *v = ak.clone(),
+                "AWS_SECRET_ACCESS_KEY" => *v = sk.clone(),
+                _ => {}
+            }
+        }
+        env
+    }
+
+    /// The version ids of exactly `key` (ListObjectVersions), newest first.
+    pub fn versions(&self, bucket: &str, key: &str) -> Vec<String> {
+        let (status, body) = self.api("GET", &format!("/{bucket}?prefix={}&versions=", key.replace('/', "%2F")), None);
+        assert_eq!(status, 200, "{body}");
+        body.split("<Version>")
+            .skip(1)
+            .filter(|v| v.contains(&format!("<Key>{key}</Key>")))
+            .map(|v| v.split("<VersionId>").nth(1).unwrap().split("</VersionId>").next().unwrap().to_string())
+            .collect()
+    }
+
     pub fn exists(&self, bucket: &str, key: &str) -> bool {
         let (status, _) = self.api("HEAD", &format!("/{bucket}/{key}"), None);
         assert!(status == 200 || status == 404, "HEAD {bucket}/{key}: {status}");
@@ -103,8 +152,13 @@ impl Gateway {
 
     /// hero-snap with the gateway's environment (endpoint, region, keys).
     pub fn hero_snap(&self, args: &[String], extra_env: &[(&str, &str)]) -> Output {
+        self.hero_snap_as(&self.env, args, extra_env)
+    }
+
+    /// hero-snap with `env` (a user's from [`Gateway::add_user`]).
+    pub fn hero_snap_as(&self, env: &[(String, String)], args: &[String], extra_env: &[(&str, &str)]) -> Output {
         let mut c = self.cli.command();
-        c.args(args).envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c.args(args).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c.envs(extra_env.iter().copied());
         c.output().unwrap()
     }

@@ -11,7 +11,7 @@ pub fn run(args: &BackupArgs, out: &Output, cancel: &Cancel) -> Result<()> {
     // Recorded from here on, whatever fails (the keys, the target, the run itself).
     let log = RunLog::start(&inv, &args.scope.selection(), args.scope.instance.state_dir.as_deref(), &args.to).metrics_file(args.metrics_file.clone());
     let progress = out.progress();
-    let result = args.options().and_then(|opts| hero_snap_core::backup_to(&inv, &opts, &args.s3.location(&args.to)?, &progress, cancel));
+    let result = args.options().and_then(|opts| hero_snap_core::backup_to(&inv, &opts, &args.target()?, &progress, cancel));
     let report = log.finish(result)?;
     progress.done();
     out.report(&report, |r| print(r, &args.to));

@@ -5,7 +5,9 @@
 //! - `yaml inventory` blocks (a part of an inventory, e.g. `notify:`) are added to the
 //!   demo's inventory, which `hero-snap inventory` must then load;
 //! - `sh internet` blocks need a service on the internet (ntfy.sh, hc-ping.com), which the
-//!   test machines cannot reach: they are not run, only checked with `bash -n`.
+//!   test machines cannot reach: they are not run, only checked with `bash -n`;
+//! - `json` blocks (the bucket policy) must parse as JSON here, and `s3_lock.rs` applies
+//!   the policy to a gateway.
 //!
 //! Any other block type fails the test: every block is run or checked.
 
@@ -19,7 +21,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The doc's code blocks: (info string, body).
-fn blocks(doc: &str) -> Vec<(String, String)> {
+pub(crate) fn blocks(doc: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut cur: Option<(String, String)> = None;
     for line in doc.lines() {
@@ -64,6 +66,9 @@ fn every_runbook_command_runs() {
                 let st = Command::new("bash").args(["-n", "-c", body]).status().unwrap();
                 assert!(st.success(), "bash -n: a syntax error in:\n{body}");
             }
+            "json" => {
+                serde_json::from_str::<serde_json::Value>(body).unwrap_or_else(|e| panic!("a json block of DEPLOYMENT.md does not parse: {e}\n{body}"));
+            }
             other => panic!("code block `{other}` in DEPLOYMENT.md is neither run nor checked"),
         }
     }
@@ -75,11 +80,14 @@ fn every_runbook_command_runs() {
     assert!(st.success());
     // The off-site section backs up to object storage: a real Ceph gateway, whose endpoint
     // and keys go where the runbook keeps them ($KEYS/s3.env).
+    // The bucket has object lock, as the runbook's append-only section asks; the owner's keys
+    // serve as both the machine's and the pruning host's.
     let gateway = Gateway::start(HERO_SNAP);
-    gateway.make_bucket("runbook");
+    gateway.make_locked_bucket("runbook");
     fs::create_dir_all(work.path().join("keys")).unwrap();
     let s3_env: String = gateway.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    fs::write(work.path().join("keys/s3.env"), s3_env).unwrap();
+    fs::write(work.path().join("keys/s3.env"), &s3_env).unwrap();
+    fs::write(work.path().join("keys/s3-owner.env"), s3_env).unwrap();
     let bin_dir = HERO_SNAP.path().parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let out = Command::new("bash")

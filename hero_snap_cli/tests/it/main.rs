@@ -22,6 +22,7 @@ mod operator;
 mod outputs;
 mod restore;
 mod s3;
+mod s3_lock;
 mod secrets;
 mod snapshots;
 

@@ -179,7 +179,7 @@ fn list_and_prune_a_prefix(gw: &Gateway) {
 }
 
 /// An instance with `mib` MiB of incompressible data in hero_db.
-fn big_instance(mib: u64) -> Instance {
+pub(crate) fn big_instance(mib: u64) -> Instance {
     let inst = Instance::new(&["default"]);
     let mut src = fs::File::open("/dev/urandom").unwrap().take(mib << 20);
     let mut dst = fs::File::create(inst.path("var/lib/hero/hero_db/data/big.bin")).unwrap();

@@ -75,9 +75,10 @@ impl Item {
             Item::Object(o) => s3::open(o, false),
         }
     }
-    pub(crate) fn delete(&self) -> Result<()> {
+    /// Deletes the archive; an object the store's lock still holds is kept, and said so.
+    pub(crate) fn delete(&self) -> Result<s3::Deleted> {
         match self {
-            Item::File(p) => std::fs::remove_file(p).map_err(Error::io(p, "deleting the archive")),
+            Item::File(p) => std::fs::remove_file(p).map(|()| s3::Deleted::Gone).map_err(Error::io(p, "deleting the archive")),
             Item::Object(o) => s3::delete(o),
         }
     }

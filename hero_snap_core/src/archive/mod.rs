@@ -22,5 +22,5 @@ pub use format::{
     Consistency, LeftOut, Manifest, ManifestService, ManifestSurface, ParentRecord, SelectionRecord, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
 };
 pub use location::{Extent, Location};
-pub use s3::{S3Config, S3Object, S3Prefix};
+pub use s3::{BytesPerSec, S3Config, S3Object, S3Prefix};
 pub use write::Compression;

@@ -21,6 +21,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::state::failpoint;
 
+mod lock;
+mod transport;
+
+pub(crate) use lock::{delete, Deleted};
+use transport::ObjectLock;
+
 /// How to reach the storage. Every field left empty comes from the usual AWS environment
 /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`, `AWS_ACCESS_KEY_ID`, ...) and files
 /// (`~/.aws/credentials`, `~/.aws/config`). Credentials never come from flags.
@@ -35,6 +41,39 @@ pub struct S3Config {
     /// `https://BUCKET.host/KEY` instead of the path style `https://host/BUCKET/KEY`.
     #[serde(default)]
     pub virtual_host_style: bool,
+    /// Backup: lock the archive's object for this many days (`COMPLIANCE` mode, set when
+    /// the object is created); the bucket must have object lock enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock_days: Option<u32>,
+    /// Backup: at most this many bytes per second go to the storage, over all parts in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_upload: Option<u64>,
+    /// Reads: at most this many bytes per second come from the storage, over all ranges in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_download: Option<u64>,
+}
+
+/// A bandwidth limit (`--limit-upload`, `--limit-download`): bytes per second, as a number
+/// or with a binary suffix `K`, `M`, `G`, `T`, as `--min-free` sizes are written.
+///
+/// ```
+/// use hero_snap_core::BytesPerSec;
+/// assert_eq!("10M".parse::<BytesPerSec>().unwrap(), BytesPerSec(10 << 20));
+/// assert!("0".parse::<BytesPerSec>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BytesPerSec(pub u64);
+
+impl std::str::FromStr for BytesPerSec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<BytesPerSec> {
+        match crate::size::parse_size(s) {
+            Ok(0) => Err(Error::Usage(format!("`{s}`: a limit of 0 bytes per second would never finish; leave the limit out for none"))),
+            Ok(n) => Ok(BytesPerSec(n)),
+            Err(e) => Err(Error::Usage(format!("{e} (bytes per second, e.g. 10M)"))),
+        }
+    }
 }
 
 /// One object: `s3://BUCKET/KEY`.
@@ -157,12 +196,6 @@ pub(crate) fn list(folder: &S3Prefix) -> Result<Vec<(S3Object, u64)>> {
     Ok(out)
 }
 
-/// Deletes one object.
-pub(crate) fn delete(obj: &S3Object) -> Result<()> {
-    let store = Store::get(obj)?;
-    store.block_on(store.op.delete(&obj.key)).map_err(|e| store.error(obj, "deleting the archive", e))
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -216,6 +249,8 @@ struct Store {
     /// Where requests go, for messages and the multipart calls.
     endpoint: String,
     signer: Signer<reqsign_aws_v4::Credential>,
+    /// The object lock the transport puts on the object a backup creates.
+    lock: Arc<Mutex<Option<ObjectLock>>>,
 }
 
 impl Store {
@@ -240,7 +275,10 @@ impl Store {
 
     fn connect(obj: &S3Object, key: StoreKey) -> Result<Store> {
         let rt = runtime()?;
-        let mut b = opendal::services::S3::default().bucket(&key.bucket).root("/").region(&key.region);
+        // The bucket owner may read and delete what a machine's own storage user wrote (on RGW
+        // and across AWS accounts an object is otherwise its writer's alone): prune runs with
+        // the owner's keys (D-14).
+        let mut b = opendal::services::S3::default().bucket(&key.bucket).root("/").region(&key.region).default_acl("bucket-owner-full-control");
         if let Some(e) = &key.endpoint {
             // Not AWS: the EC2 metadata service has no credentials for it, and probing it stalls.
             b = b.endpoint(e).disable_ec2_metadata();
@@ -251,7 +289,10 @@ impl Store {
         if key.virtual_host {
             b = b.enable_virtual_host_style();
         }
-        let transport = opendal::HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(http_client().clone()));
+        let signer = multipart::signer(&key);
+        let lock = Arc::new(Mutex::new(None));
+        let transport = transport::Transport { client: http_client().clone(), lock: lock.clone(), signer: signer.clone() };
+        let transport = opendal::HttpTransporter::new(transport);
         let op = opendal::Operator::new(b)
             .map_err(|e| Error::storage_caused(format!("{}: {e}", obj.url()), e))?
             .with_context(opendal::OperationContext::new().with_http_transport(transport))
@@ -264,8 +305,7 @@ impl Store {
             let _guard = rt.enter();
             opendal::blocking::Operator::new(op.clone()).map_err(|e| Error::storage_caused(describe(obj, &endpoint, "connecting", &e), e))?
         };
-        let signer = multipart::signer(&key);
-        Ok(Store { op, bop, rt, key, endpoint, signer })
+        Ok(Store { op, bop, rt, key, endpoint, signer, lock })
     }
 
     /// Runs a future to completion from an ordinary (non-runtime) thread.
@@ -317,8 +357,15 @@ fn describe(o: &S3Object, endpoint: &str, action: &str, e: &opendal::Error) -> S
             None => "set AWS_REGION or --s3-region to the bucket's region".into(),
         };
         format!("{}: region `{}` is wrong for this bucket while {action}; {fix}", o.url(), o.region())
+    } else if o.config.object_lock_days.is_some() && (has("InvalidRequest") || has("ObjectLockConfiguration")) {
+        // The only request of a locked backup a bucket without object lock finds invalid.
+        format!(
+            "{}: bucket `{}` refused the object lock while {action}; check that it has object lock enabled (created with it: x-amz-bucket-object-lock-enabled: true), or back up without --s3-object-lock",
+            o.url(),
+            o.bucket
+        )
     } else if has("AccessDenied") || e.kind() == opendal::ErrorKind::PermissionDenied {
-        format!("{}: access denied while {action}; the credentials need s3:GetObject, s3:PutObject, s3:ListBucket, s3:AbortMultipartUpload and s3:ListBucketMultipartUploads on the bucket (and s3:DeleteObject for prune)", o.url())
+        format!("{}: access denied while {action}; the credentials need s3:GetObject, s3:PutObject, s3:ListBucket, s3:AbortMultipartUpload and s3:ListBucketMultipartUploads on the bucket (and for prune s3:ListBucketVersions, s3:DeleteObject and s3:DeleteObjectVersion)", o.url())
     } else if e.kind() == opendal::ErrorKind::NotFound {
         format!("{}: no such object at {}", o.url(), endpoint)
     } else if e.kind() == opendal::ErrorKind::ConfigInvalid {
@@ -332,6 +379,7 @@ fn describe(o: &S3Object, endpoint: &str, action: &str, e: &opendal::Error) -> S
 /// inspect and preflight) or the whole (parallel ranged GETs, for restore and verify).
 pub(crate) fn open(obj: &S3Object, whole: bool) -> Result<Box<dyn Read>> {
     let store = Store::get(obj)?;
+    transport::DOWNLOAD.set(obj.config.limit_download);
     let meta = store.bop.stat(&obj.key).map_err(|e| store.explain(obj, "reading the archive", e))?;
     let size = meta.content_length();
     let opts = opendal::options::ReaderOptions {
@@ -370,6 +418,9 @@ impl Upload {
         if let Some(e) = store.probe_bucket(obj).filter(|e| !e.to_string().contains("AccessDenied")) {
             return Err(store.error(obj, "checking the bucket", e));
         }
+        let lock = obj.config.object_lock_days.map(lock::lock_for).transpose()?;
+        *store.lock.lock().unwrap_or_else(|p| p.into_inner()) = lock;
+        transport::UPLOAD.set(obj.config.limit_upload);
         let writer = store
             .block_on(async { store.op.writer_with(&obj.key).concurrent(UPLOAD_CONCURRENCY).await })
             .map_err(|e| store.error(obj, "starting the upload", e))?;
@@ -414,6 +465,10 @@ impl Upload {
                 return Err(err);
             }
         }
+        let lock = self.store.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(lock) = lock {
+            self.store.block_on(lock::ensure_locked(&self.store, &self.obj, &lock))?;
+        }
         // opendal's returned metadata can lack the size on RGW; ask the storage.
         let meta = self.store.block_on(self.store.op.stat(&self.obj.key)).map_err(|e| self.store.error(&self.obj, "checking the uploaded archive", e))?;
         Ok(meta.content_length())
@@ -443,6 +498,8 @@ impl Write for Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        // The next object created through this bucket's connection is not this archive.
+        *self.store.lock.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(mut w) = self.writer.take() {
             let ok = self.store.block_on(w.abort()).is_ok();
             self.outcome.lock().unwrap_or_else(|p| p.into_inner()).aborted = ok;
@@ -579,7 +636,7 @@ mod multipart {
         Signer::new(ctx, ProvideCredentialChain::new().push(provider.build()), RequestSigner::new("s3", &key.region))
     }
 
-    fn bucket_url(store: &Store) -> String {
+    pub(super) fn bucket_url(store: &Store) -> String {
         let (b, e) = (&store.key.bucket, &store.endpoint);
         if store.key.virtual_host {
             match e.split_once("://") {
@@ -592,13 +649,20 @@ mod multipart {
     }
 
     async fn send(store: &Store, obj: &S3Object, method: http::Method, url: String) -> Result<String> {
+        send_for(store, obj, method, url, "managing multipart uploads", None).await
+    }
+
+    /// One signed request, retried like opendal's; the reply's body, or the S3 error as
+    /// [`Store::error`] explains it for `action`.
+    /// A `body` is sent with its Content-MD5, which S3 asks for on configuration calls.
+    pub(super) async fn send_for(store: &Store, obj: &S3Object, method: http::Method, url: String, action: &str, body: Option<String>) -> Result<String> {
         let what = format!("{method} {url}");
-        let req = http::Request::builder()
-            .method(method.clone())
-            .uri(&url)
-            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
-            .body(())
-            .map_err(|e| Error::storage_caused(format!("{what}: {e}"), e))?;
+        let mut req = http::Request::builder().method(method.clone()).uri(&url).header("x-amz-content-sha256", "UNSIGNED-PAYLOAD");
+        if let Some(b) = &body {
+            use md5::Digest;
+            req = req.header("content-md5", reqsign_core::hash::base64_encode(&md5::Md5::digest(b.as_bytes())));
+        }
+        let req = req.body(()).map_err(|e| Error::storage_caused(format!("{what}: {e}"), e))?;
         let (mut parts, ()) = req.into_parts();
         store.signer.sign(&mut parts, None).await.map_err(|e| Error::storage_caused(format!("{what}: signing: {e}"), e))?;
         let client = http_client();
@@ -608,7 +672,11 @@ mod multipart {
             if attempt > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
             }
-            let res = client.request(method.clone(), parts.uri.to_string()).headers(parts.headers.clone()).send().await;
+            let mut req = client.request(method.clone(), parts.uri.to_string()).headers(parts.headers.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let res = req.send().await;
             match res {
                 Ok(r) if r.status().is_success() => return r.text().await.map_err(|e| Error::storage_caused(format!("{what}: {e}"), e)),
                 Ok(r) if r.status().is_server_error() || r.status() == 429 => last = format!("HTTP {}", r.status()),
@@ -617,11 +685,7 @@ mod multipart {
                     let body = r.text().await.unwrap_or_default();
                     // describe() recognises the S3 error code in the message.
                     let code = quick_xml::de::from_str::<ErrorReply>(&body).map(|e| e.code).unwrap_or_default();
-                    return Err(store.error(
-                        obj,
-                        "managing multipart uploads",
-                        opendal::Error::new(opendal::ErrorKind::Unexpected, format!("HTTP {status} {code}")),
-                    ));
+                    return Err(store.error(obj, action, opendal::Error::new(opendal::ErrorKind::Unexpected, format!("HTTP {status} {code}"))));
                 }
                 Err(e) => last = e.to_string(),
             }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::archive::catalog::Catalog;
 use crate::archive::folder::{read_folder, Folder, Listed};
+use crate::archive::s3::Deleted;
 use crate::archive::Decryption;
 use crate::error::{Error, Result};
 use crate::retention::Retention;
@@ -41,7 +42,7 @@ impl std::str::FromStr for MinFree {
         if s == "auto" {
             return Ok(MinFree::NextBackup);
         }
-        parse_size(s).map(MinFree::Bytes).map_err(|e| Error::Usage(format!("--min-free: {e}")))
+        crate::size::parse_size(s).map(MinFree::Bytes).map_err(|e| Error::Usage(format!("--min-free: {e}")))
     }
 }
 
@@ -67,7 +68,8 @@ pub struct Kept {
     /// When it was made.
     pub created: String,
     /// `newest`, `last`, `hourly YYYY-MM-DD HHh`, `daily YYYY-MM-DD`, `weekly YYYY-Www`,
-    /// `monthly YYYY-MM`, `yearly YYYY`, `within DURATION`.
+    /// `monthly YYYY-MM`, `yearly YYYY`, `within DURATION`, `incremental RUN builds on it`,
+    /// or `locked until DATE` (no rule kept it, but the store's object lock refused the delete).
     pub reasons: Vec<String>,
 }
 
@@ -184,20 +186,24 @@ pub fn prune(folder: &Folder, keys: &Decryption, opts: &PruneOptions) -> Result<
         keep_ancestors(&mut decided);
         for (a, reasons) in decided {
             let created = a.summary.as_ref().map(|s| s.created.clone()).unwrap_or_default();
+            let mut reasons = reasons;
             if reasons.is_empty() {
-                if !opts.dry_run {
-                    a.item.delete()?;
-                    if let Some(c) = &catalog {
-                        c.forget(&a.location_key());
+                match if opts.dry_run { Deleted::Gone } else { a.item.delete()? } {
+                    // The store's object lock keeps it; the rest of the run goes on.
+                    Deleted::Locked(until) => reasons.push(format!("locked until {until}")),
+                    Deleted::Gone => {
+                        if let (false, Some(c)) = (opts.dry_run, &catalog) {
+                            c.forget(&a.location_key());
+                        }
+                        report.freed_bytes += a.size;
+                        report.deleted.push(a.path);
+                        (counts.deleted, counts.freed_bytes) = (counts.deleted + 1, counts.freed_bytes + a.size);
+                        continue;
                     }
                 }
-                report.freed_bytes += a.size;
-                report.deleted.push(a.path);
-                (counts.deleted, counts.freed_bytes) = (counts.deleted + 1, counts.freed_bytes + a.size);
-            } else {
-                report.kept.push(Kept { path: a.path, created, reasons });
-                counts.kept += 1;
             }
+            report.kept.push(Kept { path: a.path, created, reasons });
+            counts.kept += 1;
         }
         report.series.push(counts);
     }
@@ -240,25 +246,4 @@ fn keep_ancestors(decided: &mut [(Listed, Vec<String>)]) {
 fn created_key(l: &Listed) -> Option<time::OffsetDateTime> {
     let s = l.summary.as_ref()?;
     time::OffsetDateTime::parse(&s.created, &time::format_description::well_known::Rfc3339).ok().map(|t| t.to_offset(time::UtcOffset::UTC))
-}
-
-/// Parses a size: bytes, or with a binary suffix `K`, `M`, `G`, `T` (`10G` = 10 GiB).
-///
-pub(crate) fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let (num, shift) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("`{s}`: unknown size suffix (use K, M, G or T)")),
-            };
-            (&t[..i], shift)
-        }
-        _ => (t, 0),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("`{s}`: not a size (e.g. 500M, 10G)"))?;
-    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("`{s}`: too large"))
 }
