@@ -33,8 +33,8 @@ pub enum Cmd {
     Backup(BackupArgs),
     /// Print an archive's manifest (reads only the head of the archive).
     Inspect(ReadArgs),
-    /// Check every file of an archive against its index.
-    Verify(ReadArgs),
+    /// Check every file of an archive (and of its chain) against its index.
+    Verify(VerifyArgs),
     /// Check whether an archive can be restored into the target, and print the plan.
     Preflight(RestoreArgs),
     /// Restore an archive into the target instance, all or nothing.
@@ -362,10 +362,24 @@ impl S3Args {
 }
 
 #[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub archive: ReadArgs,
+    /// Instead of --from: verify the newest archive of each series (instance and
+    /// selection) in this directory or s3://BUCKET/PREFIX/, each with its chain.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX/", conflicts_with = "from")]
+    pub newest_in: Option<String>,
+    /// After the run, replace this file with each series' last verification (Prometheus
+    /// text format, for node_exporter's textfile collector; name it *.prom).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
 pub struct ReadArgs {
     /// Archive file, `-` for standard input, or s3://BUCKET/KEY. An incremental's
     /// ancestors are found beside it, or given with more --from (any order).
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub from: Vec<String>,
     #[command(flatten)]
     pub s3: S3Args,
@@ -382,6 +396,9 @@ impl ReadArgs {
     pub fn open(&self, extent: Extent, keys: &Decryption) -> Result<(Box<dyn Read>, Ancestors)> {
         let mut config = self.s3.config();
         config.limit_download = self.limit_download.map(|l| l.0);
+        if self.from.is_empty() {
+            return Err(Error::Usage("which archive? give it with --from FILE|-|s3://BUCKET/KEY".into()));
+        }
         let given = self.from.iter().map(|f| Location::parse(f, &config)).collect::<Result<Vec<_>>>()?;
         if self.limit_download.is_some() && !given.iter().any(|g| matches!(g, Location::S3(_))) {
             return Err(Error::Usage("--limit-download applies to s3:// archives only".into()));

@@ -96,7 +96,7 @@ pub use commands::preflight::preflight;
 pub use commands::prune::{prune, with_prune_metrics, Kept, MinFree, PruneOptions, PruneReport, PrunedSeries, SpaceCheck};
 pub use commands::restore::{restore, restore_chain, RestoreOptions, RestoreReport};
 pub use commands::status::{status, MaxAge, SeriesStatus, StatusOptions, StatusReport};
-pub use commands::verify::{verify, verify_chain, VerifyReport};
+pub use commands::verify::{check_verified, verify, verify_chain, verify_newest, with_verify_metrics, VerifiedArchive, VerifyReport};
 pub use error::{BoxError, Error, Result};
 pub use freeze::watchdog::run_watchdog_if_invoked;
 pub use inventory::{

@@ -117,6 +117,8 @@ fn every_runbook_command_runs() {
     let key = format!("{}/hero-", host.trim());
     let (status, listing) = gateway.api("GET", "/runbook", None);
     assert!(status == 200 && listing.contains(&key), "no archive in the bucket: {listing}");
+    let verified = std::fs::read_to_string(work.path().join("textfile/hero-snap-verify.prom")).unwrap();
+    assert!(verified.contains("hero_snap_verify_last_run_success{instance=\"hero-demo\",selection=\"whole instance\"} 1"), "{verified}");
     let metrics = std::fs::read_to_string(work.path().join("textfile/hero-snap.prom")).unwrap();
     assert!(metrics.contains("hero_snap_backup_last_run_success{instance=\"hero-demo\",selection=\"whole instance\"} 1"), "{metrics}");
     let pruned = std::fs::read_to_string(work.path().join("textfile/hero-snap-prune.prom")).unwrap();

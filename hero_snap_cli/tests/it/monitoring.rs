@@ -222,3 +222,55 @@ fn prune_metrics_count_each_series_and_mark_failures() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--dry-run"), "{}", stderr(&out));
 }
+
+/// The weekly check (issue 16 item 7): `verify --newest-in` verifies the newest archive of
+/// each series with its chain, and its metrics file keeps the last success of a series
+/// whose newest archive went bad; exit 9 names the bad one.
+#[test]
+fn verify_newest_checks_each_series_and_keeps_its_last_success() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let folder = a.dir.path().join("archives");
+    fs::create_dir_all(&folder).unwrap();
+    let to = |n: &str| folder.join(n).display().to_string();
+    HERO_SNAP.ok(&a.args(&["backup", "--allow-live", "--to", &to("0-full.hsnap"), "-r", &recipient]));
+    fs::write(a.path("var/lib/hero/hero_db/data/dump.rdb"), pseudo_random(1000, 5)).unwrap();
+    HERO_SNAP.ok(&a.args(&["backup", "--allow-live", "--to", &to("1-inc.hsnap"), "-r", &recipient, "--since", "latest"]));
+    HERO_SNAP.ok(&a.args(&["backup", "--allow-live", "--to", &to("ctx.hsnap"), "-r", &recipient, "--context", "geomind"]));
+    let prom = a.dir.path().join("verify.prom");
+    let verify = |json: bool| {
+        let mut v = vec!["verify", "--newest-in", folder.to_str().unwrap(), "-i", key.to_str().unwrap(), "--metrics-file", prom.to_str().unwrap()];
+        if json {
+            v.push("--json");
+        }
+        HERO_SNAP.run(&v)
+    };
+    let out = verify(true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result = last_json(&out)["result"].clone();
+    let paths: Vec<&str> = result.as_array().unwrap().iter().map(|v| v["path"].as_str().unwrap()).collect();
+    assert_eq!(paths.len(), 2, "one archive per series: {result}");
+    assert!(paths.iter().any(|p| p.ends_with("1-inc.hsnap")) && paths.iter().any(|p| p.ends_with("ctx.hsnap")), "{result}");
+    let inc = result.as_array().unwrap().iter().find(|v| v["path"].as_str().unwrap().ends_with("1-inc.hsnap")).unwrap();
+    assert_eq!(inc["report"]["ancestors"].as_array().unwrap().len(), 1, "{inc}");
+    let m = metrics(&prom);
+    assert_eq!(sample(&m, "hero_snap_verify_last_run_success"), 1.0);
+    assert_eq!(sample(&m, "hero_snap_verify_ancestors"), 1.0);
+    let first_success = sample(&m, "hero_snap_verify_last_success_timestamp_seconds");
+    assert!(first_success > 0.0);
+
+    // The full archive the incremental builds on goes bad: the series fails, by name.
+    let full = folder.join("0-full.hsnap");
+    let mut bytes = fs::read(&full).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    fs::write(&full, bytes).unwrap();
+    let out = verify(false);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(stderr(&out).contains("1-inc.hsnap") && String::from_utf8_lossy(&out.stdout).contains("FAILED"), "{}", stderr(&out));
+    let m = metrics(&prom);
+    assert_eq!(sample(&m, "hero_snap_verify_last_run_success"), 0.0);
+    assert_eq!(sample(&m, "hero_snap_verify_last_success_timestamp_seconds"), first_success, "the last success was forgotten");
+    let ctx = "hero_snap_verify_last_run_success{instance=\"test\",selection=\"contexts geomind\"}";
+    assert_eq!(m.get(ctx), Some(&1.0), "{m:?}");
+}

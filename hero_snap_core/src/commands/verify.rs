@@ -6,6 +6,7 @@ use std::io::Read;
 use serde::Serialize;
 
 use crate::archive::chain::{read_ancestors, Filling, IndexTable};
+use crate::archive::folder::{read_folder, Folder};
 use crate::archive::format::Manifest;
 use crate::archive::{read, Ancestors, Decryption};
 use crate::error::{Error, Result};
@@ -123,4 +124,82 @@ impl Filling for Hasher<'_> {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+mod metrics;
+pub use metrics::with_verify_metrics;
+
+/// One archive [`verify_newest`] checked: the newest of its series.
+#[derive(Debug, Serialize)]
+pub struct VerifiedArchive {
+    /// The archive's path or `s3://` URL.
+    pub path: String,
+    /// Its instance.
+    pub instance: String,
+    /// Its selection, as `list` names series (`whole instance`, `contexts geomind`, …).
+    pub selection: String,
+    /// What verify checked, when the archive and its chain are sound.
+    pub report: Option<VerifyReport>,
+    /// Why it is not, when it is not.
+    pub error: Option<String>,
+}
+
+impl VerifiedArchive {
+    /// A verified archive at `path`, by its report.
+    pub fn of(path: impl Into<String>, report: VerifyReport) -> VerifiedArchive {
+        VerifiedArchive {
+            path: path.into(),
+            instance: report.manifest.instance.clone(),
+            selection: crate::state::runs::selection_label(&report.manifest.selection),
+            report: Some(report),
+            error: None,
+        }
+    }
+}
+
+/// Verifies the newest archive of each series (instance and selection) in `folder`, each
+/// with its chain (ancestors found beside it): the weekly check of what a restore would
+/// need. An archive the keys cannot open is reported, not skipped. See [`check_verified`].
+pub fn verify_newest(folder: &Folder, keys: &Decryption, progress: &dyn Progress, cancel: &Cancel) -> Result<Vec<VerifiedArchive>> {
+    let mut newest: std::collections::BTreeMap<(String, String), (time::OffsetDateTime, crate::archive::folder::Listed)> = Default::default();
+    for listed in read_folder(folder, keys, None)? {
+        let Some(s) = &listed.summary else { continue };
+        let Ok(created) = time::OffsetDateTime::parse(&s.created, &time::format_description::well_known::Rfc3339) else { continue };
+        let key = (s.instance.clone(), s.selection.clone());
+        if newest.get(&key).is_none_or(|(t, _)| created > *t) {
+            newest.insert(key, (created, listed));
+        }
+    }
+    let mut out = Vec::new();
+    for ((instance, selection), (_, listed)) in newest {
+        cancel.check()?;
+        let location = listed.location();
+        let result = location.open(crate::archive::Extent::Whole).and_then(|input| {
+            let mut ancestors = Ancestors::new(&location, Vec::new());
+            verify_chain(input, &mut ancestors, keys, progress, cancel)
+        });
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (report, error) = match result {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        out.push(VerifiedArchive { path: listed.path, instance, selection, report, error });
+    }
+    Ok(out)
+}
+
+/// Fails (exit 9, as a run with failed outcomes) when an archive did not verify, naming
+/// each; or (exit 2) when the folder held no archive the keys open.
+pub fn check_verified(verified: &[VerifiedArchive]) -> Result<()> {
+    if verified.is_empty() {
+        return Err(Error::Usage("no archive in the folder could be read with the keys given; check the folder and the identity".into()));
+    }
+    let failed: Vec<String> = verified.iter().filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.path))).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Incomplete(format!("{} of {} archives did not verify:\n  {}", failed.len(), verified.len(), failed.join("\n  "))))
+    }
 }
