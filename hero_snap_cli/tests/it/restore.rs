@@ -226,3 +226,50 @@ fn sigkill_during_restore_then_gc_leaves_old_or_new() {
         assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"));
     }
 }
+
+/// A real migration (issue 17 item 2): hero_foundry's per-context SQLite database at schema
+/// 1 in the archive, schema 2 on the target, whose migration adds a column through
+/// sqlite3. It runs once per context, on the staged copy (`{path:files}`), before anything
+/// is stopped or swapped, with the target's context name; the restored data has the new
+/// column and every row; a failing one leaves the target as it was.
+#[test]
+fn a_sqlite_migration_runs_per_context_on_the_staged_data() {
+    test_support::sys::require_tools(&["sqlite3"]);
+    let a = Instance::new(&["default", "geomind"]);
+    for c in ["default", "geomind"] {
+        let db = ctx_dir(&a, c).join("files/collab.db");
+        let st = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(format!("create table docs(id integer primary key, title text); insert into docs(title) values ('welcome to {c}'), ('plan');"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let (archive, key) = backup(&a, &[]);
+    let log = a.dir.path().join("migrations.log");
+    let migration = format!(
+        "{{from: 1, run: {{argv: [sh, -c, 'echo \"{{context}} $(pwd) $0\" >> {log} && sqlite3 \"$0/collab.db\" \"alter table docs add column tags text\"', '{{path:files}}']}}}}",
+        log = log.display()
+    );
+    let inv = INVENTORY.replacen("    schema: 1\n", &format!("    schema: 2\n    migrations:\n      - {migration}\n"), 1);
+    let t = Instance::with_inventory(&[], &inv);
+    HERO_SNAP.ok(&restore_args(&t, &archive, &key, &["--context", "geomind", "--as", "moved"]));
+    let runs = fs::read_to_string(&log).unwrap();
+    assert_eq!(runs.lines().count(), 1, "one run for the one context restored: {runs}");
+    assert!(
+        runs.starts_with("moved ") && runs.contains(".hero-snap-") && runs.contains(".stage"),
+        "not run on the staged copy with the target's context: {runs}"
+    );
+    let db = ctx_dir(&t, "moved").join("files/collab.db");
+    let rows = std::process::Command::new("sqlite3").arg(&db).arg("select title || '|' || ifnull(tags, '-') from docs order by id").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&rows.stdout), "welcome to geomind|-\nplan|-\n", "the migrated database: {}", stderr(&rows));
+
+    // Both contexts: one run each.
+    fs::remove_file(&log).unwrap();
+    let u = Instance::with_inventory(&[], &inv);
+    HERO_SNAP.ok(&restore_args(&u, &archive, &key, &[]));
+    let runs = fs::read_to_string(&log).unwrap();
+    let mut contexts: Vec<&str> = runs.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    contexts.sort();
+    assert_eq!(contexts, ["default", "geomind"], "{runs}");
+}

@@ -160,6 +160,10 @@ fn swap_in_place(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<()> {
+    // On the staged data, before anything is stopped or swapped: a failure leaves the
+    // target untouched and the services running.
+    progress.event(&Event::Phase { phase: "migrate".into() });
+    migrate_staged(ex, plan)?;
     for name in &plan.services {
         let Some(svc) = target.service(name) else { continue };
         if let Some(stop) = &svc.hooks.stop {
@@ -182,19 +186,44 @@ fn swap_in_place(
         failpoint("restore-between-swaps");
     }
     failpoint("restore-swapped");
-    progress.event(&Event::Phase { phase: "migrate".into() });
-    for m in &plan.migrations {
-        let from = m.from.to_string();
-        let to = m.to.to_string();
-        hooks::run(&m.command, &[("service", &m.service), ("from_schema", &from), ("to_schema", &to)])?;
-        failpoint("restore-migrated");
-    }
     if let (Some(new), Some(old)) = (&opts.selection.rename_to, opts.selection.contexts.first()) {
         for name in &plan.services {
             if let Some(rename) = target.service(name).and_then(|s| s.hooks.rename.as_ref()) {
                 hooks::run(rename, &[("service", name), ("context", old), ("new_context", new)])?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Runs the migrations on the staged trees, one per schema step, oldest first: once per
+/// context of the service's restored context-scoped surfaces (once, with `{context}`
+/// empty, when it has none), with `{context}` (the target's name) and `{path:SURFACE}`,
+/// the staged tree of each of the service's surfaces in that run (instance-scoped ones in
+/// every run). Then the staged trees are synced again.
+fn migrate_staged(ex: &Extractor<'_>, plan: &RestorePlan) -> Result<()> {
+    for m in &plan.migrations {
+        let surfaces: Vec<_> = plan.surfaces.iter().filter(|s| s.service == m.service).collect();
+        let mut contexts: BTreeSet<Option<&str>> = surfaces.iter().map(|s| s.target_context.as_deref()).collect();
+        if contexts.len() > 1 {
+            contexts.remove(&None);
+        }
+        for ctx in contexts {
+            let (from, to) = (m.from.to_string(), m.to.to_string());
+            let mut vars = vec![("service".to_string(), m.service.clone()), ("from_schema".into(), from), ("to_schema".into(), to)];
+            vars.push(("context".into(), ctx.unwrap_or_default().to_string()));
+            for s in surfaces.iter().filter(|s| s.target_context.is_none() || s.target_context.as_deref() == ctx) {
+                if let Some(swap) = ex.journal.swaps.iter().find(|w| w.target == s.path) {
+                    vars.push((format!("path:{}", s.surface), swap.stage.display().to_string()));
+                }
+            }
+            let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            hooks::run(&m.command, &refs)?;
+            failpoint("restore-migrated");
+        }
+    }
+    if !plan.migrations.is_empty() {
+        ex.sync_stages()?;
     }
     Ok(())
 }

@@ -115,6 +115,13 @@ impl<'a> Extractor<'a> {
                 .map_err(|_| Error::Corrupt(format!("the archive holds no data for {} (expected its root directory)", swap.target.display())))?;
             swap.stage_ino = meta.ino();
             swap.stage_mtime = Some((meta.mtime(), meta.mtime_nsec() as u32));
+        }
+        self.sync_stages()
+    }
+
+    /// Makes every staged tree durable (after extraction, and again after migrations).
+    pub(crate) fn sync_stages(&self) -> Result<()> {
+        for swap in &self.journal.swaps {
             let f = fs::File::open(&swap.stage).map_err(Error::io(&swap.stage, "opening"))?;
             nix::unistd::syncfs(&f).map_err(|e| Error::io(&swap.stage, "syncing")(e.into()))?;
         }
