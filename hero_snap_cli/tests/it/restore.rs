@@ -273,3 +273,31 @@ fn a_sqlite_migration_runs_per_context_on_the_staged_data() {
     contexts.sort();
     assert_eq!(contexts, ["default", "geomind"], "{runs}");
 }
+
+/// The rename and rebuild hooks against real data (issue 17 item 5): `--as` runs the
+/// service's rename hook, which rewrites the context's name inside its files; the derived
+/// index the archive left out is rebuilt from the restored sources by the rebuild hook,
+/// and the outcome says so.
+#[test]
+fn rename_and_rebuild_hooks_work_on_the_restored_data() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (archive, key) = backup(&a, &[]);
+    let t = Instance::new(&[]);
+    let root = t.root.display().to_string();
+    let foundry = format!("{root}/var/lib/hero/hero_foundry/contexts");
+    let rename = format!("{{argv: [sed, -i, 's/# {{context}}/# {{new_context}}/', '{foundry}/{{new_context}}/files/docs/readme.md']}}");
+    let rebuild = format!(
+        "{{argv: [sh, -c, 'for c in {foundry}/*; do n=$(basename $c); mkdir -p {root}/var/lib/hero/hero_indexer/$n; (cd $c/files && find . -type f | sort) > {root}/var/lib/hero/hero_indexer/$n/index.txt; done']}}"
+    );
+    let inv = INVENTORY
+        .replacen("    surfaces:\n      - {name: files,", &format!("    hooks: {{rename: {rename}}}\n    surfaces:\n      - {{name: files,"), 1)
+        .replacen("    surfaces:\n      - {name: index,", &format!("    hooks: {{rebuild: {rebuild}}}\n    surfaces:\n      - {{name: index,"), 1);
+    fs::write(&t.inventory, &inv).unwrap();
+    let out = HERO_SNAP.ok(&restore_args(&t, &archive, &key, &["--context", "geomind", "--as", "moved", "--json"]));
+    let readme = fs::read_to_string(ctx_dir(&t, "moved").join("files/docs/readme.md")).unwrap();
+    assert_eq!(readme, "# moved\n", "the rename hook did not rewrite the context's name");
+    let index = fs::read_to_string(t.path("var/lib/hero/hero_indexer/moved/index.txt")).unwrap();
+    assert_eq!(index, "./blob.bin\n./docs/readme.md\n", "the rebuilt index does not list the restored files");
+    let outcomes = last_json(&out)["result"]["outcomes"].to_string();
+    assert!(outcomes.contains("rebuilt by the service's rebuild hook"), "{outcomes}");
+}
