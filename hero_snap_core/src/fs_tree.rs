@@ -74,3 +74,81 @@ impl<R: Read> Read for CountingReader<R> {
         Ok(n)
     }
 }
+
+/// A file name's bytes as the text hero-snap carries member paths in (the index, the
+/// manifest's messages, lookups), losslessly: valid UTF-8 stays as it is; every other byte
+/// `b` (0x80–0xFF) becomes U+F700 + `b`. A name that itself holds a character of
+/// U+F780–U+F7FF has that character's bytes written the same way, so the mapping is a
+/// bijection and [`name_bytes`] gives the original bytes back (docs/FORMAT.md §4).
+pub(crate) fn name_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (valid, bad) = match std::str::from_utf8(rest) {
+            Ok(s) => (s, 0),
+            Err(e) => (std::str::from_utf8(&rest[..e.valid_up_to()]).expect("valid up to"), e.error_len().unwrap_or(rest.len() - e.valid_up_to())),
+        };
+        for c in valid.chars() {
+            if is_byte_char(c) {
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf).bytes().for_each(|b| out.push(byte_char(b)));
+            } else {
+                out.push(c);
+            }
+        }
+        let at = valid.len();
+        rest[at..at + bad].iter().for_each(|&b| out.push(byte_char(b)));
+        rest = &rest[at + bad..];
+    }
+    out
+}
+
+/// The bytes of a name [`name_text`] made.
+pub(crate) fn name_bytes(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if is_byte_char(c) {
+            out.push((c as u32 - 0xF700) as u8);
+        } else {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+    }
+    out
+}
+
+/// A member path (as [`name_text`] carries it) as the file-system path it names.
+pub(crate) fn name_path(text: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    std::path::PathBuf::from(std::ffi::OsString::from_vec(name_bytes(text)))
+}
+
+fn is_byte_char(c: char) -> bool {
+    ('\u{F780}'..='\u{F7FF}').contains(&c)
+}
+
+fn byte_char(b: u8) -> char {
+    char::from_u32(0xF700 + u32::from(b)).expect("U+F780..U+F7FF are characters")
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_round_trip() {
+        for name in [&b"caf\xe9.txt"[..], b"plain", "caf\u{e9}".as_bytes(), "\u{F780}x\u{F7FF}".as_bytes(), b"\xff\xfe", b"a\nb", b"\xe2\x82"] {
+            let text = name_text(name);
+            assert_eq!(name_bytes(&text), name, "{text:?}");
+        }
+        assert_eq!(name_text(b"plain/\xe9"), "plain/\u{F7E9}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_round_trip(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(name_bytes(&name_text(&bytes)), bytes);
+        }
+    }
+}

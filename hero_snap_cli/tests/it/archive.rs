@@ -223,12 +223,14 @@ fn failed_backup_leaves_no_partial_archive() {
     std::os::unix::fs::symlink(".", &bad).unwrap(); // symlinks are not followed: harmless
     let archive = src.dir.path().join("out/a.hsnap");
     fs::create_dir_all(archive.parent().unwrap()).unwrap();
-    // The surface holds a file whose name is not UTF-8: the backup refuses it.
-    use std::os::unix::ffi::OsStrExt;
-    fs::write(src.path("var/lib/hero/hero_db/data").join(std::ffi::OsStr::from_bytes(b"bad\xffname")), "x").unwrap();
+    // The surface holds a setuid file: the backup refuses it.
+    use std::os::unix::fs::PermissionsExt;
+    let suid = src.path("var/lib/hero/hero_db/data/suid");
+    fs::write(&suid, "x").unwrap();
+    fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
     let out = HERO_SNAP.run(&src.args(&["backup", "--allow-live", "--to", archive.to_str().unwrap(), "--no-encrypt"]));
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not valid UTF-8"));
+    assert!(stderr(&out).contains("setuid"));
     let left: Vec<_> = fs::read_dir(archive.parent().unwrap()).unwrap().collect();
     assert!(left.is_empty(), "a failed backup left {left:?}");
 }

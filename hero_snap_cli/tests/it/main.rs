@@ -16,6 +16,7 @@ mod diskfull;
 mod golden;
 mod incremental;
 mod monitoring;
+mod names;
 mod notify;
 mod nushell;
 mod operator;

@@ -208,16 +208,16 @@ fn killed_upload_is_aborted_by_gc(gw: &Gateway) {
 }
 
 fn failed_backup_aborts_its_upload(gw: &Gateway) {
-    // A file name that is not UTF-8, archived after 48 MiB have gone out in parts: the run
-    // fails mid-upload and must abort the upload itself.
+    // A setuid file, archived after 48 MiB have gone out in parts: the run fails
+    // mid-upload and must abort the upload itself.
     let a = big_instance(48);
-    let late = a.path("var/lib/hero/hero_foundry/contexts/default/git/objects");
-    use std::os::unix::ffi::OsStrExt;
-    fs::write(late.join(std::ffi::OsStr::from_bytes(b"bad-\xff-name")), b"x").unwrap();
+    let late = a.path("var/lib/hero/hero_foundry/contexts/default/git/objects/suid");
+    fs::write(&late, b"x").unwrap();
+    fs::set_permissions(&late, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o4755)).unwrap();
     let url = "s3://hero/failed/a.hsnap";
     let out = gw.hero_snap(&a.args(&["backup", "--allow-live", "--no-encrypt", "--to", url]), &[]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert!(stderr(&out).contains("not valid UTF-8"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("setuid"), "{}", stderr(&out));
     assert!(!gw.exists("hero", "failed/a.hsnap"));
     assert!(gw.uploads("hero").is_empty(), "a failed backup left its multipart upload");
     assert!(fs::read_dir(a.path("var/lib/hero-snap")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with("upload-")), "journal left");

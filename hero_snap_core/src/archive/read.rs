@@ -261,7 +261,7 @@ fn read_tar(stream: impl Read, visitor: &mut impl Visitor, cancel: &Cancel, stre
     for (data_members, entry) in (0u64..).zip(entries.by_ref()) {
         cancel.check()?;
         let mut entry = entry.map_err(corrupt)?;
-        let path = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| Error::Refused("a member name is not UTF-8".into()))?;
+        let path = crate::fs_tree::name_text(&entry.path_bytes());
         if path == INDEX_PATH {
             index = Some(check_index(&mut entry, (&manifest_hash, manifest.format), std::mem::replace(&mut seen, SeenFiles::empty()), data_members)?);
             break;
@@ -397,7 +397,7 @@ impl Shape {
     }
 
     fn check_link<R: Read>(&self, entry: &tar::Entry<'_, R>, path: &str, key: &MemberKey) -> Result<()> {
-        let link = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let link = entry.link_name_bytes().map(|b| crate::fs_tree::name_text(&b)).unwrap_or_default();
         let (lkey, linner) = split_member(&link)
             .filter(|(k, _)| k == key)
             .ok_or_else(|| Error::Refused(format!("member `{path}` is a hard link to `{link}`, outside its surface")))?;

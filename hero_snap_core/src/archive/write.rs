@@ -16,7 +16,7 @@ use super::chain::{fingerprint, HashingWriter, IndexTable};
 use super::crypto::{EncryptedWriter, Encryption};
 use super::format::{Index, Manifest, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT, INDEX_PATH, MANIFEST_PATH};
 use crate::error::{Error, Result};
-use crate::fs_tree::{hash_reader, walk, walk_error};
+use crate::fs_tree::{hash_reader, name_path, walk, walk_error};
 use crate::progress::{Cancel, Event, Progress};
 
 /// Compression settings of the archive.
@@ -139,9 +139,9 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             let entry = entry.map_err(|e| walk_error(root, e))?;
             let path = entry.path();
             let rel = path.strip_prefix(root).expect("walkdir yields paths under its root");
-            let rel = rel.to_str().ok_or_else(|| {
-                Error::Refused(format!("{}: the file name is not valid UTF-8; rename it (hero-snap archives UTF-8 names only)", path.display()))
-            })?;
+            // Any byte string: a name that is not UTF-8 is carried losslessly (fs_tree::name_text).
+            use std::os::unix::ffi::OsStrExt;
+            let rel = crate::fs_tree::name_text(rel.as_os_str().as_bytes());
             let member = if rel.is_empty() { member_root.to_string() } else { format!("{member_root}/{rel}") };
             let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
             if meta.dev() != root_dev && meta.is_dir() {
@@ -164,12 +164,12 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         if ft.is_dir() {
             header.set_entry_type(EntryType::Directory);
             self.xattrs(path, None)?;
-            self.tar.append_data(&mut header, format!("{member}/"), io::empty()).map_err(Self::out_err)?;
+            self.tar.append_data(&mut header, name_path(&format!("{member}/")), io::empty()).map_err(Self::out_err)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(path).map_err(Error::io(path, "reading the symlink"))?;
             header.set_entry_type(EntryType::Symlink);
             header.set_size(0);
-            self.tar.append_link(&mut header, member, &target).map_err(Self::out_err)?;
+            self.tar.append_link(&mut header, name_path(member), &target).map_err(Self::out_err)?;
         } else if ft.is_file() {
             if meta.nlink() > 1 {
                 let key = (meta.dev(), meta.ino());
@@ -177,7 +177,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
                     header.set_entry_type(EntryType::Link);
                     header.set_size(0);
                     let first = first.clone();
-                    self.tar.append_link(&mut header, member, &first).map_err(Self::out_err)?;
+                    self.tar.append_link(&mut header, name_path(member), name_path(&first)).map_err(Self::out_err)?;
                     self.entries += 1;
                     return Ok(());
                 }
@@ -223,7 +223,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             // Sparse: the tar crate writes a GNU sparse member; hash the logical content.
             let hash = hash_reader(&mut file).map_err(Error::io(path, "reading"))?;
             file.rewind().map_err(Error::io(path, "reading"))?;
-            self.tar.append_file(member, &mut file).map_err(Self::out_err)?;
+            self.tar.append_file(name_path(member), &mut file).map_err(Self::out_err)?;
             if file.metadata().map_err(Error::io(path, "reading metadata"))?.len() != size {
                 self.changed(path, progress);
             }
@@ -235,7 +235,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             header.set_entry_type(EntryType::Regular);
             // The header goes through tar (long names, checksum), the data does not: tar
             // copies 8 KiB at a time, a read syscall and a zstd call per 8 KiB.
-            self.tar.append_data(&mut header, member, io::empty()).map_err(Self::out_err)?;
+            self.tar.append_data(&mut header, name_path(member), io::empty()).map_err(Self::out_err)?;
             let (hash, short) = self.copy_data(&mut file, path, size, progress, cancel)?;
             let grew = file.read(&mut [0u8; 1]).map_err(Error::io(path, "reading"))? > 0;
             if short || grew {

@@ -245,7 +245,7 @@ impl Extractor<'_> {
         }
         match kind {
             EntryType::Link => {
-                let link = m.entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let link = m.entry.link_name_bytes().map(|b| crate::fs_tree::name_text(&b)).unwrap_or_default();
                 let (_, linner) = split_member(&link)
                     .filter(|(k, _)| *k == m.key)
                     .ok_or_else(|| Error::Refused(format!("member `{}` is a hard link to `{link}`, outside its surface", m.path)))?;

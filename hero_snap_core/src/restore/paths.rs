@@ -6,12 +6,14 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// `root/inner` if `inner` has only plain components.
+/// `root/inner` if `inner` has only plain components. `inner` is a member path as the
+/// reader carries it (`fs_tree::name_text`): the path made is of the original bytes.
 pub(crate) fn contained(root: &Path, inner: &str) -> Option<PathBuf> {
     if inner.is_empty() {
         return Some(root.to_path_buf());
     }
-    let rel = Path::new(inner);
+    let rel = crate::fs_tree::name_path(inner);
+    let rel = rel.as_path();
     if rel.components().all(|c| matches!(c, Component::Normal(_))) {
         Some(root.join(rel))
     } else {
