@@ -18,6 +18,7 @@ mod incremental;
 mod monitoring;
 mod notify;
 mod nushell;
+mod one_file;
 mod operator;
 mod outputs;
 mod restore;
