@@ -35,6 +35,12 @@ pub enum Cmd {
     Inspect(ReadArgs),
     /// Check every file of an archive (and of its chain) against its index.
     Verify(VerifyArgs),
+    /// List an archive's entries (service, context, path, type, size, mtime), all or those
+    /// PATTERN picks; the archive is read and checked whole.
+    Ls(LsArgs),
+    /// Write the files PATTERN picks into a new directory outside the instance, each
+    /// checked against the index (one file back, without a restore).
+    Extract(ExtractArgs),
     /// Check whether an archive can be restored into the target, and print the plan.
     Preflight(RestoreArgs),
     /// Restore an archive into the target instance, all or nothing.
@@ -409,6 +415,34 @@ impl ReadArgs {
 }
 
 #[derive(Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub archive: ReadArgs,
+    /// Only entries whose path matches (glob: `*` within a directory, `**` across; a
+    /// directory picks all it holds). The path inside its surface (docs/readme.md), or
+    /// SERVICE/instance/SURFACE/PATH, SERVICE/contexts/CTX/SURFACE/PATH.
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub archive: ReadArgs,
+    /// The instance of this host, whose surfaces --to must stay out of (its inventory is
+    /// optional: without one, only the surfaces the archive records are kept out of).
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// What to extract: a glob as for `ls` (repeatable; a directory brings all it holds).
+    #[arg(long = "path", value_name = "PATTERN", required = true)]
+    pub paths: Vec<String>,
+    /// A new directory (or an empty one) outside the instance's surfaces; it receives
+    /// SERVICE/instance|contexts/CTX/SURFACE/PATH.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+}
+
+#[derive(Args)]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub archive: ReadArgs,
@@ -449,6 +483,8 @@ impl Cmd {
             Cmd::Backup(_) => "backup",
             Cmd::Inspect(_) => "inspect",
             Cmd::Verify(_) => "verify",
+            Cmd::Ls(_) => "ls",
+            Cmd::Extract(_) => "extract",
             Cmd::Preflight(_) => "preflight",
             Cmd::Restore(_) => "restore",
             Cmd::Gc(_) => "gc",
@@ -467,6 +503,6 @@ impl Cmd {
 
     /// Whether a signal should cancel the run (the commands that take long and clean up).
     pub fn cancellable(&self) -> bool {
-        matches!(self, Cmd::Backup(_) | Cmd::Verify(_) | Cmd::Restore(_))
+        matches!(self, Cmd::Backup(_) | Cmd::Verify(_) | Cmd::Restore(_) | Cmd::Ls(_) | Cmd::Extract(_))
     }
 }

@@ -61,6 +61,8 @@ fn dispatch(command: Cmd, out: &Output, cancel: &Cancel) -> Result<()> {
         Cmd::Backup(args) => backup::run(&args, out, cancel),
         Cmd::Inspect(args) => inspect::run(&args, out),
         Cmd::Verify(args) => verify::run(&args, out, cancel),
+        Cmd::Ls(args) => ls::run(&args, out, cancel),
+        Cmd::Extract(args) => extract::run(&args, out, cancel),
         Cmd::Preflight(args) => preflight::run(&args, out),
         Cmd::Restore(args) => restore::run(&args, out, cancel),
         Cmd::Gc(args) => gc::run(&args, out),

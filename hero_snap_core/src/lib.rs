@@ -9,7 +9,7 @@
 //! (quiesce, snapshot, thaw) → the archive (walk, tar, zstd, age) → the restore
 //! (pre-flight, stage, verify, swap). The verbs compose those steps: [`plan()`],
 //! [`backup_to`], [`inspect`], [`verify`], [`preflight()`], [`restore()`], [`gc`],
-//! [`list`], [`prune`], [`status`]. Every public type is re-exported here, at one path.
+//! [`list`], [`prune`], [`status`], and for single files [`ls()`] and [`extract()`]. Every public type is re-exported here, at one path.
 //! ARCHITECTURE.md maps the modules.
 //!
 //! ```no_run
@@ -83,14 +83,16 @@ pub mod fuzzing;
 
 pub use archive::{
     Ancestors, BytesPerSec, Compression, Consistency, Decryption, DecryptionChoice, Encryption, EncryptionChoice, Extent, Folder, LeftOut, Listed, Location,
-    Manifest, ManifestService, ManifestSurface, ParentRecord, S3Config, S3Object, S3Prefix, SelectionRecord, Since, Summary, Warning, ARCHIVE_FORMAT,
-    INCREMENTAL_FORMAT,
+    Manifest, ManifestService, ManifestSurface, ParentRecord, PathPatterns, S3Config, S3Object, S3Prefix, SelectionRecord, Since, Summary, Warning,
+    ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
 };
 pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport, RunLog};
+pub use commands::extract::{extract, ExtractOptions, ExtractReport};
 pub use commands::gc::gc;
 pub use commands::inspect::inspect;
 pub use commands::inventory::{surface_table, SurfaceRow};
 pub use commands::list::list;
+pub use commands::ls::{ls, LsEntry, LsReport};
 pub use commands::plan::plan;
 pub use commands::preflight::preflight;
 pub use commands::prune::{prune, with_prune_metrics, Kept, MinFree, PruneOptions, PruneReport, PrunedSeries, SpaceCheck};

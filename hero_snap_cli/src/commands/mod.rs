@@ -3,10 +3,12 @@
 
 pub mod backup;
 pub mod completions;
+pub mod extract;
 pub mod gc;
 pub mod inspect;
 pub mod inventory;
 pub mod list;
+pub mod ls;
 pub mod man;
 pub mod plan;
 pub mod preflight;

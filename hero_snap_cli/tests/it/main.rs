@@ -19,6 +19,7 @@ mod monitoring;
 mod names;
 mod notify;
 mod nushell;
+mod one_file;
 mod operator;
 mod outputs;
 mod restore;

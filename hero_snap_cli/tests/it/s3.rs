@@ -113,6 +113,16 @@ fn a_chain_in_a_prefix(gw: &Gateway) {
     for dir in ["var/lib/hero/hero_db/data", "var/lib/hero/hero_foundry/contexts/geomind/files", "var/lib/hero/hero_foundry/contexts/default/git"] {
         assert_same_tree(&a.path(dir), &b.path(dir));
     }
+    // One file back from the chain in the prefix: ls names the full archive as its holder,
+    // extract reads that archive for it (one_file.rs has the cases on files).
+    let out = gw.ok(&strings(&["ls", "--json", "--from", url, "-i", key, "hero_foundry/contexts/default/files/docs/readme.md"]));
+    let entries = last_json(&out)["result"]["entries"].clone();
+    assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
+    assert_ne!(entries[0]["in"], r["manifest"]["run_id"], "{entries}");
+    let to = a.dir.path().join("one-file");
+    let readme = "hero_foundry/contexts/default/files/docs/readme.md";
+    gw.ok(&a.args(&["extract", "--from", url, "-i", key, "--path", readme, "--to", to.to_str().unwrap()]));
+    assert_eq!(fs::read(to.join(readme)).unwrap(), fs::read(a.path(&format!("var/lib/hero/{readme}"))).unwrap());
 }
 
 /// `list` and `prune` over s3://BUCKET/PREFIX/: the same rules as for a directory, the

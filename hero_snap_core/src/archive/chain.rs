@@ -441,10 +441,11 @@ impl Ancestors {
         Ok(self.known.as_deref().unwrap_or_default())
     }
 
-    /// Opens the archive of run `parent.run_id`, whole; the caller checks its hashes.
-    pub(crate) fn open(&mut self, parent: &super::ParentRecord, keys: &super::Decryption) -> Result<(super::Location, Box<dyn Read>)> {
+    /// Opens the archive of run `parent.run_id` (whole, or only its head); the caller
+    /// checks its hashes.
+    pub(crate) fn open(&mut self, parent: &super::ParentRecord, keys: &super::Decryption, extent: super::Extent) -> Result<(super::Location, Box<dyn Read>)> {
         let loc = self.find(&parent.run_id, keys)?.1;
-        let input = loc.open(super::Extent::Whole)?;
+        let input = loc.open(extent)?;
         Ok((loc, input))
     }
 
@@ -506,11 +507,24 @@ impl Ancestors {
 pub(crate) trait Filling: super::read::Visitor + Send {
     /// Sets (or, with `None`, takes back) the table of the ancestor being read.
     fn fill(&mut self, table: Option<IndexTable>) -> Option<IndexTable>;
+
+    /// Whether the visitor needs only some of the inherited files (`extract --path`).
+    /// Then an ancestor that holds none of them is passed by its manifest alone, checked
+    /// against the hash its child names; otherwise (verify, restore) every ancestor on the
+    /// way is read whole.
+    fn selective(&self) -> bool {
+        false
+    }
+
+    /// Whether the visitor needs this inherited file (asked only when [`Filling::selective`]).
+    fn wants(&self, _entry: &IndexEntry) -> bool {
+        true
+    }
 }
 
 /// Reads the ancestors of an incremental, newest first, through `visitor`, until every
-/// file its index lists in an ancestor has been found; checks each link of the chain.
-/// Returns `newest`, and the run ids of the ancestors read.
+/// file its index lists in an ancestor (every one the visitor wants) has been found;
+/// checks each link of the chain. Returns `newest`, with the run ids of the ancestors read.
 pub(crate) fn read_ancestors(
     visitor: &mut impl Filling,
     mut newest: super::read::ReadOutcome,
@@ -521,40 +535,91 @@ pub(crate) fn read_ancestors(
     let Some(inherited) = newest.inherited.take() else { return Ok(newest) };
     let mut remaining = inherited.count;
     let Some(list) = inherited.into_file()? else { return Ok(newest) };
-    let (mut link, mut child) = (newest.manifest.parent.clone(), newest.manifest.run_id.clone());
+    let lines = || list.try_clone().map_err(Error::io(std::env::temp_dir(), "reading the list of inherited files"));
+    let selective = visitor.selective();
+    if selective {
+        remaining = IndexTable::build(lines()?, "the archive's index", |e| visitor.wants(e))?.len() as u64;
+    }
+    let mut link = Link { parent: newest.manifest.parent.clone(), child: newest.manifest.run_id.clone(), instance: newest.manifest.instance.clone() };
     while remaining > 0 {
-        let Some(parent) = link else {
+        let Some(parent) = link.parent.clone() else {
             return Err(Error::Corrupt(format!("{remaining} files of the archive are listed as held by archives that are not its ancestors")));
         };
-        let list = list.try_clone().map_err(Error::io(std::env::temp_dir(), "reading the list of inherited files"))?;
-        visitor.fill(Some(IndexTable::build(list, "the archive's index", |e| e.in_archive.as_deref() == Some(parent.run_id.as_str()))?));
-        let (loc, input) = ancestors.open(&parent, keys)?;
-        let read = super::read::read_archive(input, keys, visitor, cancel);
-        let table = visitor.fill(None).expect("set above");
-        let named = |e: Error| match e {
-            Error::Corrupt(m) => Error::Corrupt(format!("ancestor {} ({loc}): {m}", parent.run_id)),
-            Error::Refused(m) => Error::Refused(format!("ancestor {} ({loc}): {m}", parent.run_id)),
-            other => other,
+        let table = IndexTable::build(lines()?, "the archive's index", |e| {
+            e.in_archive.as_deref() == Some(parent.run_id.as_str()) && (!selective || visitor.wants(e))
+        })?;
+        let next = if selective && table.len() == 0 {
+            pass_by_head(&link, &parent, ancestors, keys)?
+        } else {
+            remaining -= table.len() as u64;
+            let next = read_whole(visitor, table, &link, &parent, ancestors, keys, cancel)?;
+            newest.ancestors_read.push(parent.run_id.clone());
+            next
         };
-        let out = read.map_err(named)?;
-        if out.manifest.run_id != parent.run_id
-            || out.manifest_blake3.to_hex().as_str() != parent.manifest_blake3
-            || out.index_blake3.to_hex().as_str() != parent.index_blake3
-            || out.manifest.instance != newest.manifest.instance
-        {
-            return Err(Error::Corrupt(format!(
-                "{loc}: is not the archive {} that {child} was made on (its manifest or index differs): a damaged or substituted ancestor; find the original",
-                parent.run_id
-            )));
-        }
-        if let Some(missing) = table.first_missing()? {
-            return Err(Error::Corrupt(format!("{}: listed as held by {} ({loc}), which does not hold it", missing.path, parent.run_id)));
-        }
-        remaining -= table.len() as u64;
-        crate::state::failpoint("chain-ancestor-read");
-        newest.ancestors_read.push(parent.run_id.clone());
-        child = parent.run_id.clone();
-        link = out.manifest.parent;
+        link = Link { parent: next, child: parent.run_id.clone(), instance: link.instance };
     }
     Ok(newest)
+}
+
+/// One step down a chain: the archive `parent` names (`None` at a full archive), the
+/// archive that names it, and the chain's instance.
+struct Link {
+    parent: Option<super::ParentRecord>,
+    child: String,
+    instance: String,
+}
+
+/// Reads the ancestor `parent` whole with `table` (its files wanted); returns its parent.
+fn read_whole(
+    visitor: &mut impl Filling,
+    table: IndexTable,
+    link: &Link,
+    parent: &super::ParentRecord,
+    ancestors: &mut Ancestors,
+    keys: &super::Decryption,
+    cancel: &crate::progress::Cancel,
+) -> Result<Option<super::ParentRecord>> {
+    visitor.fill(Some(table));
+    let read = ancestors.open(parent, keys, super::Extent::Whole).map(|(loc, input)| (super::read::read_archive(input, keys, visitor, cancel), loc));
+    let table = visitor.fill(None).expect("set above");
+    let (read, loc) = read?;
+    let named = |e: Error| match e {
+        Error::Corrupt(m) => Error::Corrupt(format!("ancestor {} ({loc}): {m}", parent.run_id)),
+        Error::Refused(m) => Error::Refused(format!("ancestor {} ({loc}): {m}", parent.run_id)),
+        other => other,
+    };
+    let out = read.map_err(named)?;
+    if out.manifest.run_id != parent.run_id
+        || out.manifest_blake3.to_hex().as_str() != parent.manifest_blake3
+        || out.index_blake3.to_hex().as_str() != parent.index_blake3
+        || out.manifest.instance != link.instance
+    {
+        return Err(substituted(&loc, parent, &link.child));
+    }
+    if let Some(missing) = table.first_missing()? {
+        return Err(Error::Corrupt(format!("{}: listed as held by {} ({loc}), which does not hold it", missing.path, parent.run_id)));
+    }
+    crate::state::failpoint("chain-ancestor-read");
+    Ok(out.manifest.parent)
+}
+
+/// Follows the chain past the ancestor `parent`, which holds no file wanted: only its
+/// manifest is read, and checked against the hash its child names.
+fn pass_by_head(link: &Link, parent: &super::ParentRecord, ancestors: &mut Ancestors, keys: &super::Decryption) -> Result<Option<super::ParentRecord>> {
+    let (loc, input) = ancestors.open(parent, keys, super::Extent::Head)?;
+    let (manifest, hash) = super::read::read_head(input, keys).map_err(|e| match e {
+        Error::Corrupt(m) => Error::Corrupt(format!("ancestor {} ({loc}): {m}", parent.run_id)),
+        other => other,
+    })?;
+    if manifest.run_id != parent.run_id || hash.to_hex().as_str() != parent.manifest_blake3 || manifest.instance != link.instance {
+        return Err(substituted(&loc, parent, &link.child));
+    }
+    Ok(manifest.parent)
+}
+
+fn substituted(loc: &super::Location, parent: &super::ParentRecord, child: &str) -> Error {
+    Error::Corrupt(format!(
+        "{loc}: is not the archive {} that {child} was made on (its manifest or index differs): a damaged or substituted ancestor; find the original",
+        parent.run_id
+    ))
 }

@@ -3,7 +3,8 @@
 //!
 //! [`format`] is the manifest and index, [`write`] and [`read`] the streams, [`crypto`]
 //! the age and zstd layers, [`location`] where an archive is (file, stdin/stdout, S3),
-//! [`folder`] a directory or prefix of archives, [`s3`] object storage.
+//! [`folder`] a directory or prefix of archives, [`s3`] object storage, [`pattern`] the
+//! path patterns of `ls` and `extract`.
 
 pub(crate) mod catalog;
 pub(crate) mod chain;
@@ -11,6 +12,7 @@ pub(crate) mod crypto;
 pub(crate) mod folder;
 pub(crate) mod format;
 pub(crate) mod location;
+pub(crate) mod pattern;
 pub(crate) mod read;
 pub(crate) mod s3;
 pub(crate) mod write;
@@ -22,5 +24,6 @@ pub use format::{
     Consistency, LeftOut, Manifest, ManifestService, ManifestSurface, ParentRecord, SelectionRecord, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
 };
 pub use location::{Extent, Location};
+pub use pattern::PathPatterns;
 pub use s3::{BytesPerSec, S3Config, S3Object, S3Prefix};
 pub use write::Compression;

@@ -40,13 +40,18 @@ fn member_bounds(m: &Manifest) -> (u64, u64) {
 
 /// Reads only the head of the stream: the manifest.
 pub fn read_manifest(input: impl Read, keys: &Decryption) -> Result<Manifest> {
+    read_head(input, keys).map(|(manifest, _)| manifest)
+}
+
+/// Reads only the head of the stream: the manifest and the BLAKE3 of its member (how a
+/// child archive names it).
+pub(crate) fn read_head(input: impl Read, keys: &Decryption) -> Result<(Manifest, blake3::Hash)> {
     let stream = open_tar_stream(input, keys)?;
     let mut archive = tar::Archive::new(stream);
     let mut entries = archive.entries().map_err(corrupt)?;
     let mut first =
         entries.next().ok_or_else(|| Error::Corrupt("the archive holds no member; expected hero-snap/manifest.yaml first".into()))?.map_err(corrupt)?;
-    let (manifest, _) = manifest_member(&mut first)?;
-    Ok(manifest)
+    manifest_member(&mut first)
 }
 
 fn corrupt(e: std::io::Error) -> Error {

@@ -104,12 +104,7 @@ impl<'a> Extractor<'a> {
         // Every file is in before directory times are set (creating a file changes its
         // directory's mtime) and before anything is synced.
         self.writers.finish()?;
-        // Deepest first, so that setting a parent's mtime comes after its children.
-        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
-        for (dir, mtime) in &self.dirs {
-            filetime::set_symlink_file_times(dir, filetime::FileTime::from_unix_time(*mtime, 0), filetime::FileTime::from_unix_time(*mtime, 0))
-                .map_err(Error::io(dir, "setting the mtime"))?;
-        }
+        set_dir_times(&mut self.dirs)?;
         for swap in &mut self.journal.swaps {
             let meta = fs::symlink_metadata(&swap.stage)
                 .map_err(|_| Error::Corrupt(format!("the archive holds no data for {} (expected its root directory)", swap.target.display())))?;
@@ -217,7 +212,7 @@ impl Visitor for Extractor<'_> {
 }
 
 /// Reads a regular file's content through, hashing it, so the archive is still checked whole.
-fn read_through<R: Read>(m: Member<'_, '_, R>) -> Result<Option<(u64, blake3::Hash)>> {
+pub(crate) fn read_through<R: Read>(m: Member<'_, '_, R>) -> Result<Option<(u64, blake3::Hash)>> {
     let mut counter = CountingReader { inner: &mut *m.entry, count: 0 };
     let h = hash_reader(&mut counter).map_err(|e| Error::Corrupt(format!("{}: {e}", m.path)))?;
     Ok(Some((counter.count, h)))
@@ -263,10 +258,7 @@ impl Extractor<'_> {
                 // The tar crate applies PAX xattrs to files only; directories get theirs here.
                 let xattrs = pax_xattrs(m.entry);
                 m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
-                for (name, value) in xattrs {
-                    use std::os::unix::ffi::OsStrExt;
-                    xattr::set(&dest, std::ffi::OsStr::from_bytes(&name), &value).map_err(Error::io(&dest, "setting extended attributes"))?;
-                }
+                set_xattrs(&dest, &xattrs)?;
                 self.dirs.push((dest, mtime));
                 Ok(None)
             }
@@ -275,15 +267,9 @@ impl Extractor<'_> {
                 Ok(None)
             }
             EntryType::GNUSparse => {
-                // The tar crate places the sparse map's holes; hash the logical content back from disk.
-                m.entry.unpack(&dest).map_err(|e| Error::io(&dest, "extracting")(unpack_cause(e)))?;
-                failpoint("restore-extract-file");
-                let mut f = fs::File::open(&dest).map_err(Error::io(&dest, "reading back"))?;
-                let mut counter = CountingReader { inner: &mut f, count: 0 };
-                let h = hash_reader(&mut counter).map_err(Error::io(&dest, "reading back"))?;
-                self.extracted(counter.count);
-                self.progress.event(&Event::Bytes { bytes: counter.count });
-                Ok(Some((counter.count, h)))
+                let (size, h) = unpack_sparse(m.entry, &dest, self.progress)?;
+                self.extracted(size);
+                Ok(Some((size, h)))
             }
             _ => {
                 let (size, h) = self.writers.write(m.entry, dest, m.path, self.progress)?;
@@ -307,10 +293,42 @@ pub(crate) fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(Vec<u8>
     exts.flatten().filter_map(|ext| ext.key_bytes().strip_prefix(b"SCHILY.xattr.").map(|name| (name.to_vec(), ext.value_bytes().to_vec()))).collect()
 }
 
+/// Sets extended attributes (from [`pax_xattrs`]) on `dest`.
+pub(super) fn set_xattrs(dest: &Path, xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    for (name, value) in xattrs {
+        xattr::set(dest, std::ffi::OsStr::from_bytes(name), value).map_err(Error::io(dest, "setting extended attributes"))?;
+    }
+    Ok(())
+}
+
+/// Sets the mtimes of the directories extracted, deepest first, so that setting a
+/// parent's comes after its children (call it once every file is in).
+pub(super) fn set_dir_times(dirs: &mut [(PathBuf, i64)]) -> Result<()> {
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
+    for (dir, mtime) in dirs.iter() {
+        let t = filetime::FileTime::from_unix_time(*mtime, 0);
+        filetime::set_symlink_file_times(dir, t, t).map_err(Error::io(dir, "setting the mtime"))?;
+    }
+    Ok(())
+}
+
+/// Unpacks a sparse file (the tar crate places the map's holes) and hashes its logical
+/// content back from disk.
+pub(super) fn unpack_sparse<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path, progress: &dyn Progress) -> Result<(u64, blake3::Hash)> {
+    entry.unpack(dest).map_err(|e| Error::io(dest, "extracting")(unpack_cause(e)))?;
+    failpoint("restore-extract-file");
+    let mut f = fs::File::open(dest).map_err(Error::io(dest, "reading back"))?;
+    let mut counter = CountingReader { inner: &mut f, count: 0 };
+    let h = hash_reader(&mut counter).map_err(Error::io(dest, "reading back"))?;
+    progress.event(&Event::Bytes { bytes: counter.count });
+    Ok((counter.count, h))
+}
+
 /// The tar crate wraps the OS error of an unpack ("failed to unpack X into Y") and its
 /// message drops the cause; keep the cause (e.g. "No space left on device"), the path is
 /// named by the caller.
-fn unpack_cause(e: std::io::Error) -> std::io::Error {
+pub(super) fn unpack_cause(e: std::io::Error) -> std::io::Error {
     match e.get_ref().and_then(|inner| inner.source()) {
         Some(cause) => std::io::Error::new(e.kind(), cause.to_string()),
         None => e,
