@@ -48,6 +48,8 @@ struct FileService {
     secrets: Vec<Spanned<String>>,
     surfaces: Vec<Spanned<FileSurface>>,
     #[serde(default)]
+    exports: Vec<Spanned<FileExport>>,
+    #[serde(default)]
     migrations: Vec<Spanned<Migration>>,
     #[serde(default)]
     quiesce: Quiesce,
@@ -67,6 +69,15 @@ struct FileSurface {
     #[serde(default)]
     #[allow(dead_code)] // documentation for humans; kept so the field is accepted
     description: Option<String>,
+}
+
+/// `exports[i]`: a per-context export surface (D-16).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExport {
+    name: Spanned<String>,
+    export: Command,
+    import: Command,
 }
 
 /// Names of services, surfaces, contexts and secrets: safe as one path component and in YAML.
@@ -248,6 +259,7 @@ impl Rules<'_> {
             let surface = self.surface(&svc_name, i, s.value, &surfaces, claimed)?;
             surfaces.push(surface);
         }
+        let exports = self.exports(&svc_name, svc.exports, &surfaces)?;
         let mut migrations: Vec<Migration> = Vec::new();
         for m in svc.migrations {
             let mline = m.referenced.line();
@@ -279,7 +291,36 @@ impl Rules<'_> {
                 return Err(self.err(line, &field(hook), "`argv` is empty; give the program to run".into()));
             }
         }
-        Ok(Service { name: svc_name, version: svc.version.value, schema: svc.schema, secrets, surfaces, migrations, quiesce: svc.quiesce, hooks: svc.hooks })
+        Ok(Service { name: svc_name, version: svc.version.value, schema: svc.schema, secrets, surfaces, exports, migrations, quiesce: svc.quiesce, hooks: svc.hooks })
+    }
+
+    /// The service's export surfaces: valid names, unique among its surfaces and exports,
+    /// both commands given.
+    fn exports(&self, svc_name: &str, list: Vec<Spanned<FileExport>>, surfaces: &[Surface]) -> Result<Vec<Export>> {
+        let mut out: Vec<Export> = Vec::new();
+        for (i, e) in list.into_iter().enumerate() {
+            let line = e.referenced.line();
+            let e = e.value;
+            let f = |name: &str| format!("services.{svc_name}.exports[{i}].{name}");
+            let (name, nline) = (e.name.value, e.name.referenced.line());
+            if !valid_name(&name) {
+                return Err(self.err(nline, &f("name"), format!("`{name}` is not a valid export name; use letters, digits, `_`, `-`, `.`")));
+            }
+            if surfaces.iter().any(|s| s.name == name) || out.iter().any(|o| o.name == name) {
+                return Err(self.err(
+                    nline,
+                    &f("name"),
+                    format!("`{name}` is already the name of a surface or export of `{svc_name}`; give each its own name (both name a directory of the archive)"),
+                ));
+            }
+            for (which, cmd) in [("export", &e.export), ("import", &e.import)] {
+                if cmd.argv.is_empty() {
+                    return Err(self.err(line, &f(which), "`argv` is empty; give the program to run".into()));
+                }
+            }
+            out.push(Export { name, export: e.export, import: e.import });
+        }
+        Ok(out)
     }
 
     /// One surface of service `svc_name` (its `i`th); `earlier` are the service's surfaces
