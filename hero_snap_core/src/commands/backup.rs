@@ -223,7 +223,12 @@ fn run_backup<W: Write + Send + 'static>(
     }
     let mut views: Vec<PathBuf> = jobs.iter().map(|j| frozen.view(&j.path)).collect();
     // The export directories are archived like context-scoped surfaces, after the others.
-    jobs.extend(export_jobs.iter().map(|e| plan::Job { service: e.service.clone(), surface: e.export.clone(), context: Some(e.context.clone()), path: PathBuf::new() }));
+    jobs.extend(export_jobs.iter().map(|e| plan::Job {
+        service: e.service.clone(),
+        surface: e.export.clone(),
+        context: Some(e.context.clone()),
+        path: PathBuf::new(),
+    }));
     views.extend(exported.dirs.iter().cloned());
     cancel.check()?;
 

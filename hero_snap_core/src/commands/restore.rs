@@ -276,7 +276,9 @@ fn archive_outcomes(manifest: &Manifest, plan: &RestorePlan) -> Vec<Outcome> {
                 // Planned imports have their outcome from the import step.
                 let imported = |c: &String| plan.imports.iter().any(|i| i.service == ms.name && i.export == surf.name && &i.context == c);
                 let not_selected = surf.contexts.iter().filter(|c| !imported(c));
-                out.extend(not_selected.map(|c| Outcome::new(&ms.name, Some(&surf.name), Some(c), Status::Skipped, Some("not selected for this restore".into()))));
+                out.extend(
+                    not_selected.map(|c| Outcome::new(&ms.name, Some(&surf.name), Some(c), Status::Skipped, Some("not selected for this restore".into()))),
+                );
                 continue;
             }
             let contexts: Vec<Option<&str>> = if surf.contexts.is_empty() { vec![None] } else { surf.contexts.iter().map(|c| Some(c.as_str())).collect() };

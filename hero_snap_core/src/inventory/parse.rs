@@ -291,7 +291,17 @@ impl Rules<'_> {
                 return Err(self.err(line, &field(hook), "`argv` is empty; give the program to run".into()));
             }
         }
-        Ok(Service { name: svc_name, version: svc.version.value, schema: svc.schema, secrets, surfaces, exports, migrations, quiesce: svc.quiesce, hooks: svc.hooks })
+        Ok(Service {
+            name: svc_name,
+            version: svc.version.value,
+            schema: svc.schema,
+            secrets,
+            surfaces,
+            exports,
+            migrations,
+            quiesce: svc.quiesce,
+            hooks: svc.hooks,
+        })
     }
 
     /// The service's export surfaces: valid names, unique among its surfaces and exports,
@@ -310,7 +320,9 @@ impl Rules<'_> {
                 return Err(self.err(
                     nline,
                     &f("name"),
-                    format!("`{name}` is already the name of a surface or export of `{svc_name}`; give each its own name (both name a directory of the archive)"),
+                    format!(
+                        "`{name}` is already the name of a surface or export of `{svc_name}`; give each its own name (both name a directory of the archive)"
+                    ),
                 ));
             }
             for (which, cmd) in [("export", &e.export), ("import", &e.import)] {
@@ -462,6 +474,29 @@ mod tests {
                     assert!(message.contains(says), "{message}");
                 }
                 other => panic!("expected an inventory error for {notify:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn export_rules_name_the_field() {
+        let head = "format: 1\ninstance: demo\nservices:\n  hero_db:\n    version: \"1\"\n    schema: 1\n    surfaces:\n      - {name: data, path: /var/lib/hero/db, scope: instance, class: source}\n    exports:\n";
+        let ok = Inventory::parse(&format!("{head}      - {{name: memory, export: {{argv: [x]}}, import: {{argv: [y]}}}}\n"), Path::new("inv.yaml")).unwrap();
+        assert_eq!(ok.service("hero_db").unwrap().export("memory").unwrap().import.argv, ["y"]);
+        for (export, field, says) in [
+            ("{name: data, export: {argv: [x]}, import: {argv: [y]}}", "services.hero_db.exports[0].name", "already the name of a surface or export"),
+            ("{name: ../m, export: {argv: [x]}, import: {argv: [y]}}", "services.hero_db.exports[0].name", "not a valid export name"),
+            ("{name: m, export: {argv: []}, import: {argv: [y]}}", "services.hero_db.exports[0].export", "`argv` is empty"),
+            ("{name: m, export: {argv: [x]}, import: {argv: []}}", "services.hero_db.exports[0].import", "`argv` is empty"),
+            ("{name: m, export: {argv: [x]}}", "(document)", "missing field `import`"),
+        ] {
+            match Inventory::parse(&format!("{head}      - {export}\n"), Path::new("inv.yaml")) {
+                Err(Error::Inventory { line, field: f, message, .. }) => {
+                    assert_eq!(f, field, "{message}");
+                    assert_eq!(line, 10, "{message}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("expected an inventory error for {export}, got {other:?}"),
             }
         }
     }

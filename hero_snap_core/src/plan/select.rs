@@ -172,7 +172,16 @@ fn add_exports(svc: &Service, sel: &Selection, ms: &mut ManifestService, svc_con
             exports.push(ExportJob { service: svc.name.clone(), export: e.name.clone(), context: c.clone(), command: e.export.clone() });
         }
         let path = String::new();
-        ms.surfaces.push(ManifestSurface { name: e.name.clone(), scope: Scope::Context, class: Class::Source, path, contexts, files: 0, bytes: 0, export: true });
+        ms.surfaces.push(ManifestSurface {
+            name: e.name.clone(),
+            scope: Scope::Context,
+            class: Class::Source,
+            path,
+            contexts,
+            files: 0,
+            bytes: 0,
+            export: true,
+        });
     }
 }
 
@@ -220,5 +229,14 @@ fn manifest_surface(s: &Surface, root: Option<&Path>) -> ManifestSurface {
         Some(rel) => Path::new("/").join(rel),
         None => s.path.clone(),
     };
-    ManifestSurface { name: s.name.clone(), scope: s.scope, class: s.class, path: path.display().to_string(), contexts: Vec::new(), files: 0, bytes: 0, export: false }
+    ManifestSurface {
+        name: s.name.clone(),
+        scope: s.scope,
+        class: s.class,
+        path: path.display().to_string(),
+        contexts: Vec::new(),
+        files: 0,
+        bytes: 0,
+        export: false,
+    }
 }

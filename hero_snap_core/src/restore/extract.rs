@@ -120,7 +120,10 @@ impl<'a> Extractor<'a> {
         for i in self.plan.iter().flat_map(|p| &p.imports) {
             let staged = i.staged.as_deref().unwrap_or(Path::new(""));
             if !staged.is_dir() {
-                return Err(Error::Corrupt(format!("the archive holds no data for the export {}.{}[{}] (expected its root directory)", i.service, i.export, i.context)));
+                return Err(Error::Corrupt(format!(
+                    "the archive holds no data for the export {}.{}[{}] (expected its root directory)",
+                    i.service, i.export, i.context
+                )));
             }
             let f = fs::File::open(staged).map_err(Error::io(staged, "opening"))?;
             nix::unistd::syncfs(&f).map_err(|e| Error::io(staged, "syncing")(e.into()))?;

@@ -195,7 +195,10 @@ pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
                 complete(&j);
                 match j.imports_dir.as_ref().filter(|d| d.exists()) {
                     // An import cannot be run or undone blind: the copies stay for the operator.
-                    Some(d) => format!("completed; imports may not have run: the staged export copies are kept in {} (run each service's import on them, then delete it)", d.display()),
+                    Some(d) => format!(
+                        "completed; imports may not have run: the staged export copies are kept in {} (run each service's import on them, then delete it)",
+                        d.display()
+                    ),
                     None => "completed".to_string(),
                 }
             }
