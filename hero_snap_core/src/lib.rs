@@ -60,6 +60,7 @@
 // The layers, in the data's order; none of them imports a verb.
 mod archive;
 mod error;
+mod exports;
 mod freeze;
 mod fs_tree;
 mod hooks;
@@ -102,14 +103,14 @@ pub use commands::verify::{check_verified, verify, verify_chain, verify_newest, 
 pub use error::{BoxError, Error, Result};
 pub use freeze::watchdog::run_watchdog_if_invoked;
 pub use inventory::{
-    Class, Command, Hooks, Inventory, Migration, Notify, NotifyOn, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface,
+    Class, Command, Export, Hooks, Inventory, Migration, Notify, NotifyOn, OnError, Quiesce, Scope, SecretStore, Service, SnapshotBackend, Surface,
     CONTEXT_PLACEHOLDER, INVENTORY_FORMAT,
 };
 pub use mounts::Mount;
 pub use outcome::{check_outcomes, failures, Outcome, Status};
 pub use plan::{Plan, Selection};
 pub use progress::{Cancel, Event, NoProgress, Progress};
-pub use restore::{PlannedMigration, Refusal, RestorePlan, RestoreSelection, SurfaceRef, TargetSurface};
+pub use restore::{NotInArchive, PlannedImport, PlannedMigration, Refusal, RestorePlan, RestoreSelection, SurfaceRef, TargetSurface};
 pub use retention::{Retention, Within};
 pub use snapshot::Volume;
 

@@ -33,7 +33,14 @@ pub fn print_plan(plan: &RestorePlan) {
     for m in &plan.migrations {
         println!("  migrate {} schema {} -> {}: {}", m.service, m.from, m.to, m.argv.join(" "));
     }
+    for i in &plan.imports {
+        let ctx = if i.context == i.target_context { i.context.clone() } else { format!("{} -> {}", i.context, i.target_context) };
+        println!("  import {}.{} [{ctx}] after the start hooks: {}", i.service, i.export, i.argv.join(" "));
+    }
     for r in &plan.rebuild_pending {
         println!("  rebuild pending after restore: {r}");
+    }
+    for n in &plan.not_in_archive {
+        println!("  NOT IN THE ARCHIVE: {}.{}: {}", n.service, n.surface, n.reason);
     }
 }

@@ -13,6 +13,7 @@ mod crash;
 mod demo;
 mod deployment;
 mod diskfull;
+mod exports;
 mod golden;
 mod incremental;
 mod monitoring;

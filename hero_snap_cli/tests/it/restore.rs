@@ -51,8 +51,11 @@ fn per_context_export(on: Option<(&Path, &Path)>) {
     let out = HERO_SNAP.ok(&["inspect", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--json"]);
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let services: Vec<&str> = m["result"]["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(services, ["hero_foundry"]);
-    assert_eq!(m["result"]["services"][0]["contexts"], serde_json::json!(["geomind"]));
+    // hero_db is listed with nothing archived: its instance data is left out, by name.
+    assert_eq!(services, ["hero_db", "hero_foundry"]);
+    assert_eq!(m["result"]["services"][0]["surfaces"], serde_json::json!([]));
+    assert!(m["result"]["services"][0]["left_out"][0]["reason"].as_str().unwrap().contains("declares no export"), "{m}");
+    assert_eq!(m["result"]["services"][1]["contexts"], serde_json::json!(["geomind"]));
 
     // Bare instance B: everything is created, with the archived ownership and modes.
     let b = make(&[], false);

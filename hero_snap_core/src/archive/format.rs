@@ -62,6 +62,16 @@ pub struct ManifestSurface {
     pub files: u64,
     /// Bytes of file data archived.
     pub bytes: u64,
+    /// An export surface (decisions/D-16): written by the service's `export` command, one
+    /// copy per context; it has no path on the target and is restored by the target's
+    /// `import`. Absent (false) for a directory surface. Additive: a format-1 reader
+    /// ignores it and refuses the restore as an unknown surface of the target.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub export: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A surface not in the archive, and why.
@@ -386,7 +396,7 @@ mod tests {
                 services: vec![ManifestService {
                     name: svc, version, schema, contexts: ctxs.clone(),
                     surfaces: vec![ManifestSurface { name: "files".into(), scope: Scope::Context, class: Class::Source,
-                        path: "/var/lib/x/{context}/files".into(), contexts: ctxs, files, bytes }],
+                        path: "/var/lib/x/{context}/files".into(), contexts: ctxs, files, bytes, export: files % 2 == 1 }],
                     left_out: vec![LeftOut { surface: "idx".into(), class: Class::Derived, reason: "derived".into() }],
                     secrets: vec!["KEY".into()], files, bytes }],
                 warnings: vec![Warning { code: "w".into(), message: warn }],

@@ -14,6 +14,7 @@ use crate::archive::s3::{self, S3Object};
 use crate::archive::write::{ArchiveWriter, ParentIndex};
 use crate::archive::{Compression, Encryption, Location};
 use crate::error::{Error, Result};
+use crate::exports;
 use crate::freeze::{self, FreezeOptions};
 use crate::fs_tree::count_tree;
 use crate::inventory::Inventory;
@@ -206,22 +207,35 @@ fn run_backup<W: Write + Send + 'static>(
 ) -> Result<(BackupReport, W)> {
     let (state, run, to) = ids;
     let (state, run) = (state.to_path_buf(), run.to_string());
-    let (mut jobs, mut services, mut warnings, mut outcomes) = plan::select(inv, &opts.selection)?;
+    let plan::Selected { mut jobs, mut services, mut warnings, mut outcomes, exports: export_jobs } = plan::select(inv, &opts.selection)?;
     let placement = plan::place(inv, &mut jobs, opts.allow_live)?;
     let parent = resolve_parent(inv, opts, &state, to, &mut warnings)?;
     cancel.check()?;
+    // Before the freeze: a frozen service cannot answer its own client (D-16). Removed
+    // when this function returns, whatever it returns.
+    exports::recover(&state)?;
+    let exported = exports::run_exports(&export_jobs, &inv.source, &state, &run, cancel)?;
+    warnings.extend(exports::warnings(&export_jobs));
     let frozen = freeze::freeze(inv, &jobs, &placement, &FreezeOptions { state: &state, run: &run, deadline: opts.freeze_deadline }, progress)?;
     warnings.extend(frozen.warnings.iter().cloned());
     for w in &frozen.warnings {
         progress.event(&Event::Warning { warning: w.clone() });
     }
-    let views: Vec<PathBuf> = jobs.iter().map(|j| frozen.view(&j.path)).collect();
+    let mut views: Vec<PathBuf> = jobs.iter().map(|j| frozen.view(&j.path)).collect();
+    // The export directories are archived like context-scoped surfaces, after the others.
+    jobs.extend(export_jobs.iter().map(|e| plan::Job {
+        service: e.service.clone(),
+        surface: e.export.clone(),
+        context: Some(e.context.clone()),
+        path: PathBuf::new(),
+    }));
+    views.extend(exported.dirs.iter().cloned());
     cancel.check()?;
 
     let (files, bytes) = count_views(&jobs, &views, &mut services, progress, cancel)?;
     failpoint("backup-scanned");
 
-    let mut manifest = Manifest {
+    let manifest = Manifest {
         format: if parent.is_some() { INCREMENTAL_FORMAT } else { ARCHIVE_FORMAT },
         tool: "hero-snap".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
@@ -249,16 +263,31 @@ fn run_backup<W: Write + Send + 'static>(
     for (job, view) in jobs.iter().zip(&views) {
         progress.event(&Event::Surface { service: job.service.clone(), surface: job.surface.clone(), context: job.context.clone() });
         let member = surface_member_root(&job.service, &job.surface, job.context.as_deref());
-        writer.write_tree(view, &member, frozen.stable(&job.path), progress, cancel)?;
+        // An export directory is the run's own: nothing changes it while it is read.
+        let stable = job.path.as_os_str().is_empty() || frozen.stable(&job.path);
+        writer.write_tree(view, &member, stable, progress, cancel)?;
         outcomes.push(Outcome::new(&job.service, Some(&job.surface), job.context.as_deref(), Status::Ok, None));
         failpoint("backup-surface-written");
     }
+    finish_archive(writer, frozen, &state, &run, manifest, outcomes, progress)
+}
+
+/// Checks the snapshots, writes the index, releases the snapshots: the report.
+fn finish_archive<W: Write + Send + 'static>(
+    mut writer: ArchiveWriter<CountingWriter<W>>,
+    frozen: freeze::Frozen,
+    state: &Path,
+    run: &str,
+    mut manifest: Manifest,
+    mut outcomes: Vec<Outcome>,
+    progress: &dyn Progress,
+) -> Result<(BackupReport, W)> {
     // A snapshot that went bad while it was read (LVM overflow) fails the run before the
     // archive is finished, so no archive of it is ever published.
     frozen.check()?;
     let mut late_warnings = std::mem::take(&mut writer.warnings);
     let inherited = writer.inherited;
-    let cache_files = Cache::new(&state).partial(&run)?;
+    let cache_files = Cache::new(state).partial(run)?;
     let (counted, totals) = writer.finish(Some((&cache_files.0, &cache_files.1)))?;
     failpoint("backup-archive-finished");
     late_warnings.extend(frozen.release()?);

@@ -7,6 +7,6 @@ use crate::plan::{self, Plan, Selection};
 
 /// The plan a backup of `selection` would follow: volumes, backends, consistency.
 pub fn plan(inv: &Inventory, selection: &Selection, allow_live: bool) -> Result<Plan> {
-    let (mut jobs, _, _, _) = plan::select(inv, selection)?;
+    let mut jobs = plan::select(inv, selection)?.jobs;
     Ok(plan::place(inv, &mut jobs, allow_live)?.plan)
 }

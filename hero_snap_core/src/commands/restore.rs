@@ -132,10 +132,13 @@ pub fn restore_chain(
     failpoint("restore-after-commit");
     let kept_old = complete(&ex.journal);
     failpoint("restore-completed");
-    ex.journal.remove(&state);
     let not_started = start_services(target, &stopped, &mut warnings);
+    // The journal stays until the imports have run: `gc` then says where their copies are.
+    let imported = run_imports(&plan, ex.journal.imports_dir.as_deref(), &mut warnings);
+    ex.journal.remove(&state);
 
     let (mut outcomes, rebuild_pending) = rebuild_derived(target, &plan, &mut warnings);
+    outcomes.extend(imported);
     outcomes.extend(archive_outcomes(&outcome.manifest, &plan));
     for (name, why) in not_started {
         outcomes.push(Outcome::new(&name, None, None, Status::Failed, Some(why)));
@@ -269,6 +272,15 @@ fn archive_outcomes(manifest: &Manifest, plan: &RestorePlan) -> Vec<Outcome> {
     let mut out = Vec::new();
     for ms in &manifest.services {
         for surf in &ms.surfaces {
+            if surf.export {
+                // Planned imports have their outcome from the import step.
+                let imported = |c: &String| plan.imports.iter().any(|i| i.service == ms.name && i.export == surf.name && &i.context == c);
+                let not_selected = surf.contexts.iter().filter(|c| !imported(c));
+                out.extend(
+                    not_selected.map(|c| Outcome::new(&ms.name, Some(&surf.name), Some(c), Status::Skipped, Some("not selected for this restore".into()))),
+                );
+                continue;
+            }
             let contexts: Vec<Option<&str>> = if surf.contexts.is_empty() { vec![None] } else { surf.contexts.iter().map(|c| Some(c.as_str())).collect() };
             for ctx in contexts {
                 let planned = plan.surfaces.iter().find(|t| t.service == ms.name && t.surface == surf.name && t.context.as_deref() == ctx);
@@ -291,6 +303,40 @@ fn archive_outcomes(manifest: &Manifest, plan: &RestorePlan) -> Vec<Outcome> {
                 out.push(Outcome::new(&ms.name, Some(&l.surface), None, Status::Skipped, Some(format!("not in the archive: {}", l.reason))));
             }
         }
+    }
+    out
+}
+
+/// Runs each planned import (D-16) on its staged copy, with `{service}`, `{context}` (the
+/// target's name) and `{path}`. hero-snap cannot undo an import: a failure is a failed
+/// outcome naming the service, context and command, and its staged copy is kept for the
+/// operator to run the import again. The others' copies are removed.
+fn run_imports(plan: &RestorePlan, dir: Option<&Path>, warnings: &mut Vec<String>) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    let mut kept = false;
+    for i in &plan.imports {
+        let Some(staged) = &i.staged else { continue };
+        let path = staged.display().to_string();
+        let vars = [("service", i.service.as_str()), ("context", i.target_context.as_str()), ("path", path.as_str())];
+        match hooks::run(&i.command, &vars) {
+            Ok(_) => {
+                let _ = std::fs::remove_dir_all(staged);
+                let why = format!("imported into context `{}` by `{}`", i.target_context, i.argv.join(" "));
+                out.push(Outcome::new(&i.service, Some(&i.export), Some(&i.context), Status::Ok, Some(why)));
+            }
+            Err(e) => {
+                kept = true;
+                let why = format!(
+                    "the import into context `{}` failed: {e}; the restored surfaces stay (an import cannot be rolled back); the staged copy is kept at {path}: fix the cause, run the import again with {{path}}={path}, then delete it",
+                    i.target_context
+                );
+                warnings.push(format!("{}.{}[{}]: {why}", i.service, i.export, i.context));
+                out.push(Outcome::new(&i.service, Some(&i.export), Some(&i.context), Status::Failed, Some(why)));
+            }
+        }
+    }
+    if let (false, Some(d)) = (kept, dir) {
+        let _ = std::fs::remove_dir_all(d);
     }
     out
 }

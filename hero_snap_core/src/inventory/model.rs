@@ -277,6 +277,22 @@ impl Surface {
     }
 }
 
+/// A per-context export surface (decisions/D-16): data an instance-scoped store holds for
+/// one context, written out by the service's own client at backup time (`export`, into an
+/// empty directory) and read back into the target's store after a restore (`import`).
+/// It has no path on the target: the archive's copy is staged in the state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// Names the surface in the archive (`services/<svc>/contexts/<ctx>/<name>/`); unique
+    /// among the service's surfaces and exports.
+    pub name: String,
+    /// Fills `{path}` (an empty directory) with the data of `{context}`; runs before the freeze.
+    pub export: Command,
+    /// Loads `{path}` (the staged copy) into the store as `{context}` (the target's name);
+    /// runs after the swap and the start hooks.
+    pub import: Command,
+}
+
 /// One service of the instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
@@ -290,6 +306,8 @@ pub struct Service {
     pub secrets: Vec<String>,
     /// Where the service keeps state.
     pub surfaces: Vec<Surface>,
+    /// Per-context data of an instance-scoped store, carried by its commands (D-16).
+    pub exports: Vec<Export>,
     /// Schema migrations the service declares for restores of older data.
     pub migrations: Vec<Migration>,
     /// How the service is made consistent for a backup.
@@ -302,6 +320,11 @@ impl Service {
     /// The surface of this name.
     pub fn surface(&self, name: &str) -> Option<&Surface> {
         self.surfaces.iter().find(|s| s.name == name)
+    }
+
+    /// The export of this name.
+    pub fn export(&self, name: &str) -> Option<&Export> {
+        self.exports.iter().find(|e| e.name == name)
     }
 }
 

@@ -48,6 +48,8 @@ struct FileService {
     secrets: Vec<Spanned<String>>,
     surfaces: Vec<Spanned<FileSurface>>,
     #[serde(default)]
+    exports: Vec<Spanned<FileExport>>,
+    #[serde(default)]
     migrations: Vec<Spanned<Migration>>,
     #[serde(default)]
     quiesce: Quiesce,
@@ -67,6 +69,15 @@ struct FileSurface {
     #[serde(default)]
     #[allow(dead_code)] // documentation for humans; kept so the field is accepted
     description: Option<String>,
+}
+
+/// `exports[i]`: a per-context export surface (D-16).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExport {
+    name: Spanned<String>,
+    export: Command,
+    import: Command,
 }
 
 /// Names of services, surfaces, contexts and secrets: safe as one path component and in YAML.
@@ -248,6 +259,7 @@ impl Rules<'_> {
             let surface = self.surface(&svc_name, i, s.value, &surfaces, claimed)?;
             surfaces.push(surface);
         }
+        let exports = self.exports(&svc_name, svc.exports, &surfaces)?;
         let mut migrations: Vec<Migration> = Vec::new();
         for m in svc.migrations {
             let mline = m.referenced.line();
@@ -279,7 +291,48 @@ impl Rules<'_> {
                 return Err(self.err(line, &field(hook), "`argv` is empty; give the program to run".into()));
             }
         }
-        Ok(Service { name: svc_name, version: svc.version.value, schema: svc.schema, secrets, surfaces, migrations, quiesce: svc.quiesce, hooks: svc.hooks })
+        Ok(Service {
+            name: svc_name,
+            version: svc.version.value,
+            schema: svc.schema,
+            secrets,
+            surfaces,
+            exports,
+            migrations,
+            quiesce: svc.quiesce,
+            hooks: svc.hooks,
+        })
+    }
+
+    /// The service's export surfaces: valid names, unique among its surfaces and exports,
+    /// both commands given.
+    fn exports(&self, svc_name: &str, list: Vec<Spanned<FileExport>>, surfaces: &[Surface]) -> Result<Vec<Export>> {
+        let mut out: Vec<Export> = Vec::new();
+        for (i, e) in list.into_iter().enumerate() {
+            let line = e.referenced.line();
+            let e = e.value;
+            let f = |name: &str| format!("services.{svc_name}.exports[{i}].{name}");
+            let (name, nline) = (e.name.value, e.name.referenced.line());
+            if !valid_name(&name) {
+                return Err(self.err(nline, &f("name"), format!("`{name}` is not a valid export name; use letters, digits, `_`, `-`, `.`")));
+            }
+            if surfaces.iter().any(|s| s.name == name) || out.iter().any(|o| o.name == name) {
+                return Err(self.err(
+                    nline,
+                    &f("name"),
+                    format!(
+                        "`{name}` is already the name of a surface or export of `{svc_name}`; give each its own name (both name a directory of the archive)"
+                    ),
+                ));
+            }
+            for (which, cmd) in [("export", &e.export), ("import", &e.import)] {
+                if cmd.argv.is_empty() {
+                    return Err(self.err(line, &f(which), "`argv` is empty; give the program to run".into()));
+                }
+            }
+            out.push(Export { name, export: e.export, import: e.import });
+        }
+        Ok(out)
     }
 
     /// One surface of service `svc_name` (its `i`th); `earlier` are the service's surfaces
@@ -421,6 +474,29 @@ mod tests {
                     assert!(message.contains(says), "{message}");
                 }
                 other => panic!("expected an inventory error for {notify:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn export_rules_name_the_field() {
+        let head = "format: 1\ninstance: demo\nservices:\n  hero_db:\n    version: \"1\"\n    schema: 1\n    surfaces:\n      - {name: data, path: /var/lib/hero/db, scope: instance, class: source}\n    exports:\n";
+        let ok = Inventory::parse(&format!("{head}      - {{name: memory, export: {{argv: [x]}}, import: {{argv: [y]}}}}\n"), Path::new("inv.yaml")).unwrap();
+        assert_eq!(ok.service("hero_db").unwrap().export("memory").unwrap().import.argv, ["y"]);
+        for (export, field, says) in [
+            ("{name: data, export: {argv: [x]}, import: {argv: [y]}}", "services.hero_db.exports[0].name", "already the name of a surface or export"),
+            ("{name: ../m, export: {argv: [x]}, import: {argv: [y]}}", "services.hero_db.exports[0].name", "not a valid export name"),
+            ("{name: m, export: {argv: []}, import: {argv: [y]}}", "services.hero_db.exports[0].export", "`argv` is empty"),
+            ("{name: m, export: {argv: [x]}, import: {argv: []}}", "services.hero_db.exports[0].import", "`argv` is empty"),
+            ("{name: m, export: {argv: [x]}}", "(document)", "missing field `import`"),
+        ] {
+            match Inventory::parse(&format!("{head}      - {export}\n"), Path::new("inv.yaml")) {
+                Err(Error::Inventory { line, field: f, message, .. }) => {
+                    assert_eq!(f, field, "{message}");
+                    assert_eq!(line, 10, "{message}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("expected an inventory error for {export}, got {other:?}"),
             }
         }
     }

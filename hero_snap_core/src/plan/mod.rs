@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use select::Selection;
-pub(crate) use select::{select, Job};
+pub(crate) use select::{select, ExportJob, Job, Selected};
 
 use crate::archive::format::Consistency;
 use crate::error::{Error, Result};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::format::{LeftOut, ManifestService, ManifestSurface, SelectionRecord, Warning};
 use crate::error::{Error, Result};
-use crate::inventory::{Class, Inventory, Scope, Service, Surface};
+use crate::inventory::{Class, Command, Inventory, Scope, Service, Surface};
 use crate::outcome::{Outcome, Status};
 
 /// Which part of an instance a run covers. Empty lists mean "all".
@@ -36,8 +36,25 @@ pub(crate) struct Job {
     pub path: PathBuf,
 }
 
-/// What a selection resolves to.
-pub(crate) type Selected = (Vec<Job>, Vec<ManifestService>, Vec<Warning>, Vec<Outcome>);
+/// One export command to run: a service's export surface for one context (D-16).
+#[derive(Debug, Clone)]
+pub(crate) struct ExportJob {
+    pub service: String,
+    /// The export's name: its surface name in the archive.
+    pub export: String,
+    pub context: String,
+    pub command: Command,
+}
+
+/// What a selection resolves to: the directory jobs, the manifest's services, the
+/// warnings and outcomes known so far, and the export commands to run.
+pub(crate) struct Selected {
+    pub jobs: Vec<Job>,
+    pub services: Vec<ManifestService>,
+    pub warnings: Vec<Warning>,
+    pub outcomes: Vec<Outcome>,
+    pub exports: Vec<ExportJob>,
+}
 
 /// Resolves a selection against the inventory: the jobs, the manifest skeleton (services
 /// with what is in, what is left out and why), and the outcomes of what is left out.
@@ -47,6 +64,7 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
     let mut services = Vec::new();
     let mut warnings = Vec::new();
     let mut outcomes = Vec::new();
+    let mut exports = Vec::new();
     for svc in &inv.services {
         if !sel.services.is_empty() && !sel.services.contains(&svc.name) {
             continue;
@@ -72,7 +90,7 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
             }
             let contexts: Vec<Option<String>> = match surface.scope {
                 Scope::Instance if !sel.contexts.is_empty() => {
-                    skip("instance-scoped: not part of a per-context backup", Status::Skipped);
+                    skip(&instance_left_out(svc), Status::Skipped);
                     continue;
                 }
                 Scope::Instance => {
@@ -108,16 +126,63 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
             }
             ms.surfaces.push(msurf);
         }
+        add_exports(svc, sel, &mut ms, &mut svc_contexts, &mut exports);
         ms.contexts = svc_contexts.into_iter().collect();
-        if !sel.contexts.is_empty() && ms.surfaces.is_empty() {
-            continue; // a per-context backup carries only the services that have the context
+        // A per-context backup carries the services that have the context, and names
+        // those whose instance-scoped sources it leaves behind (never silently dropped).
+        let leaves_sources = ms.left_out.iter().any(|l| l.class == Class::Source && l.reason.starts_with(INSTANCE_LEFT_OUT));
+        if !sel.contexts.is_empty() && ms.surfaces.is_empty() && !leaves_sources {
+            continue;
         }
         services.push(ms);
     }
-    if jobs.is_empty() {
+    if jobs.is_empty() && exports.is_empty() {
         return Err(Error::Usage("the selection covers no surface with data on disk; nothing to back up".into()));
     }
-    Ok((jobs, services, warnings, outcomes))
+    Ok(Selected { jobs, services, warnings, outcomes, exports })
+}
+
+/// The start of the reason an instance-scoped surface is left out of a per-context backup.
+const INSTANCE_LEFT_OUT: &str = "instance-scoped: not part of a per-context backup";
+
+/// Why `svc`'s instance-scoped surfaces are not in a per-context archive, and whether its
+/// per-context data travels anyway (by an export) or not at all.
+fn instance_left_out(svc: &Service) -> String {
+    if svc.exports.is_empty() {
+        format!("{INSTANCE_LEFT_OUT}; `{}` declares no export, so none of its data for the selected contexts is in the archive", svc.name)
+    } else {
+        let names: Vec<&str> = svc.exports.iter().map(|e| e.name.as_str()).collect();
+        format!("{INSTANCE_LEFT_OUT}; its per-context data is carried by the export(s) {}", names.join(", "))
+    }
+}
+
+/// In a per-context backup, one export job per export of `svc` and selected context, and
+/// its surface in the manifest (marked `export`, no path). A whole-instance backup runs
+/// none: the instance surfaces already hold every context's data (D-16).
+fn add_exports(svc: &Service, sel: &Selection, ms: &mut ManifestService, svc_contexts: &mut BTreeSet<String>, exports: &mut Vec<ExportJob>) {
+    if sel.contexts.is_empty() {
+        return;
+    }
+    for e in &svc.exports {
+        let mut contexts = sel.contexts.clone();
+        contexts.sort();
+        contexts.dedup();
+        for c in &contexts {
+            svc_contexts.insert(c.clone());
+            exports.push(ExportJob { service: svc.name.clone(), export: e.name.clone(), context: c.clone(), command: e.export.clone() });
+        }
+        let path = String::new();
+        ms.surfaces.push(ManifestSurface {
+            name: e.name.clone(),
+            scope: Scope::Context,
+            class: Class::Source,
+            path,
+            contexts,
+            files: 0,
+            bytes: 0,
+            export: true,
+        });
+    }
 }
 
 /// Every service and context the selection names must exist.
@@ -164,5 +229,14 @@ fn manifest_surface(s: &Surface, root: Option<&Path>) -> ManifestSurface {
         Some(rel) => Path::new("/").join(rel),
         None => s.path.clone(),
     };
-    ManifestSurface { name: s.name.clone(), scope: s.scope, class: s.class, path: path.display().to_string(), contexts: Vec::new(), files: 0, bytes: 0 }
+    ManifestSurface {
+        name: s.name.clone(),
+        scope: s.scope,
+        class: s.class,
+        path: path.display().to_string(),
+        contexts: Vec::new(),
+        files: 0,
+        bytes: 0,
+        export: false,
+    }
 }

@@ -79,6 +79,7 @@ impl<'a> Extractor<'a> {
                 parent_times: Vec::new(),
                 swaps: Vec::new(),
                 stopped: Vec::new(),
+                imports_dir: None,
             },
             dirs: Vec::new(),
             checked_parent: None,
@@ -111,6 +112,17 @@ impl<'a> Extractor<'a> {
             swap.stage_ino = meta.ino();
             swap.stage_mtime = Some((meta.mtime(), meta.mtime_nsec() as u32));
         }
+        for i in self.plan.iter().flat_map(|p| &p.imports) {
+            let staged = i.staged.as_deref().unwrap_or(Path::new(""));
+            if !staged.is_dir() {
+                return Err(Error::Corrupt(format!(
+                    "the archive holds no data for the export {}.{}[{}] (expected its root directory)",
+                    i.service, i.export, i.context
+                )));
+            }
+            let f = fs::File::open(staged).map_err(Error::io(staged, "opening"))?;
+            nix::unistd::syncfs(&f).map_err(|e| Error::io(staged, "syncing")(e.into()))?;
+        }
         self.sync_stages()
     }
 
@@ -128,6 +140,26 @@ impl<'a> Extractor<'a> {
         self.writers.stop();
         undo_dirs(&self.journal);
         self.journal.remove(&self.state);
+    }
+
+    /// Stages each export copy of the plan under `<state>/import-<run>/<service>/<target
+    /// context>/<export>`, never beside a live path: it is read by an import, not swapped.
+    fn stage_imports(&mut self, plan: &mut RestorePlan) -> Result<()> {
+        if plan.imports.is_empty() {
+            return Ok(());
+        }
+        let dir = self.state.join(format!("import-{}", self.run));
+        self.journal.imports_dir = Some(dir.clone());
+        self.journal.save(&self.state)?;
+        for i in &mut plan.imports {
+            let parent = dir.join(&i.service).join(&i.target_context);
+            fs::create_dir_all(&parent).map_err(Error::io(&parent, "creating the import staging directory"))?;
+            let root = parent.join(&i.export);
+            let key = MemberKey { service: i.service.clone(), surface: i.export.clone(), context: Some(i.context.clone()) };
+            self.stages.insert(key, Stage { root: root.clone() });
+            i.staged = Some(root);
+        }
+        Ok(())
     }
 
     /// Makes sure `parent` exists, recording what is created and which existing directory changes.
@@ -166,7 +198,7 @@ impl Visitor for Extractor<'_> {
             // An ancestor: the chain's checks are the caller's (commands/restore.rs).
             return Ok(());
         }
-        let plan = preflight::check(manifest, self.target, self.selection)?;
+        let mut plan = preflight::check(manifest, self.target, self.selection)?;
         self.progress.event(&Event::Totals { files: manifest.files, bytes: manifest.bytes });
         self.progress.event(&Event::Phase { phase: "extract".into() });
         for ts in &plan.surfaces {
@@ -187,6 +219,7 @@ impl Visitor for Extractor<'_> {
             });
             self.stages.insert(ts.key(), Stage { root: stage });
         }
+        self.stage_imports(&mut plan)?;
         self.journal.save(&self.state)?;
         failpoint("restore-journaled");
         self.plan = Some(plan);

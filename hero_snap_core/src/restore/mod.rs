@@ -11,5 +11,5 @@ pub(crate) mod preflight;
 pub(crate) mod swap;
 mod writers;
 
-pub use preflight::{PlannedMigration, Refusal, RestorePlan, RestoreSelection, SurfaceRef, TargetSurface};
+pub use preflight::{NotInArchive, PlannedImport, PlannedMigration, Refusal, RestorePlan, RestoreSelection, SurfaceRef, TargetSurface};
 pub(crate) use swap::recover;

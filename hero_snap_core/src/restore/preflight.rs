@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::format::{Manifest, ManifestService, MemberKey, NEWEST_FORMAT};
+use crate::archive::format::{Manifest, ManifestService, ManifestSurface, MemberKey, NEWEST_FORMAT};
 use crate::error::{Error, Result};
 use crate::inventory::{Class, Command, Inventory, Scope, SecretStore, Service};
 
@@ -233,6 +233,41 @@ pub struct PlannedMigration {
     pub command: Command,
 }
 
+/// An import the restore runs after the swap and the start hooks: one export surface of
+/// the archive for one context, loaded by the target's `import` command (D-16).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedImport {
+    /// The service.
+    pub service: String,
+    /// The export (its surface name in the archive).
+    pub export: String,
+    /// Context in the archive.
+    pub context: String,
+    /// Context on the target (differs with --as): the import's `{context}`.
+    pub target_context: String,
+    /// The import command, before substitution.
+    pub argv: Vec<String>,
+    #[serde(skip)]
+    /// The import command with its timeout.
+    pub command: Command,
+    /// Where the restore stages the archive's copy (the import's `{path}`): known once the
+    /// restore runs, under the state directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged: Option<PathBuf>,
+}
+
+/// A surface of a restored service whose data is not in the archive (a source left out,
+/// e.g. an instance-scoped store of a per-context archive): the restore does not bring it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotInArchive {
+    /// The service.
+    pub service: String,
+    /// The surface.
+    pub surface: String,
+    /// Why the archive does not hold it (the manifest's `left_out` reason).
+    pub reason: String,
+}
+
 /// What a restore would do.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestorePlan {
@@ -246,6 +281,10 @@ pub struct RestorePlan {
     pub rebuild_pending: Vec<SurfaceRef>,
     /// Services whose stop/start hooks run around the swap.
     pub services: Vec<String>,
+    /// Imports of export surfaces, run after the start hooks, in this order.
+    pub imports: Vec<PlannedImport>,
+    /// Sources of the selected services that the archive does not hold.
+    pub not_in_archive: Vec<NotInArchive>,
 }
 
 /// Checks a manifest against the target inventory. Returns the plan, or every refusal.
@@ -257,8 +296,15 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
     }
     refusals.extend(selection_refusals(manifest, sel));
 
-    let mut plan =
-        RestorePlan { instance: manifest.instance.clone(), surfaces: Vec::new(), migrations: Vec::new(), rebuild_pending: Vec::new(), services: Vec::new() };
+    let mut plan = RestorePlan {
+        instance: manifest.instance.clone(),
+        surfaces: Vec::new(),
+        migrations: Vec::new(),
+        rebuild_pending: Vec::new(),
+        services: Vec::new(),
+        imports: Vec::new(),
+        not_in_archive: Vec::new(),
+    };
     // Secret name -> the services that need it, from the archive and from the target.
     let mut secrets_needed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for ms in &manifest.services {
@@ -274,6 +320,8 @@ pub(crate) fn check(manifest: &Manifest, target: &Inventory, sel: &RestoreSelect
             continue;
         };
         let touched = plan_surfaces(ms, ts, sel, &mut plan, &mut refusals);
+        let sources_left_out = ms.left_out.iter().filter(|l| l.class == Class::Source);
+        plan.not_in_archive.extend(sources_left_out.map(|l| NotInArchive { service: ms.name.clone(), surface: l.surface.clone(), reason: l.reason.clone() }));
         // Derived surfaces the archive left out must be rebuilt on the target.
         for s in &ts.surfaces {
             if s.class == Class::Derived && ms.left_out.iter().any(|l| l.surface == s.name) {
@@ -355,6 +403,10 @@ fn plan_surfaces(ms: &ManifestService, ts: &Service, sel: &RestoreSelection, pla
         if !surface_selected(s.scope, &s.contexts, sel) {
             continue;
         }
+        if s.export {
+            touched |= plan_imports(ms, ts, s, sel, plan, refusals);
+            continue;
+        }
         let Some(tsurf) = ts.surface(&s.name) else {
             refusals.push(Refusal::UnknownSurface { service: ms.name.clone(), surface: s.name.clone() });
             continue;
@@ -392,6 +444,30 @@ fn plan_surfaces(ms: &ManifestService, ts: &Service, sel: &RestoreSelection, pla
                 files: s.files / (s.contexts.len().max(1) as u64),
             });
         }
+    }
+    touched
+}
+
+/// The imports of an export surface `s` of the archive: one per selected context; the
+/// target must declare the same export (else the refusal for an unknown surface).
+fn plan_imports(ms: &ManifestService, ts: &Service, s: &ManifestSurface, sel: &RestoreSelection, plan: &mut RestorePlan, refusals: &mut Vec<Refusal>) -> bool {
+    let Some(export) = ts.export(&s.name) else {
+        refusals.push(Refusal::UnknownSurface { service: ms.name.clone(), surface: format!("{} (an export: declare it under exports)", s.name) });
+        return false;
+    };
+    let mut touched = false;
+    for ctx in s.contexts.iter().filter(|c| sel.contexts.is_empty() || sel.contexts.contains(c)) {
+        let target_context = sel.rename_to.clone().unwrap_or_else(|| ctx.clone());
+        plan.imports.push(PlannedImport {
+            service: ms.name.clone(),
+            export: s.name.clone(),
+            context: ctx.clone(),
+            target_context,
+            argv: export.import.argv.clone(),
+            command: export.import.clone(),
+            staged: None,
+        });
+        touched = true;
     }
     touched
 }

@@ -69,6 +69,10 @@ pub(crate) struct Journal {
     /// Services this run stopped, with their start hooks, for `gc` to start again.
     #[serde(default)]
     pub(crate) stopped: Vec<(String, Command)>,
+    /// Where the archive's export copies are staged for their imports (D-16), in the state
+    /// directory: removed by a rollback; after the commit, only once every import succeeded.
+    #[serde(default)]
+    pub(crate) imports_dir: Option<PathBuf>,
 }
 
 impl Journal {
@@ -136,6 +140,9 @@ pub(crate) fn rollback(j: &Journal) -> Result<()> {
 /// Removes the run's work directories and the parents it created, and puts back the
 /// modification times of the directories it touched.
 pub(crate) fn undo_dirs(j: &Journal) {
+    if let Some(d) = &j.imports_dir {
+        let _ = fs::remove_dir_all(d);
+    }
     for d in &j.work_dirs {
         let _ = fs::remove_dir_all(d);
         let _ = fs::remove_dir_all(d.with_extension("old"));
@@ -182,11 +189,18 @@ pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
         let action = match j.phase {
             Phase::Extracting | Phase::Swapping => {
                 rollback(&j)?;
-                "rolled-back"
+                "rolled-back".to_string()
             }
             Phase::Committed => {
                 complete(&j);
-                "completed"
+                match j.imports_dir.as_ref().filter(|d| d.exists()) {
+                    // An import cannot be run or undone blind: the copies stay for the operator.
+                    Some(d) => format!(
+                        "completed; imports may not have run: the staged export copies are kept in {} (run each service's import on them, then delete it)",
+                        d.display()
+                    ),
+                    None => "completed".to_string(),
+                }
             }
         };
         failpoint("gc-restore-finished");
@@ -197,7 +211,7 @@ pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
             }
         }
         j.remove(state_dir);
-        out.push(Recovered { run_id: j.run_id, action: action.into() });
+        out.push(Recovered { run_id: j.run_id, action });
     }
     Ok(out)
 }
