@@ -55,9 +55,9 @@ fn backup_keys_cannot_delete(gw: &Gateway) {
     assert_eq!(last_json(&out)["result"].as_array().unwrap().len(), 2);
     // A backup that fails after parts went out aborts its own upload: allowed.
     let big = big_instance(16);
-    use std::os::unix::ffi::OsStrExt;
-    let late = big.path("var/lib/hero/hero_foundry/contexts/default/git/objects");
-    fs::write(late.join(std::ffi::OsStr::from_bytes(b"bad-\xff-name")), b"x").unwrap();
+    let late = big.path("var/lib/hero/hero_foundry/contexts/default/git/objects/suid");
+    fs::write(&late, b"x").unwrap();
+    fs::set_permissions(&late, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o4755)).unwrap();
     let out = gw.hero_snap_as(&machine, &big.args(&["backup", "--allow-live", "--no-encrypt", "--to", &url("failed.hsnap")]), &[]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(gw.uploads("hero-backups").is_empty(), "the machine could not abort its own upload");
