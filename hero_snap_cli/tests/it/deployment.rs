@@ -112,6 +112,7 @@ fn every_runbook_command_runs() {
     let downtime = stdout.lines().find_map(|l| l.strip_prefix("downtime: ")).expect("the runbook prints the move's downtime");
     eprintln!("context move downtime (final incremental + pre-flight + restore, demo data): {downtime}");
     assert!(work.path().join("offsite/hero-first.hsnap").exists());
+    assert!(work.path().join("backups/one-file-back/hero_collab/contexts/geomind/db/collab.db").exists(), "one file back was not extracted");
     let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
     assert!(gateway.uploads("runbook").is_empty());
     let key = format!("{}/hero-", host.trim());
