@@ -28,7 +28,6 @@ pub(crate) struct CatalogEntry {
 
 /// The catalog directory of a state directory.
 pub(crate) struct Catalog {
-    dir: PathBuf,
     entries: HashMap<String, (PathBuf, CatalogEntry)>,
 }
 
@@ -49,7 +48,7 @@ impl Catalog {
                 entries.insert(entry.location.clone(), (e.path(), entry));
             }
         }
-        Catalog { dir, entries }
+        Catalog { entries }
     }
 
     /// Records an archive just published at `location`.
@@ -75,11 +74,5 @@ impl Catalog {
         if let Some((path, _)) = self.entries.get(location) {
             let _ = fs::remove_file(path);
         }
-    }
-
-    /// Where the catalog is, for messages.
-    #[allow(dead_code)]
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
     }
 }

@@ -464,7 +464,7 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest: (&blake3::Hash, u32
     let head = parse_index_head(&head, manifest_hash, manifest_format)?;
     let mut seen = seen.into_reader()?;
     let (mut files, mut bytes) = (0u64, 0u64);
-    let mut inherited = Inherited::new(manifest_format)?;
+    let mut inherited = Inherited::new(manifest_format);
     while next_line(&mut line)? {
         if head.index.is_some() {
             return Err(Error::Corrupt(format!("{INDEX_PATH}: entries follow `index: []`")));
@@ -502,7 +502,7 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest: (&blake3::Hash, u32
         return Err(Error::Corrupt("the index's counts do not match the archive's members".into()));
     }
     drop(text);
-    Ok(IndexCheck { head, index_blake3: hashed.hasher.finalize(), inherited: inherited.finish()? })
+    Ok(IndexCheck { head, index_blake3: hashed.hasher.finalize(), inherited: inherited.finish() })
 }
 
 /// The index's lines up to `index:`, checked against the manifest's hash and format.
@@ -542,8 +542,8 @@ pub(crate) struct Inherited {
 }
 
 impl Inherited {
-    fn new(format: u32) -> Result<Inherited> {
-        Ok(Inherited { out: None, count: 0, format })
+    fn new(format: u32) -> Inherited {
+        Inherited { out: None, count: 0, format }
     }
 
     fn push(&mut self, path: &str, line: &str) -> Result<()> {
@@ -561,11 +561,9 @@ impl Inherited {
         Ok(())
     }
 
-    fn finish(self) -> Result<Option<Inherited>> {
-        if self.format < super::format::INCREMENTAL_FORMAT {
-            return Ok(None);
-        }
-        Ok(Some(self))
+    /// `None` for a format-1 archive, which has no ancestors.
+    fn finish(self) -> Option<Inherited> {
+        (self.format >= super::format::INCREMENTAL_FORMAT).then_some(self)
     }
 
     /// The spilled lines, as one index-line file.

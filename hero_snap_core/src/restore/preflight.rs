@@ -109,7 +109,7 @@ pub enum Refusal {
         /// The missing names.
         names: Vec<String>,
         /// Per missing name, the services that need it.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(skip_serializing_if = "Vec::is_empty")]
         needed_by: Vec<String>,
     },
     /// The target's secret store could not be read.

@@ -86,6 +86,32 @@ pub(crate) fn render(rec: &RunRecord) -> String {
     text(&families)
 }
 
+/// The label sets (as written between the braces) of `metric`'s samples in a metrics
+/// file's text: the series a failed run marks failed when it has no results of its own.
+pub(crate) fn previous_labels(old: &str, metric: &str) -> Vec<String> {
+    let prefix = format!("{metric}{{");
+    old.lines().filter_map(|l| l.strip_prefix(&prefix)).filter_map(|rest| rest.rsplit_once('}').map(|(labels, _)| labels.to_string())).collect()
+}
+
+/// A run's result once its record is written (`recorded`): a run that succeeded fails
+/// with the recording's error, since the collector would otherwise show the previous
+/// run; a failed run stays failed, and the recording's problem is logged. `verb` names
+/// the run in messages (`backup`, `prune`, `verify`), `recording` what failed.
+pub(crate) fn settle<T>(result: Result<T>, recorded: Result<()>, verb: &str, recording: &str) -> Result<T> {
+    match (result, recorded) {
+        (Ok(value), Ok(())) => Ok(value),
+        (Ok(_), Err(e)) => {
+            Err(crate::error::Error::command_caused(format!("the {verb} succeeded, but {recording} failed: {e}; fix that and run the {verb} again"), e))
+        }
+        (Err(e), recorded) => {
+            if let Err(problem) = recorded {
+                tracing::warn!("recording the failed {verb}: {problem}");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// A label value with `\`, `"` and newlines escaped, as the text format wants them.
 pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

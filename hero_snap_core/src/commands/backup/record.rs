@@ -77,18 +77,7 @@ impl RunLog {
             (Ok(rec), Some(path)) => metrics::write(path, rec),
             _ => Ok(()),
         };
-        let result = match result {
-            Ok(report) => saved
-                .and(written)
-                .map(|()| report)
-                .map_err(|e| Error::command_caused(format!("the backup succeeded, but recording it failed: {e}; fix that and back up again"), e)),
-            Err(e) => {
-                for problem in [saved.err(), written.err()].into_iter().flatten() {
-                    tracing::warn!("recording the failed backup: {problem}");
-                }
-                Err(e)
-            }
-        };
+        let result = metrics::settle(result, saved.map(|_| ()).and(written), "backup", "recording it");
         if let (true, Err(e)) = (run.ok, &result) {
             let (code, error) = failure(e);
             (run.ok, run.exit_code, run.error) = (false, code, Some(error));

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{PruneReport, PrunedSeries};
 use crate::error::{Error, Result};
-use crate::state::metrics::{escape, text, Family};
+use crate::state::metrics::{escape, previous_labels, settle, text, Family};
 
 /// Writes the metrics of a prune's `result` to `path` and returns the result, as
 /// [`crate::RunLog::finish`] does for a backup: a prune that succeeded fails with the
@@ -28,32 +28,16 @@ pub fn with_prune_metrics(path: &Path, result: Result<PruneReport>) -> Result<Pr
             let series: Vec<(String, Option<&PrunedSeries>)> = report.series.iter().map(|s| (labels(s), Some(s))).collect();
             render(&series, now, report.check_space().is_ok())
         }
-        Err(_) => render(&previous_series(path).into_iter().map(|l| (l, None)).collect::<Vec<_>>(), now, false),
-    };
-    let written = crate::state::write_atomically(path, body.as_bytes(), "writing the metrics file");
-    match (result, written) {
-        (Ok(report), Ok(())) => Ok(report),
-        (Ok(_), Err(e)) => Err(Error::command_caused(format!("the prune succeeded, but writing its metrics failed: {e}; fix that and prune again"), e)),
-        (Err(e), written) => {
-            if let Err(problem) = written {
-                tracing::warn!("recording the failed prune: {problem}");
-            }
-            Err(e)
+        Err(_) => {
+            let old = std::fs::read_to_string(path).unwrap_or_default();
+            render(&previous_labels(&old, "hero_snap_prune_last_run_success").into_iter().map(|l| (l, None)).collect::<Vec<_>>(), now, false)
         }
-    }
+    };
+    settle(result, crate::state::write_atomically(path, body.as_bytes(), "writing the metrics file"), "prune", "writing its metrics")
 }
 
 fn labels(s: &PrunedSeries) -> String {
     format!("instance=\"{}\",selection=\"{}\"", escape(&s.instance), escape(&s.selection))
-}
-
-/// The series (their labels as written) of the metrics file a failed prune replaces.
-fn previous_series(path: &Path) -> Vec<String> {
-    let Ok(old) = std::fs::read_to_string(path) else { return Vec::new() };
-    old.lines()
-        .filter_map(|l| l.strip_prefix("hero_snap_prune_last_run_success{"))
-        .filter_map(|rest| rest.rsplit_once('}').map(|(labels, _)| labels.to_string()))
-        .collect()
 }
 
 /// Every series gets the time and the verdict; those with counts (`Some`) their counts.

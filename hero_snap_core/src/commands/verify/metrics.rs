@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use super::VerifiedArchive;
-use crate::error::{Error, Result};
-use crate::state::metrics::{escape, text, Family};
+use crate::error::Result;
+use crate::state::metrics::{escape, previous_labels, settle, text, Family};
 
 /// Writes the metrics of `verified` to `path` and returns them, as
 /// [`crate::RunLog::finish`] does for a backup: per series (`instance`, `selection`), the
@@ -19,28 +19,13 @@ pub fn with_verify_metrics(path: &Path, verified: Result<Vec<VerifiedArchive>>) 
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let body = match &verified {
         Ok(list) => render(list.iter().map(|v| (labels(v), Some(v))).collect(), &old, now),
-        Err(_) => render(previous(&old, "hero_snap_verify_last_run_success{").into_iter().map(|l| (l, None)).collect(), &old, now),
+        Err(_) => render(previous_labels(&old, "hero_snap_verify_last_run_success").into_iter().map(|l| (l, None)).collect(), &old, now),
     };
-    let written = crate::state::write_atomically(path, body.as_bytes(), "writing the metrics file");
-    match (verified, written) {
-        (Ok(list), Ok(())) => Ok(list),
-        (Ok(_), Err(e)) => Err(Error::command_caused(format!("the verification ran, but writing its metrics failed: {e}; fix that and verify again"), e)),
-        (Err(e), written) => {
-            if let Err(problem) = written {
-                tracing::warn!("recording the failed verify: {problem}");
-            }
-            Err(e)
-        }
-    }
+    settle(verified, crate::state::write_atomically(path, body.as_bytes(), "writing the metrics file"), "verify", "writing its metrics")
 }
 
 fn labels(v: &VerifiedArchive) -> String {
     format!("instance=\"{}\",selection=\"{}\"", escape(&v.instance), escape(&v.selection))
-}
-
-/// The label sets of a metric's samples in the file being replaced.
-fn previous(old: &str, prefix: &str) -> Vec<String> {
-    old.lines().filter_map(|l| l.strip_prefix(prefix)).filter_map(|rest| rest.rsplit_once('}').map(|(labels, _)| labels.to_string())).collect()
 }
 
 /// The last success of a series as the file being replaced has it.
