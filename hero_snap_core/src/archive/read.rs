@@ -603,21 +603,28 @@ pub(crate) fn fuzz_index(data: &[u8]) {
 /// One entry line. The line hero-snap writes is split directly; a path with escapes
 /// goes through the YAML parser.
 pub(crate) fn parse_index_line(line: &str) -> Option<IndexEntry> {
+    split_index_line(line).or_else(|| line.strip_prefix("- ").and_then(|l| serde_saphyr::from_str(l).ok()))
+}
+
+/// The line as [`Index::write_entry`](super::format::Index::write_entry) and
+/// `write_inherited` write it for a path without escapes; `None` for any other shape.
+/// Every index line of a restore passes here, so it must not fall back to YAML for them.
+fn split_index_line(line: &str) -> Option<IndexEntry> {
     let plain = |s: &str| !s.contains(['\\', '"']) && s.chars().all(|c| !c.is_control() && c != '\u{feff}');
-    let fast = || -> Option<IndexEntry> {
-        let body = line.strip_prefix("- {path: \"")?.strip_suffix("\"}")?;
-        let (body, in_archive) = match body.rsplit_once("\", in: \"") {
-            Some((rest, id)) if plain(id) && !id.is_empty() => (rest, Some(id.to_string())),
-            Some(_) => return None,
-            None => (body, None),
-        };
-        let (rest, hash) = body.rsplit_once("\", blake3: \"")?;
-        let (path, size) = rest.rsplit_once("\", size: ")?;
-        let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        let digits = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit());
-        (plain(path) && hex && digits).then(|| Some(IndexEntry { path: path.to_string(), size: size.parse().ok()?, blake3: hash.to_string(), in_archive }))?
+    let body = line.strip_prefix("- {path: \"")?.strip_suffix("\"}")?;
+    let (body, in_archive) = match body.rsplit_once("\", in: \"") {
+        Some((rest, id)) if plain(id) && !id.is_empty() => (rest, Some(id.to_string())),
+        Some(_) => return None,
+        None => (body, None),
     };
-    fast().or_else(|| line.strip_prefix("- ").and_then(|l| serde_saphyr::from_str(l).ok()))
+    let (rest, hash) = body.rsplit_once(", blake3: \"")?;
+    let (path, size) = rest.rsplit_once("\", size: ")?;
+    let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let digits = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit());
+    if !(plain(path) && hex && digits) {
+        return None;
+    }
+    Some(IndexEntry { path: path.to_string(), size: size.parse().ok()?, blake3: hash.to_string(), in_archive })
 }
 
 /// The (path, size, BLAKE3) of every file read, in order, in an unlinked temporary file.
@@ -677,5 +684,27 @@ impl SeenReader {
         self.0.read_exact(&mut hash).map_err(err())?;
         let path = String::from_utf8(path).expect("written from a String");
         Ok(Some((path, u64::from_le_bytes(size), hash)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::format::Index;
+
+    #[test]
+    fn written_lines_are_split_without_the_yaml_parser() {
+        let hash = blake3::hash(b"x");
+        let (mut plain, mut inherited, mut escaped) = (Vec::new(), Vec::new(), Vec::new());
+        Index::write_entry(&mut plain, "services/a/b c/d.json", 12, &hash).unwrap();
+        Index::write_inherited(&mut inherited, "services/a/e", 7, hash.to_hex().as_str(), "20261201T162105-7764").unwrap();
+        Index::write_entry(&mut escaped, "services/a/q\"uote", 1, &hash).unwrap();
+        let line = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap().trim_end().to_string();
+        let e = split_index_line(&line(&plain)).expect("a plain line is split directly");
+        assert_eq!((e.path.as_str(), e.size, e.blake3.as_str(), e.in_archive), ("services/a/b c/d.json", 12, hash.to_hex().as_str(), None));
+        let e = split_index_line(&line(&inherited)).expect("an inherited line is split directly");
+        assert_eq!((e.path.as_str(), e.size, e.in_archive.as_deref()), ("services/a/e", 7, Some("20261201T162105-7764")));
+        assert!(split_index_line(&line(&escaped)).is_none(), "escapes go through YAML");
+        assert_eq!(parse_index_line(&line(&escaped)).unwrap().path, "services/a/q\"uote");
     }
 }
