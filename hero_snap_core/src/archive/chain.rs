@@ -69,6 +69,11 @@ impl IndexTable {
     }
 
     fn line_at(&self, offset: u64) -> Result<IndexEntry> {
+        self.line_and_end(offset).map(|(entry, _)| entry)
+    }
+
+    /// The entry line at `offset`, and the offset of the line after it.
+    fn line_and_end(&self, offset: u64) -> Result<(IndexEntry, u64)> {
         let mut buf = vec![0u8; 4096];
         let mut text = Vec::new();
         loop {
@@ -83,21 +88,31 @@ impl IndexTable {
             }
             text.extend_from_slice(chunk);
         }
+        let end = offset + text.len() as u64 + 1;
+        self.entry_of(text).map(|entry| (entry, end))
+    }
+
+    fn entry_of(&self, text: Vec<u8>) -> Result<IndexEntry> {
         let line = String::from_utf8(text).map_err(|_| Error::Corrupt(format!("{}: an index line is not UTF-8", self.what)))?;
         parse_index_line(&line).ok_or_else(|| Error::Corrupt(format!("{}: not an index line: {line}", self.what)))
     }
 
     /// The entry for `path`, with its row (for [`IndexTable::mark`]) and entry number.
     pub(crate) fn get(&self, path: &str) -> Result<Option<(usize, u32, IndexEntry)>> {
+        Ok(self.find(path)?.map(|(row, number, entry, _)| (row, number, entry)))
+    }
+
+    /// [`IndexTable::get`], with the offset of the line after the entry's.
+    fn find(&self, path: &str) -> Result<Option<(usize, u32, IndexEntry, u64)>> {
         let key = path_key(path);
         let start = self.rows.partition_point(|r| r.0 < key);
         for (row, &(k, offset, number)) in self.rows.iter().enumerate().skip(start) {
             if k != key {
                 break;
             }
-            let entry = self.line_at(offset)?;
+            let (entry, end) = self.line_and_end(offset)?;
             if entry.path == path {
-                return Ok(Some((row, number, entry)));
+                return Ok(Some((row, number, entry, end)));
             }
         }
         Ok(None)
@@ -114,6 +129,74 @@ impl IndexTable {
             Some(row) => self.line_at(self.rows[row].1).map(Some),
             None => Ok(None),
         }
+    }
+}
+
+/// A parent's index looked up by a backup. The backup walks the tree in the order the
+/// parent's walk did, so the line after the last one found is usually the one asked for:
+/// it is read sequentially, and the hashed table is asked only after a change.
+pub(crate) struct ParentLookup {
+    table: IndexTable,
+    lines: BufReader<File>,
+    /// Where `lines` stands in the file.
+    at: u64,
+    /// The next line in file order: its entry number, entry, and the offset after it.
+    next: Option<(u32, IndexEntry, u64)>,
+    /// The parent's two fingerprints per entry (strong, weak), read whole: 16 bytes a file.
+    fingerprints: Vec<u64>,
+}
+
+impl ParentLookup {
+    fn new(table: IndexTable, mut stat: File, stat_path: &Path) -> Result<ParentLookup> {
+        let mut bytes = Vec::with_capacity(table.len() * 16);
+        stat.read_to_end(&mut bytes).map_err(Error::io(stat_path, "reading the cached fingerprints"))?;
+        if bytes.len() != table.len() * 16 {
+            return Err(Error::Corrupt(format!(
+                "{}: holds {} bytes for {} index entries; delete it and run a full backup",
+                stat_path.display(),
+                bytes.len(),
+                table.len()
+            )));
+        }
+        let fingerprints = bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+        let file = table.file.try_clone().map_err(Error::io(&table.what, "reading the index"))?;
+        let first = table.rows.iter().find(|r| r.2 == 0).map(|r| r.1);
+        let mut lookup = ParentLookup { table, lines: BufReader::with_capacity(1 << 16, file), at: 0, next: None, fingerprints };
+        if let Some(offset) = first {
+            lookup.read_next(offset, 0)?;
+        }
+        Ok(lookup)
+    }
+
+    /// The parent's entry for `path`, with its (strong, weak) fingerprints.
+    pub(crate) fn get(&mut self, path: &str) -> Result<Option<(IndexEntry, u64, u64)>> {
+        let found = match self.next.take() {
+            Some((number, entry, end)) if entry.path == path => Some((number, entry, end)),
+            next => {
+                self.next = next;
+                self.table.find(path)?.map(|(_, number, entry, end)| (number, entry, end))
+            }
+        };
+        let Some((number, entry, end)) = found else { return Ok(None) };
+        self.read_next(end, number + 1)?;
+        let i = number as usize * 2;
+        Ok(Some((entry, self.fingerprints[i], self.fingerprints[i + 1])))
+    }
+
+    fn read_next(&mut self, offset: u64, number: u32) -> Result<()> {
+        let err = Error::io(&self.table.what, "reading the index");
+        if offset != self.at {
+            self.lines.seek(io::SeekFrom::Start(offset)).map_err(err)?;
+            self.at = offset;
+        }
+        let mut text = Vec::new();
+        let n = self.lines.read_until(b'\n', &mut text).map_err(Error::io(&self.table.what, "reading the index"))?;
+        self.at += n as u64;
+        self.next = None;
+        if text.pop() == Some(b'\n') && text.starts_with(b"- ") && (number as usize) < self.table.len() {
+            self.next = Some((number, self.table.entry_of(text)?, self.at));
+        }
+        Ok(())
     }
 }
 
@@ -266,7 +349,7 @@ impl Cache {
     }
 
     /// The cached index of `record`, checked against the hash its children name.
-    pub(crate) fn open(&self, record: &CacheRecord) -> Result<(IndexTable, File)> {
+    pub(crate) fn open(&self, record: &CacheRecord) -> Result<ParentLookup> {
         let path = self.index_path(&record.run_id);
         let mut file = File::open(&path).map_err(Error::io(&path, "opening the cached index"))?;
         let mut hasher = blake3::Hasher::new();
@@ -280,15 +363,8 @@ impl Cache {
         }
         let stat_path = self.stat_path(&record.run_id);
         let stat = File::open(&stat_path).map_err(Error::io(&stat_path, "opening the cached fingerprints"))?;
-        Ok((IndexTable::build(file, &path.display().to_string(), |_| true)?, stat))
+        ParentLookup::new(IndexTable::build(file, &path.display().to_string(), |_| true)?, stat, &stat_path)
     }
-}
-
-/// The fingerprint of entry `number` in a `.stat` file.
-pub(crate) fn stat_at(stat: &File, number: u32) -> Result<u64> {
-    let mut b = [0u8; 8];
-    stat.read_exact_at(&mut b, u64::from(number) * 8).map_err(|e| Error::io("<cached fingerprints>", "reading")(e))?;
-    Ok(u64::from_le_bytes(b))
 }
 
 /// A writer that hashes what passes through it.

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 
 use tar::{EntryType, Header, HeaderMode};
 
-use super::chain::{fingerprint, HashingWriter, IndexTable};
+use super::chain::{fingerprint, HashingWriter, ParentLookup};
 use super::crypto::{EncryptedWriter, Encryption};
 use super::format::{Index, Manifest, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT, INDEX_PATH, MANIFEST_PATH};
 use crate::error::{Error, Result};
@@ -63,9 +63,7 @@ pub(crate) struct ArchiveWriter<W: Write + Send + 'static> {
 
 /// The parent's index, from the cache (decisions/D-13).
 pub(crate) struct ParentIndex {
-    pub table: IndexTable,
-    /// The parent's fingerprints.
-    pub stat: File,
+    pub lookup: ParentLookup,
     /// The parent's run id: what its own files are listed `in`.
     pub run_id: String,
     /// Compare content too (`--rehash`), not metadata alone.
@@ -330,12 +328,11 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
 
     /// Lists the file as held by an ancestor if the parent's index has it unchanged.
     fn inherit(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata) -> Result<bool> {
-        let Some(parent) = &self.parent else { return Ok(false) };
-        let Some((_, number, entry)) = parent.table.get(member)? else { return Ok(false) };
+        let Some(parent) = &mut self.parent else { return Ok(false) };
+        let Some((entry, strong, weak)) = parent.lookup.get(member)? else { return Ok(false) };
         if entry.size != meta.len() {
             return Ok(false);
         }
-        let (strong, weak) = (super::chain::stat_at(&parent.stat, number * 2)?, super::chain::stat_at(&parent.stat, number * 2 + 1)?);
         let same = if parent.rehash {
             weak == fingerprint(meta, false) && {
                 let mut f = open_source(path).map_err(Error::io(path, "opening"))?;

@@ -159,8 +159,7 @@ fn resolve_parent(inv: &Inventory, opts: &BackupOptions, state: &Path, to: &str,
         });
         return Ok(None);
     }
-    let (table, stat) = cache.open(&record)?;
-    let parent = ParentIndex { table, stat, run_id: record.run_id.clone(), rehash: opts.rehash };
+    let parent = ParentIndex { lookup: cache.open(&record)?, run_id: record.run_id.clone(), rehash: opts.rehash };
     Ok(Some((record, parent)))
 }
 
