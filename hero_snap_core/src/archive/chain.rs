@@ -7,6 +7,7 @@
 //! - [`Cache`]: each backup's index and fingerprints, kept in the state directory so that
 //!   the next incremental needs neither the parent archive nor the key that opens it.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
@@ -37,30 +38,36 @@ pub(crate) struct IndexTable {
 impl IndexTable {
     /// Every entry line of `file` (lines before `index:` and the line itself are skipped)
     /// that `keep` accepts. `what` names the file in errors.
-    pub(crate) fn build(mut file: File, what: &str, keep: impl Fn(&IndexEntry) -> bool) -> Result<IndexTable> {
-        let err = |e: io::Error| Error::io(what, "reading the index")(e);
-        file.rewind().map_err(err)?;
-        let mut reader = BufReader::with_capacity(1 << 16, &file);
-        let (mut rows, mut offset, mut number, mut line) = (Vec::new(), 0u64, 0u32, String::new());
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line).map_err(err)?;
-            if n == 0 {
-                break;
+    pub(crate) fn build(file: File, what: &str, keep: impl Fn(&IndexEntry) -> bool) -> Result<IndexTable> {
+        let mut rows = Vec::new();
+        let file = scan(file, what, |entry, row| {
+            if keep(entry) {
+                rows.push(row);
             }
-            if line.starts_with("- ") {
-                let entry = parse_index_line(line.trim_end_matches('\n'))
-                    .ok_or_else(|| Error::Corrupt(format!("{what}: entry {} is not an index line", number + 1)))?;
-                if keep(&entry) {
-                    rows.push((path_key(&entry.path), offset, number));
-                }
-                number += 1;
+        })?;
+        Ok(IndexTable::of(file, rows, what))
+    }
+
+    /// One table per ancestor (`in`) of the entry lines `keep` accepts, in one pass.
+    pub(crate) fn build_per_ancestor(file: File, what: &str, keep: impl Fn(&IndexEntry) -> bool) -> Result<HashMap<String, IndexTable>> {
+        let mut groups: HashMap<String, Vec<(u64, u64, u32)>> = HashMap::new();
+        let file = scan(file, what, |entry, row| {
+            if let Some(run) = entry.in_archive.as_ref().filter(|_| keep(entry)) {
+                groups.entry(run.clone()).or_default().push(row);
             }
-            offset += n as u64;
+        })?;
+        let mut tables = HashMap::with_capacity(groups.len());
+        for (run, rows) in groups {
+            let handle = file.try_clone().map_err(Error::io(what, "reading the index"))?;
+            tables.insert(run, IndexTable::of(handle, rows, what));
         }
+        Ok(tables)
+    }
+
+    fn of(file: File, mut rows: Vec<(u64, u64, u32)>, what: &str) -> IndexTable {
         rows.sort_unstable();
         let found = vec![false; rows.len()];
-        Ok(IndexTable { file, rows, found, what: what.to_string() })
+        IndexTable { file, rows, found, what: what.to_string() }
     }
 
     /// Entries in the table.
@@ -130,6 +137,30 @@ impl IndexTable {
             None => Ok(None),
         }
     }
+}
+
+/// Calls `each` with every entry line of `file` and its row (path key, offset, number).
+fn scan(mut file: File, what: &str, mut each: impl FnMut(&IndexEntry, (u64, u64, u32))) -> Result<File> {
+    let err = |e: io::Error| Error::io(what, "reading the index")(e);
+    file.rewind().map_err(err)?;
+    let mut reader = BufReader::with_capacity(1 << 16, &file);
+    let (mut offset, mut number, mut line) = (0u64, 0u32, String::new());
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        if line.starts_with("- ") {
+            let entry =
+                parse_index_line(line.trim_end_matches('\n')).ok_or_else(|| Error::Corrupt(format!("{what}: entry {} is not an index line", number + 1)))?;
+            each(&entry, (path_key(&entry.path), offset, number));
+            number += 1;
+        }
+        offset += n as u64;
+    }
+    drop(reader);
+    Ok(file)
 }
 
 /// A parent's index looked up by a backup. The backup walks the tree in the order the
@@ -613,17 +644,19 @@ pub(crate) fn read_ancestors(
     let Some(list) = inherited.into_file()? else { return Ok(newest) };
     let lines = || list.try_clone().map_err(Error::io(std::env::temp_dir(), "reading the list of inherited files"));
     let selective = visitor.selective();
+    let mut tables = IndexTable::build_per_ancestor(lines()?, "the archive's index", |e| !selective || visitor.wants(e))?;
     if selective {
-        remaining = IndexTable::build(lines()?, "the archive's index", |e| visitor.wants(e))?.len() as u64;
+        remaining = tables.values().map(|t| t.len() as u64).sum();
     }
     let mut link = Link { parent: newest.manifest.parent.clone(), child: newest.manifest.run_id.clone(), instance: newest.manifest.instance.clone() };
     while remaining > 0 {
         let Some(parent) = link.parent.clone() else {
             return Err(Error::Corrupt(format!("{remaining} files of the archive are listed as held by archives that are not its ancestors")));
         };
-        let table = IndexTable::build(lines()?, "the archive's index", |e| {
-            e.in_archive.as_deref() == Some(parent.run_id.as_str()) && (!selective || visitor.wants(e))
-        })?;
+        let table = match tables.remove(&parent.run_id) {
+            Some(table) => table,
+            None => IndexTable::of(lines()?, Vec::new(), "the archive's index"),
+        };
         let next = if selective && table.len() == 0 {
             pass_by_head(&link, &parent, ancestors, keys)?
         } else {

@@ -610,16 +610,21 @@ pub(crate) fn parse_index_line(line: &str) -> Option<IndexEntry> {
 /// `write_inherited` write it for a path without escapes; `None` for any other shape.
 /// Every index line of a restore passes here, so it must not fall back to YAML for them.
 fn split_index_line(line: &str) -> Option<IndexEntry> {
-    let plain = |s: &str| !s.contains(['\\', '"']) && s.chars().all(|c| !c.is_control() && c != '\u{feff}');
-    let body = line.strip_prefix("- {path: \"")?.strip_suffix("\"}")?;
-    let (body, in_archive) = match body.rsplit_once("\", in: \"") {
-        Some((rest, id)) if plain(id) && !id.is_empty() => (rest, Some(id.to_string())),
-        Some(_) => return None,
-        None => (body, None),
+    let plain = |s: &str| s.chars().all(|c| !c.is_control() && c != '\u{feff}' && c != '\\');
+    let (path, rest) = line.strip_prefix("- {path: \"")?.split_once('"')?;
+    let (size, rest) = rest.strip_prefix(", size: ")?.split_once(',')?;
+    let (hash, rest) = rest.strip_prefix(" blake3: \"")?.split_at_checked(64)?;
+    let in_archive = match rest {
+        "\"}" => None,
+        _ => {
+            let id = rest.strip_prefix("\", in: \"")?.strip_suffix("\"}")?;
+            if id.is_empty() || id.contains('"') || !plain(id) {
+                return None;
+            }
+            Some(id.to_string())
+        }
     };
-    let (rest, hash) = body.rsplit_once(", blake3: \"")?;
-    let (path, size) = rest.rsplit_once("\", size: ")?;
-    let hex = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex = hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let digits = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit());
     if !(plain(path) && hex && digits) {
         return None;
