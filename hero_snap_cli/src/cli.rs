@@ -38,6 +38,9 @@ pub enum Cmd {
     /// List an archive's entries (service, context, path, type, size, mtime), all or those
     /// PATTERN picks; the archive is read and checked whole.
     Ls(LsArgs),
+    /// Show what changed between two archives (added, removed, modified, metadata), per
+    /// service, context and surface, from their headers and indexes; both are read and checked whole.
+    Diff(DiffArgs),
     /// Write the files PATTERN picks into a new directory outside the instance, each
     /// checked against the index (one file back, without a restore).
     Extract(ExtractArgs),
@@ -426,6 +429,43 @@ pub struct LsArgs {
 }
 
 #[derive(Args)]
+pub struct DiffArgs {
+    /// The older archive: a file, `-` for standard input, or s3://BUCKET/KEY. An
+    /// incremental is compared as the whole state its index describes.
+    #[arg(value_name = "OLD")]
+    pub old: String,
+    /// The newer archive, as OLD (at most one of them `-`).
+    #[arg(value_name = "NEW")]
+    pub new: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// s3:// only: receive at most this many bytes per second per archive (10M = 10 MiB/s).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub limit_download: Option<BytesPerSec>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Only paths that match: a glob as for `ls` (repeatable; a directory picks all it holds).
+    #[arg(long = "path", value_name = "PATTERN")]
+    pub paths: Vec<String>,
+}
+
+impl DiffArgs {
+    /// The two archives, opened for reading whole.
+    pub fn open(&self) -> Result<(Box<dyn Read>, Box<dyn Read>)> {
+        if self.old == "-" && self.new == "-" {
+            return Err(Error::Usage("diff reads at most one archive from standard input; give the other as a file or s3://BUCKET/KEY".into()));
+        }
+        let mut config = self.s3.config();
+        config.limit_download = self.limit_download.map(|l| l.0);
+        let (old, new) = (Location::parse(&self.old, &config)?, Location::parse(&self.new, &config)?);
+        if self.limit_download.is_some() && ![&old, &new].iter().any(|g| matches!(g, Location::S3(_))) {
+            return Err(Error::Usage("--limit-download applies to s3:// archives only".into()));
+        }
+        Ok((old.open(Extent::Whole)?, new.open(Extent::Whole)?))
+    }
+}
+
+#[derive(Args)]
 pub struct ExtractArgs {
     #[command(flatten)]
     pub archive: ReadArgs,
@@ -484,6 +524,7 @@ impl Cmd {
             Cmd::Inspect(_) => "inspect",
             Cmd::Verify(_) => "verify",
             Cmd::Ls(_) => "ls",
+            Cmd::Diff(_) => "diff",
             Cmd::Extract(_) => "extract",
             Cmd::Preflight(_) => "preflight",
             Cmd::Restore(_) => "restore",
@@ -503,6 +544,6 @@ impl Cmd {
 
     /// Whether a signal should cancel the run (the commands that take long and clean up).
     pub fn cancellable(&self) -> bool {
-        matches!(self, Cmd::Backup(_) | Cmd::Verify(_) | Cmd::Restore(_) | Cmd::Ls(_) | Cmd::Extract(_))
+        matches!(self, Cmd::Backup(_) | Cmd::Verify(_) | Cmd::Restore(_) | Cmd::Ls(_) | Cmd::Diff(_) | Cmd::Extract(_))
     }
 }

@@ -34,11 +34,15 @@ pub struct LsEntry {
     pub mtime: Option<String>,
     /// Permission bits, octal (`0644`); `None` as for `mtime`.
     pub mode: Option<String>,
+    /// Owner as `UID:GID`; `None` as for `mtime`.
+    pub owner: Option<String>,
     /// A symlink's target, or the path (inside the surface) a hard link shares its file with.
     pub link: Option<String>,
     /// For a regular file: the run id of the archive that holds its bytes.
     #[serde(rename = "in")]
     pub in_archive: Option<String>,
+    /// For a regular file: the BLAKE3 of its content (hex), as the index lists it.
+    pub blake3: Option<String>,
 }
 
 /// What [`ls`] found.
@@ -107,6 +111,7 @@ impl Visitor for Lister<'_> {
                 size: if is_file { m.entry.size() } else { 0 },
                 mtime: h.mtime().ok().map(|t| rfc3339(t as i64)),
                 mode: h.mode().ok().map(|mode| format!("{:04o}", mode & 0o7777)),
+                owner: h.uid().ok().zip(h.gid().ok()).map(|(u, g)| format!("{u}:{g}")),
                 link,
                 in_archive: is_file.then(|| self.run.clone()),
                 ..entry_of(&m.key, m.inner)
@@ -115,9 +120,14 @@ impl Visitor for Lister<'_> {
         if !is_file {
             return Ok(None);
         }
+        let picked = self.patterns.picks(&m.key, m.inner);
         let got = read_through(m)?;
-        if let Some((size, _)) = got {
+        if let Some((size, hash)) = got {
             self.progress.event(&Event::Bytes { bytes: size });
+            // The reader checks this hash against the index line of the file.
+            if let Some(e) = self.entries.last_mut().filter(|_| picked) {
+                e.blake3 = Some(hash.to_hex().to_string());
+            }
         }
         Ok(got)
     }
@@ -134,8 +144,10 @@ fn entry_of(key: &MemberKey, inner: &str) -> LsEntry {
         size: 0,
         mtime: None,
         mode: None,
+        owner: None,
         link: None,
         in_archive: None,
+        blake3: None,
     }
 }
 
@@ -152,7 +164,7 @@ fn inherited_entries(file: std::fs::File, patterns: &PathPatterns, entries: &mut
             return Err(Error::Corrupt(format!("the archive's index lists `{}`, outside the archive layout", entry.path)));
         };
         if patterns.picks(&key, inner) {
-            entries.push(LsEntry { size: entry.size, in_archive: entry.in_archive.clone(), ..entry_of(&key, inner) });
+            entries.push(LsEntry { size: entry.size, in_archive: entry.in_archive.clone(), blake3: Some(entry.blake3.clone()), ..entry_of(&key, inner) });
         }
     }
     Ok(())
