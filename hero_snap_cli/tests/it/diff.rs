@@ -87,7 +87,8 @@ fn diff_names_what_was_added_removed_modified_and_whose_metadata_changed() {
     assert_eq!(d["entries"].as_array().unwrap().len(), 1, "readme.md of both contexts is picked, default's is unchanged: {d}");
 
     // Text: one block per surface, restic's marks, and the counts.
-    let out = HERO_SNAP.ok(&["diff", old.to_str().unwrap(), new.to_str().unwrap(), "-i", key.to_str().unwrap(), "--path", "hero_foundry/contexts/geomind/files"]);
+    let out =
+        HERO_SNAP.ok(&["diff", old.to_str().unwrap(), new.to_str().unwrap(), "-i", key.to_str().unwrap(), "--path", "hero_foundry/contexts/geomind/files"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("hero_foundry/contexts/geomind/files\n"), "{text}");
     assert!(text.contains("  + file     added.txt\n") && text.contains("  - file     blob.bin\n"), "{text}");
