@@ -21,7 +21,9 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     let out = Command::new(repo.join("scripts/demo")).env("HERO_SNAP_DEMO_BIN", HERO_SNAP.path()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "scripts/demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for promise in ["consistency: atomic", "consistent: ", "refused, as it should be", "hero_db geomind2: 5000 keys, exactly geomind's", "geomind2: ", "demo done"] {
+    for promise in
+        ["consistency: atomic", "consistent: ", "refused, as it should be", "hero_db geomind2: 5000 keys, exactly geomind's", "geomind2: ", "demo done"]
+    {
         assert!(text.contains(promise), "the demo's output lacks `{promise}`:\n{text}");
     }
     let work = text.lines().find_map(|l| l.strip_prefix("work directory: ")).expect("the demo names its work directory").trim();

@@ -195,7 +195,7 @@ mod tests {
     fn content_wins_over_metadata_and_a_shared_holder_is_unchanged() {
         let a = file("x", "aa", Some("0644"), "r1");
         assert_eq!(
-            changes(&a, &LsEntry { blake3: Some("bb".into()), mode: Some("0600".into()), ..a.clone() }),
+            changes(&a, &LsEntry { blake3: Some("bb".into()), mode: Some("0600".into()), in_archive: Some("r2".into()), ..a.clone() }),
             Some((Change::Modified, vec!["content", "mode"]))
         );
         assert_eq!(changes(&a, &LsEntry { mode: Some("0600".into()), in_archive: Some("r2".into()), ..a.clone() }), Some((Change::Metadata, vec!["mode"])));
