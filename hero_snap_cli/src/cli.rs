@@ -384,12 +384,9 @@ pub struct VerifyArgs {
     pub metrics_file: Option<PathBuf>,
 }
 
+/// How archives are reached and opened: object storage, the download limit, the keys.
 #[derive(Args)]
-pub struct ReadArgs {
-    /// Archive file, `-` for standard input, or s3://BUCKET/KEY. An incremental's
-    /// ancestors are found beside it, or given with more --from (any order).
-    #[arg(long)]
-    pub from: Vec<String>,
+pub struct AccessArgs {
     #[command(flatten)]
     pub s3: S3Args,
     /// s3:// only: receive at most this many bytes per second, over all ranges in flight (10M = 10 MiB/s).
@@ -399,20 +396,37 @@ pub struct ReadArgs {
     pub keys: KeyArgs,
 }
 
+impl AccessArgs {
+    /// Where each archive given is, read with the download limit (refused when none is s3://).
+    pub fn locations(&self, given: &[String]) -> Result<Vec<Location>> {
+        let mut config = self.s3.config();
+        config.limit_download = self.limit_download.map(|l| l.0);
+        let given = given.iter().map(|f| Location::parse(f, &config)).collect::<Result<Vec<_>>>()?;
+        if self.limit_download.is_some() && !given.iter().any(|g| matches!(g, Location::S3(_))) {
+            return Err(Error::Usage("--limit-download applies to s3:// archives only".into()));
+        }
+        Ok(given)
+    }
+}
+
+#[derive(Args)]
+pub struct ReadArgs {
+    /// Archive file, `-` for standard input, or s3://BUCKET/KEY. An incremental's
+    /// ancestors are found beside it, or given with more --from (any order).
+    #[arg(long)]
+    pub from: Vec<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
 impl ReadArgs {
     /// The newest archive of those given, opened for reading (`Extent::Head` reads only
     /// the manifest), and where its ancestors are.
     pub fn open(&self, extent: Extent, keys: &Decryption) -> Result<(Box<dyn Read>, Ancestors)> {
-        let mut config = self.s3.config();
-        config.limit_download = self.limit_download.map(|l| l.0);
         if self.from.is_empty() {
             return Err(Error::Usage("which archive? give it with --from FILE|-|s3://BUCKET/KEY".into()));
         }
-        let given = self.from.iter().map(|f| Location::parse(f, &config)).collect::<Result<Vec<_>>>()?;
-        if self.limit_download.is_some() && !given.iter().any(|g| matches!(g, Location::S3(_))) {
-            return Err(Error::Usage("--limit-download applies to s3:// archives only".into()));
-        }
-        let (newest, ancestors) = Ancestors::chain_of(given, keys)?;
+        let (newest, ancestors) = Ancestors::chain_of(self.access.locations(&self.from)?, keys)?;
         Ok((newest.open(extent)?, ancestors))
     }
 }
@@ -438,12 +452,7 @@ pub struct DiffArgs {
     #[arg(value_name = "NEW")]
     pub new: String,
     #[command(flatten)]
-    pub s3: S3Args,
-    /// s3:// only: receive at most this many bytes per second per archive (10M = 10 MiB/s).
-    #[arg(long, value_name = "BYTES_PER_SEC")]
-    pub limit_download: Option<BytesPerSec>,
-    #[command(flatten)]
-    pub keys: KeyArgs,
+    pub access: AccessArgs,
     /// Only paths that match: a glob as for `ls` (repeatable; a directory picks all it holds).
     #[arg(long = "path", value_name = "PATTERN")]
     pub paths: Vec<String>,
@@ -455,12 +464,7 @@ impl DiffArgs {
         if self.old == "-" && self.new == "-" {
             return Err(Error::Usage("diff reads at most one archive from standard input; give the other as a file or s3://BUCKET/KEY".into()));
         }
-        let mut config = self.s3.config();
-        config.limit_download = self.limit_download.map(|l| l.0);
-        let (old, new) = (Location::parse(&self.old, &config)?, Location::parse(&self.new, &config)?);
-        if self.limit_download.is_some() && ![&old, &new].iter().any(|g| matches!(g, Location::S3(_))) {
-            return Err(Error::Usage("--limit-download applies to s3:// archives only".into()));
-        }
+        let [old, new]: [Location; 2] = self.access.locations(&[self.old.clone(), self.new.clone()])?.try_into().expect("two archives given");
         Ok((old.open(Extent::Whole)?, new.open(Extent::Whole)?))
     }
 }

@@ -6,7 +6,7 @@ use crate::cli::DiffArgs;
 use crate::output::Output;
 
 pub fn run(args: &DiffArgs, out: &Output, cancel: &Cancel) -> Result<()> {
-    let keys = args.keys.decryption()?;
+    let keys = args.access.keys.decryption()?;
     let patterns = PathPatterns::new(&args.paths)?;
     let progress = out.progress();
     let report = {
