@@ -449,8 +449,14 @@ pub struct DiffArgs {
     #[arg(value_name = "OLD")]
     pub old: String,
     /// The newer archive, as OLD (at most one of them `-`).
-    #[arg(value_name = "NEW")]
-    pub new: String,
+    #[arg(value_name = "NEW", required_unless_present = "live", conflicts_with = "live")]
+    pub new: Option<String>,
+    /// Instead of NEW: the live instance (the inventory of --config, under --root), its
+    /// surfaces and contexts that OLD holds.
+    #[arg(long)]
+    pub live: bool,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
     #[command(flatten)]
     pub access: AccessArgs,
     /// Only paths that match: a glob as for `ls` (repeatable; a directory picks all it holds).
@@ -459,13 +465,13 @@ pub struct DiffArgs {
 }
 
 impl DiffArgs {
-    /// The two archives, opened for reading whole.
-    pub fn open(&self) -> Result<(Box<dyn Read>, Box<dyn Read>)> {
-        if self.old == "-" && self.new == "-" {
+    /// The archives given (OLD, and NEW unless --live), opened for reading whole.
+    pub fn open(&self) -> Result<Vec<Box<dyn Read>>> {
+        let given: Vec<String> = std::iter::once(self.old.clone()).chain(self.new.clone()).collect();
+        if given.iter().filter(|g| *g == "-").count() > 1 {
             return Err(Error::Usage("diff reads at most one archive from standard input; give the other as a file or s3://BUCKET/KEY".into()));
         }
-        let [old, new]: [Location; 2] = self.access.locations(&[self.old.clone(), self.new.clone()])?.try_into().expect("two archives given");
-        Ok((old.open(Extent::Whole)?, new.open(Extent::Whole)?))
+        self.access.locations(&given)?.iter().map(|l| l.open(Extent::Whole)).collect()
     }
 }
 

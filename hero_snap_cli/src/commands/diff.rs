@@ -1,4 +1,5 @@
-//! `hero-snap diff`: what changed between two archives, per surface.
+//! `hero-snap diff`: what changed between two archives, or since an archive on the live
+//! instance, per surface.
 
 use hero_snap_core::{Cancel, Change, DiffEntry, DiffReport, LsEntry, PathPatterns, Result};
 
@@ -10,8 +11,12 @@ pub fn run(args: &DiffArgs, out: &Output, cancel: &Cancel) -> Result<()> {
     let patterns = PathPatterns::new(&args.paths)?;
     let progress = out.progress();
     let report = {
-        let (old, new) = args.open()?;
-        hero_snap_core::diff(old, new, &keys, &patterns, &progress, cancel)?
+        let mut archives = args.open()?.into_iter();
+        let old = archives.next().expect("OLD is required");
+        match archives.next() {
+            Some(new) => hero_snap_core::diff(old, new, &keys, &patterns, &progress, cancel)?,
+            None => hero_snap_core::diff_live(old, &keys, &args.instance.load()?, &patterns, &progress, cancel)?,
+        }
     };
     progress.done();
     out.report(&report, print);

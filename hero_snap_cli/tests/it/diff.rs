@@ -158,3 +158,52 @@ fn diff_refuses_two_standard_inputs_and_a_damaged_archive() {
     let out = HERO_SNAP.run(&["diff", "--allow-plaintext", good.to_str().unwrap(), bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+#[test]
+fn diff_live_compares_an_archive_with_the_instance_on_disk() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let files = a.path(FILES);
+    std::os::unix::fs::symlink("docs/readme.md", files.join("link")).unwrap();
+    fs::hard_link(files.join("blob.bin"), files.join("z-blob.bin")).unwrap();
+    let old = a.dir.path().join("old.hsnap");
+    backup(&a, &old, &recipient, false);
+    let live = |paths: &[&str]| {
+        let mut args = vec!["diff", "--json", old.to_str().unwrap(), "--live", "-i", key.to_str().unwrap()];
+        for p in paths {
+            args.extend(["--path", p]);
+        }
+        last_json(&HERO_SNAP.ok(&a.args(&args)))["result"].clone()
+    };
+    // Right after the backup: nothing differs (symlinks, hard links, every surface).
+    let d = live(&[]);
+    assert_eq!(d["entries"], serde_json::json!([]), "{d}");
+    assert_eq!(d["new"]["run_id"], "live");
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let readme = files.join("docs/readme.md");
+    let mtime = fs::metadata(&readme).unwrap().modified().unwrap();
+    // The same size, other bytes, the same mtime: only the hash tells.
+    fs::write(&readme, "# GEOMIND\n").unwrap();
+    filetime::set_file_mtime(&readme, filetime::FileTime::from_system_time(mtime)).unwrap();
+    fs::set_permissions(files.join("blob.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(files.join("added.txt"), "new\n").unwrap();
+    fs::remove_dir_all(a.path("var/lib/hero/hero_db/data")).unwrap();
+    let d = live(&[]);
+    let c = changes(&d, "files");
+    assert!(has(&c, "docs/readme.md", "modified", &["content"]), "{c:?}");
+    assert!(has(&c, "blob.bin", "metadata", &["mode"]) && has(&c, "added.txt", "added", &[]), "{c:?}");
+    let db: Vec<&serde_json::Value> = d["entries"].as_array().unwrap().iter().filter(|e| e["service"] == "hero_db").collect();
+    assert!(!db.is_empty() && db.iter().all(|e| e["change"] == "removed"), "hero_db's surface is gone from disk: {d}");
+    assert!(d["entries"].as_array().unwrap().iter().all(|e| e["context"] != "default"), "{d}");
+    // --path picks on both sides; the second name of blob.bin stays a hard link when
+    // only it is picked.
+    let d = live(&["blob.bin"]);
+    assert_eq!(d["entries"].as_array().unwrap().len(), 1, "{d}");
+    let d = live(&["z-blob.bin"]);
+    assert_eq!(changes(&d, "files"), vec![("z-blob.bin".into(), "metadata".into(), vec!["mode".into()])], "{d}");
+    assert_eq!((d["entries"][0]["new"]["type"].as_str(), d["entries"][0]["new"]["link"].as_str()), (Some("hardlink"), Some("blob.bin")), "{d}");
+    // NEW and --live together: a usage error.
+    let out = HERO_SNAP.run(&a.args(&["diff", old.to_str().unwrap(), old.to_str().unwrap(), "--live", "-i", key.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

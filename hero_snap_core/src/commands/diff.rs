@@ -8,17 +8,20 @@ use std::io::Read;
 
 use serde::Serialize;
 
-use super::ls::{ls, LsEntry, LsReport};
+use super::ls::{ls, ls_with_manifest, LsEntry, LsReport};
 use crate::archive::{Decryption, PathPatterns};
 use crate::error::Result;
-use crate::progress::{Cancel, Progress};
+use crate::inventory::Inventory;
+use crate::progress::{Cancel, Event, Progress};
+
+mod live;
 
 /// One of the two archives compared.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiffSide {
     /// The instance it is of.
     pub instance: String,
-    /// Its run id.
+    /// Its run id; `live` for the live instance (`diff --live`).
     pub run_id: String,
     /// Its place in a chain (0: a full archive).
     pub level: u32,
@@ -89,6 +92,20 @@ pub struct DiffReport {
 pub fn diff(old: impl Read, new: impl Read, keys: &Decryption, patterns: &PathPatterns, progress: &dyn Progress, cancel: &Cancel) -> Result<DiffReport> {
     let old = ls(old, keys, patterns, progress, cancel)?;
     let new = ls(new, keys, patterns, progress, cancel)?;
+    Ok(compare(old, new))
+}
+
+/// Compares archive `old` with the live instance `live` (its inventory, placed where its
+/// data is): the surfaces and contexts the archive holds, walked on disk as a backup walks
+/// them. `old` is read and checked whole, as by [`diff`]. A live file is read (hashed)
+/// only where the archive has a file of the same size at its place. Metadata of a file an
+/// incremental inherits is unknown (its header is in the ancestor), so for those only the
+/// content is compared. An export copy (decisions/D-16) has no place on disk: not compared.
+pub fn diff_live(old: impl Read, keys: &Decryption, live: &Inventory, patterns: &PathPatterns, progress: &dyn Progress, cancel: &Cancel) -> Result<DiffReport> {
+    let (old, manifest) = ls_with_manifest(old, keys, patterns, progress, cancel)?;
+    progress.event(&Event::Phase { phase: "scan".into() });
+    let entries = live::live_entries(&manifest, live, patterns, &old.entries, cancel)?;
+    let new = LsReport { instance: live.instance().to_string(), run_id: "live".into(), level: 0, entries };
     Ok(compare(old, new))
 }
 

@@ -63,6 +63,17 @@ pub struct LsReport {
 /// archive is read and checked as [`crate::verify()`] checks it, so a damaged one fails;
 /// an incremental's ancestors are not read: its index names the files they hold.
 pub fn ls(input: impl Read, keys: &Decryption, patterns: &PathPatterns, progress: &dyn Progress, cancel: &Cancel) -> Result<LsReport> {
+    ls_with_manifest(input, keys, patterns, progress, cancel).map(|(report, _)| report)
+}
+
+/// [`ls`], and the archive's manifest.
+pub(crate) fn ls_with_manifest(
+    input: impl Read,
+    keys: &Decryption,
+    patterns: &PathPatterns,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<(LsReport, Manifest)> {
     progress.event(&Event::Phase { phase: "verify".into() });
     let mut lister = Lister { patterns, progress, run: String::new(), entries: Vec::new() };
     let mut out = read_archive(input, keys, &mut lister, cancel).map_err(|e| cancel.explain(e))?;
@@ -74,7 +85,8 @@ pub fn ls(input: impl Read, keys: &Decryption, patterns: &PathPatterns, progress
             sort_in_walk_order(&mut entries, &out.manifest);
         }
     }
-    Ok(LsReport { instance: out.manifest.instance, run_id: out.manifest.run_id, level: out.manifest.level, entries })
+    let report = LsReport { instance: out.manifest.instance.clone(), run_id: out.manifest.run_id.clone(), level: out.manifest.level, entries };
+    Ok((report, out.manifest))
 }
 
 struct Lister<'a> {
@@ -134,7 +146,7 @@ impl Visitor for Lister<'_> {
 }
 
 /// An entry with its place filled in and the rest empty.
-fn entry_of(key: &MemberKey, inner: &str) -> LsEntry {
+pub(crate) fn entry_of(key: &MemberKey, inner: &str) -> LsEntry {
     LsEntry {
         service: key.service.clone(),
         context: key.context.clone(),
@@ -181,7 +193,7 @@ fn sort_in_walk_order(entries: &mut [LsEntry], manifest: &Manifest) {
     entries.sort_by(|a, b| place(a).cmp(&place(b)).then_with(|| a.path.split('/').cmp(b.path.split('/'))));
 }
 
-fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
