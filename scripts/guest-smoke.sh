@@ -37,7 +37,9 @@ for s in "${services[@]}"; do
 done
 for _ in $(seq 400); do [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break; sleep 0.05; done
 [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] || fail "redis-server did not start on the restored data: $(cat /tmp/smoke-hero_db.log)"
-[ "$(redis-cli -p "$port" exists memory:20000)" = 1 ] || fail "hero_db lost its bulk entries"
+for c in "${contexts[@]}"; do
+  [ "$(redis-cli -p "$port" exists "ctx:$c:memory:5000")" = 1 ] || fail "hero_db lost the AI memory of context $c"
+done
 specs=()
 for c in "${contexts[@]}"; do
   specs+=("$c" "/var/lib/hero/hero_collab/contexts/$c/collab.db" "/var/lib/hero/hero_foundry/contexts/$c/git/main.git")

@@ -38,6 +38,9 @@ pub enum Cmd {
     /// List an archive's entries (service, context, path, type, size, mtime), all or those
     /// PATTERN picks; the archive is read and checked whole.
     Ls(LsArgs),
+    /// Show what changed between two archives (added, removed, modified, metadata), per
+    /// service, context and surface, from their headers and indexes; both are read and checked whole.
+    Diff(DiffArgs),
     /// Write the files PATTERN picks into a new directory outside the instance, each
     /// checked against the index (one file back, without a restore).
     Extract(ExtractArgs),
@@ -381,12 +384,9 @@ pub struct VerifyArgs {
     pub metrics_file: Option<PathBuf>,
 }
 
+/// How archives are reached and opened: object storage, the download limit, the keys.
 #[derive(Args)]
-pub struct ReadArgs {
-    /// Archive file, `-` for standard input, or s3://BUCKET/KEY. An incremental's
-    /// ancestors are found beside it, or given with more --from (any order).
-    #[arg(long)]
-    pub from: Vec<String>,
+pub struct AccessArgs {
     #[command(flatten)]
     pub s3: S3Args,
     /// s3:// only: receive at most this many bytes per second, over all ranges in flight (10M = 10 MiB/s).
@@ -396,20 +396,37 @@ pub struct ReadArgs {
     pub keys: KeyArgs,
 }
 
+impl AccessArgs {
+    /// Where each archive given is, read with the download limit (refused when none is s3://).
+    pub fn locations(&self, given: &[String]) -> Result<Vec<Location>> {
+        let mut config = self.s3.config();
+        config.limit_download = self.limit_download.map(|l| l.0);
+        let given = given.iter().map(|f| Location::parse(f, &config)).collect::<Result<Vec<_>>>()?;
+        if self.limit_download.is_some() && !given.iter().any(|g| matches!(g, Location::S3(_))) {
+            return Err(Error::Usage("--limit-download applies to s3:// archives only".into()));
+        }
+        Ok(given)
+    }
+}
+
+#[derive(Args)]
+pub struct ReadArgs {
+    /// Archive file, `-` for standard input, or s3://BUCKET/KEY. An incremental's
+    /// ancestors are found beside it, or given with more --from (any order).
+    #[arg(long)]
+    pub from: Vec<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
 impl ReadArgs {
     /// The newest archive of those given, opened for reading (`Extent::Head` reads only
     /// the manifest), and where its ancestors are.
     pub fn open(&self, extent: Extent, keys: &Decryption) -> Result<(Box<dyn Read>, Ancestors)> {
-        let mut config = self.s3.config();
-        config.limit_download = self.limit_download.map(|l| l.0);
         if self.from.is_empty() {
             return Err(Error::Usage("which archive? give it with --from FILE|-|s3://BUCKET/KEY".into()));
         }
-        let given = self.from.iter().map(|f| Location::parse(f, &config)).collect::<Result<Vec<_>>>()?;
-        if self.limit_download.is_some() && !given.iter().any(|g| matches!(g, Location::S3(_))) {
-            return Err(Error::Usage("--limit-download applies to s3:// archives only".into()));
-        }
-        let (newest, ancestors) = Ancestors::chain_of(given, keys)?;
+        let (newest, ancestors) = Ancestors::chain_of(self.access.locations(&self.from)?, keys)?;
         Ok((newest.open(extent)?, ancestors))
     }
 }
@@ -423,6 +440,39 @@ pub struct LsArgs {
     /// SERVICE/instance/SURFACE/PATH, SERVICE/contexts/CTX/SURFACE/PATH.
     #[arg(value_name = "PATTERN")]
     pub patterns: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The older archive: a file, `-` for standard input, or s3://BUCKET/KEY. An
+    /// incremental is compared as the whole state its index describes.
+    #[arg(value_name = "OLD")]
+    pub old: String,
+    /// The newer archive, as OLD (at most one of them `-`).
+    #[arg(value_name = "NEW", required_unless_present = "live", conflicts_with = "live")]
+    pub new: Option<String>,
+    /// Instead of NEW: the live instance (the inventory of --config, under --root), its
+    /// surfaces and contexts that OLD holds.
+    #[arg(long)]
+    pub live: bool,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// Only paths that match: a glob as for `ls` (repeatable; a directory picks all it holds).
+    #[arg(long = "path", value_name = "PATTERN")]
+    pub paths: Vec<String>,
+}
+
+impl DiffArgs {
+    /// The archives given (OLD, and NEW unless --live), opened for reading whole.
+    pub fn open(&self) -> Result<Vec<Box<dyn Read>>> {
+        let given: Vec<String> = std::iter::once(self.old.clone()).chain(self.new.clone()).collect();
+        if given.iter().filter(|g| *g == "-").count() > 1 {
+            return Err(Error::Usage("diff reads at most one archive from standard input; give the other as a file or s3://BUCKET/KEY".into()));
+        }
+        self.access.locations(&given)?.iter().map(|l| l.open(Extent::Whole)).collect()
+    }
 }
 
 #[derive(Args)]
@@ -484,6 +534,7 @@ impl Cmd {
             Cmd::Inspect(_) => "inspect",
             Cmd::Verify(_) => "verify",
             Cmd::Ls(_) => "ls",
+            Cmd::Diff(_) => "diff",
             Cmd::Extract(_) => "extract",
             Cmd::Preflight(_) => "preflight",
             Cmd::Restore(_) => "restore",
@@ -503,6 +554,6 @@ impl Cmd {
 
     /// Whether a signal should cancel the run (the commands that take long and clean up).
     pub fn cancellable(&self) -> bool {
-        matches!(self, Cmd::Backup(_) | Cmd::Verify(_) | Cmd::Restore(_) | Cmd::Ls(_) | Cmd::Extract(_))
+        matches!(self, Cmd::Backup(_) | Cmd::Verify(_) | Cmd::Restore(_) | Cmd::Ls(_) | Cmd::Diff(_) | Cmd::Extract(_))
     }
 }

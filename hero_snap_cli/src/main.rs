@@ -62,6 +62,7 @@ fn dispatch(command: Cmd, out: &Output, cancel: &Cancel) -> Result<()> {
         Cmd::Inspect(args) => inspect::run(&args, out),
         Cmd::Verify(args) => verify::run(&args, out, cancel),
         Cmd::Ls(args) => ls::run(&args, out, cancel),
+        Cmd::Diff(args) => diff::run(&args, out, cancel),
         Cmd::Extract(args) => extract::run(&args, out, cancel),
         Cmd::Preflight(args) => preflight::run(&args, out),
         Cmd::Restore(args) => restore::run(&args, out, cancel),

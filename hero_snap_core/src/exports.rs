@@ -97,7 +97,7 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<Recovered>> {
             let _ = fs::remove_dir_all(&j.dir);
         }
         let _ = fs::remove_file(&path);
-        out.push(Recovered { run_id: j.run_id, action: "export-removed".into() });
+        out.push(Recovered { run_id: j.run_id, action: "export-removed".into(), outcomes: Vec::new() });
     }
     Ok(out)
 }

@@ -449,7 +449,7 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<Recovered>> {
             t.remove()?;
         }
         let _ = fs::remove_file(&path);
-        out.push(Recovered { run_id: j.run_id, action: "backup-cleaned".into() });
+        out.push(Recovered { run_id: j.run_id, action: "backup-cleaned".into(), outcomes: Vec::new() });
     }
     Ok(out)
 }

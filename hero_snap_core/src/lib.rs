@@ -88,6 +88,7 @@ pub use archive::{
     ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
 };
 pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport, RunLog};
+pub use commands::diff::{diff, diff_live, Change, DiffEntry, DiffReport, DiffSide};
 pub use commands::extract::{extract, ExtractOptions, ExtractReport};
 pub use commands::gc::gc;
 pub use commands::inspect::inspect;

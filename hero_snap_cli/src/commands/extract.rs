@@ -6,8 +6,8 @@ use crate::cli::ExtractArgs;
 use crate::output::Output;
 
 pub fn run(args: &ExtractArgs, out: &Output, cancel: &Cancel) -> Result<()> {
-    let keys = args.archive.keys.decryption()?;
-    let opts = ExtractOptions { patterns: PathPatterns::new(&args.paths)?, to: args.to.clone() };
+    let keys = args.archive.access.keys.decryption()?;
+    let opts = ExtractOptions { patterns: PathPatterns::new(&args.paths)?, to: args.to.clone(), state_dir: Some(args.instance.state()) };
     // The host's instance, to keep --to out of its surfaces. A host without an inventory
     // (a laptop fetching one file) has none: the archive's own surface paths still count.
     let live = if args.instance.config.exists() {

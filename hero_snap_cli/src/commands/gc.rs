@@ -18,5 +18,7 @@ pub fn run(args: &InstanceArgs, out: &Output) -> Result<()> {
             println!("run {}: {}", r.run_id, r.action);
         }
     });
-    Ok(())
+    // An owed import that failed is the restore's failed outcome, found late: exit 9.
+    let outcomes: Vec<_> = done.iter().flat_map(|r| r.outcomes.iter().cloned()).collect();
+    hero_snap_core::check_outcomes(&outcomes)
 }

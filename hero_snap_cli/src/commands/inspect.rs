@@ -6,7 +6,7 @@ use crate::cli::ReadArgs;
 use crate::output::Output;
 
 pub fn run(args: &ReadArgs, out: &Output) -> Result<()> {
-    let keys = args.keys.decryption()?;
+    let keys = args.access.keys.decryption()?;
     let manifest = hero_snap_core::inspect(args.open(Extent::Head, &keys)?.0, &keys)?;
     let yaml = if out.json() { String::new() } else { manifest.to_yaml()? };
     out.report(&manifest, |_| print!("{yaml}"));

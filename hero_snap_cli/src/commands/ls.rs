@@ -6,7 +6,7 @@ use crate::cli::LsArgs;
 use crate::output::Output;
 
 pub fn run(args: &LsArgs, out: &Output, cancel: &Cancel) -> Result<()> {
-    let keys = args.archive.keys.decryption()?;
+    let keys = args.archive.access.keys.decryption()?;
     let patterns = PathPatterns::new(&args.patterns)?;
     let progress = out.progress();
     let report = {

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod completions;
+pub mod diff;
 pub mod extract;
 pub mod gc;
 pub mod inspect;

@@ -7,7 +7,7 @@ use crate::cli::RestoreArgs;
 use crate::output::Output;
 
 pub fn run(args: &RestoreArgs, out: &Output) -> Result<()> {
-    let keys = args.archive.keys.decryption()?;
+    let keys = args.archive.access.keys.decryption()?;
     let inv = args.instance.load()?;
     let (input, mut ancestors) = args.archive.open(Extent::Head, &keys)?;
     let manifest = hero_snap_core::inspect(input, &keys)?;

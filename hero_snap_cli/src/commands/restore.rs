@@ -7,7 +7,7 @@ use crate::cli::RestoreArgs;
 use crate::output::{Output, Stream};
 
 pub fn run(args: &RestoreArgs, out: &Output, cancel: &Cancel) -> Result<()> {
-    let keys = args.archive.keys.decryption()?;
+    let keys = args.archive.access.keys.decryption()?;
     let inv = args.instance.load()?;
     let progress = out.progress();
     let (input, mut ancestors) = args.archive.open(Extent::Whole, &keys)?;

@@ -7,10 +7,10 @@ use crate::cli::VerifyArgs;
 use crate::output::{Output, Stream};
 
 pub fn run(args: &VerifyArgs, out: &Output, cancel: &Cancel) -> Result<()> {
-    let keys = args.archive.keys.decryption()?;
+    let keys = args.archive.access.keys.decryption()?;
     let progress = out.progress();
     if let Some(dir) = &args.newest_in {
-        let result = hero_snap_core::verify_newest(&args.archive.s3.folder(dir)?, &keys, &progress, cancel);
+        let result = hero_snap_core::verify_newest(&args.archive.access.s3.folder(dir)?, &keys, &progress, cancel);
         let verified = match &args.metrics_file {
             Some(path) => hero_snap_core::with_verify_metrics(path, result)?,
             None => result?,

@@ -1,6 +1,8 @@
 //! The README's first command, `scripts/demo`, run with this build: a live instance on
 //! loop btrfs + XFS with its services in cgroups, backed up under load, restored on a bare
-//! instance and checked through redis-cli, sqlite3 and git. Afterwards nothing of it is
+//! instance and checked through redis-cli, sqlite3 and git; context geomind moved into it
+//! as geomind2, hero_db's keys of geomind included (its export surface), B's other keys
+//! untouched (the demo checks them through redis-cli). Afterwards nothing of it is
 //! left: no mount, no loop device, no cgroup, no file.
 
 use crate::HERO_SNAP;
@@ -19,7 +21,9 @@ fn the_demo_runs_and_leaves_nothing_behind() {
     let out = Command::new(repo.join("scripts/demo")).env("HERO_SNAP_DEMO_BIN", HERO_SNAP.path()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "scripts/demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for promise in ["consistency: atomic", "consistent: ", "refused, as it should be", "geomind2: ", "demo done"] {
+    for promise in
+        ["consistency: atomic", "consistent: ", "refused, as it should be", "hero_db geomind2: 5000 keys, exactly geomind's", "geomind2: ", "demo done"]
+    {
         assert!(text.contains(promise), "the demo's output lacks `{promise}`:\n{text}");
     }
     let work = text.lines().find_map(|l| l.strip_prefix("work directory: ")).expect("the demo names its work directory").trim();

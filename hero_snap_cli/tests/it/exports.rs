@@ -209,3 +209,54 @@ fn a_service_without_export_says_its_instance_data_is_not_in_the_archive() {
     let text = String::from_utf8_lossy(&pre.stdout);
     assert!(text.contains("NOT IN THE ARCHIVE: hero_db.data: instance-scoped"), "{text}");
 }
+
+/// A restore into B killed at `point` (after its commit), with B's Redis and the state
+/// directory as the kill left them.
+fn restore_killed_at(point: &str) -> (tempfile::TempDir, Redis, Instance, BTreeMap<String, String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_ra, _a, archive, key) = source(tmp.path());
+    let rb = Redis::start(&tmp.path().join("b"));
+    rb.set(&[("ctx:default:mem:1", "B's default")]);
+    let before = rb.all();
+    let b = Instance::with_inventory(&["default"], &inventory(&export_cmd(rb.port), &import_cmd(rb.port)));
+    let out = HERO_SNAP.command().env("HERO_SNAP_FAILPOINT", point).args(restore_args(&b, &archive, &key, "restore")).output().unwrap();
+    assert_eq!(out.status.code(), None, "killed at {point}: {}", stderr(&out));
+    assert_eq!(rb.all(), before, "no import ran before the kill");
+    assert!(b.path("var/lib/hero/hero_foundry/contexts/geomind2/files").is_dir(), "the commit happened");
+    assert!(state_entries(&b).iter().any(|n| n.starts_with("import-")), "the staged copy is there: {:?}", state_entries(&b));
+    (tmp, rb, b, before)
+}
+
+#[test]
+fn gc_runs_the_imports_a_restore_killed_after_its_commit_owed() {
+    let (_tmp, rb, b, before) = restore_killed_at("restore-after-commit");
+    let gc = HERO_SNAP.ok(&b.args(&["gc", "--json"]));
+    let done = last_json(&gc)["result"].clone();
+    let action = done[0]["action"].as_str().unwrap_or_default();
+    assert!(action.starts_with("completed; import hero_db.memory[geomind] run: imported into context `geomind2`"), "{done}");
+    assert_eq!(done[0]["outcomes"][0]["status"], "ok", "{done}");
+    let mut want = before;
+    want.insert("ctx:geomind2:mem:1".into(), "the first memory".into());
+    want.insert("ctx:geomind2:graph:a".into(), "a->b".into());
+    assert_eq!(rb.all(), want);
+    assert!(state_entries(&b).is_empty(), "the journal or the staged copy is left: {:?}", state_entries(&b));
+    assert!(!fs::read_dir(b.path("var/lib/hero-snap")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("restore-")));
+    // Done once: a second gc finds nothing.
+    assert!(String::from_utf8_lossy(&HERO_SNAP.ok(&b.args(&["gc"])).stdout).contains("nothing to clean up"));
+}
+
+#[test]
+fn gc_reports_an_import_a_kill_interrupted_exits_9_and_keeps_its_copy() {
+    let (_tmp, rb, b, before) = restore_killed_at("restore-import-started");
+    let gc = HERO_SNAP.run(&b.args(&["gc"]));
+    let all = format!("{}{}", String::from_utf8_lossy(&gc.stdout), stderr(&gc));
+    assert_eq!(gc.status.code(), Some(9), "{all}");
+    assert!(all.contains("import hero_db.memory[geomind] FAILED") && all.contains("may have partly run and is not run again blind"), "{all}");
+    // Not run a second time: the store is as the kill left it, and the copy is kept, named.
+    assert_eq!(rb.all(), before);
+    let dir = state_entries(&b).into_iter().find(|n| n.starts_with("import-")).expect("the staged copy is kept");
+    let kept = b.path("var/lib/hero-snap").join(dir).join("hero_db/geomind2/memory");
+    assert!(all.contains(kept.to_str().unwrap()), "{all}");
+    assert!(fs::read_to_string(kept.join("keys.tsv")).unwrap().contains("mem:1\tthe first memory"));
+    assert!(String::from_utf8_lossy(&HERO_SNAP.ok(&b.args(&["gc"])).stdout).contains("nothing to clean up"), "the journal is gone");
+}

@@ -12,6 +12,7 @@ mod consistency;
 mod crash;
 mod demo;
 mod deployment;
+mod diff;
 mod diskfull;
 mod exports;
 mod golden;

@@ -224,3 +224,30 @@ fn a_damaged_file_fails_extract_naming_it_and_leaves_nothing() {
     HERO_SNAP.ok(&a.args(&["extract", "--allow-plaintext", "--from", good.to_str().unwrap(), "--path", "docs", "--to", to.to_str().unwrap()]));
     assert_eq!(fs::read_to_string(to.join("hero_foundry/contexts/geomind/files/docs/readme.md")).unwrap(), "# geomind\n");
 }
+
+/// An `extract` killed while it writes leaves its staging directory beside `--to` and its
+/// journal in the state directory; `gc` removes both, and `--to` was never created.
+#[test]
+fn gc_removes_what_a_killed_extract_left() {
+    let (a, key, archive, _, _) = archived();
+    let dir = a.dir.path().join("restored");
+    fs::create_dir_all(&dir).unwrap();
+    let to = dir.join("out");
+    let args = vec!["extract", "--from", archive.to_str().unwrap(), "-i", key.to_str().unwrap(), "--path", "docs", "--to", to.to_str().unwrap()];
+    let out = HERO_SNAP.command().env("HERO_SNAP_FAILPOINT", "extract-file").args(a.args(&args)).output().unwrap();
+    assert_eq!(out.status.code(), None, "killed at the failpoint: {}", stderr(&out));
+    let staged = leftovers(&dir);
+    assert_eq!(staged.len(), 1, "the staging directory is left: {staged:?}");
+    let state = a.path("var/lib/hero-snap");
+    let journals = || fs::read_dir(&state).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("extract-")).count();
+    assert_eq!(journals(), 1);
+
+    let gc = last_json(&HERO_SNAP.ok(&a.args(&["gc", "--json"])));
+    let action = gc["result"][0]["action"].as_str().unwrap_or_default().to_string();
+    assert!(action.starts_with("extract-staging-removed") && action.contains(".hero-snap-"), "{gc}");
+    assert!(leftovers(&dir).is_empty() && !to.exists(), "{:?}", leftovers(&dir));
+    assert_eq!(journals(), 0);
+    // The next extract to the same place works.
+    HERO_SNAP.ok(&a.args(&args));
+    assert_eq!(fs::read_to_string(to.join("hero_foundry/contexts/geomind/files/docs/readme.md")).unwrap(), "# geomind\n");
+}

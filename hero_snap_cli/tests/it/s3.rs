@@ -119,6 +119,13 @@ fn a_chain_in_a_prefix(gw: &Gateway) {
     let entries = last_json(&out)["result"]["entries"].clone();
     assert_eq!(entries.as_array().unwrap().len(), 1, "{entries}");
     assert_ne!(entries[0]["in"], r["manifest"]["run_id"], "{entries}");
+    // What changed, from the two archives in the bucket (diff.rs has the cases).
+    let out = gw.ok(&strings(&["diff", "--json", "s3://hero/chain/0-full.hsnap", url, "-i", key, "--path", "hero_db", "--path", "blob.bin"]));
+    let d = last_json(&out)["result"].clone();
+    let changed: Vec<(String, String)> =
+        d["entries"].as_array().unwrap().iter().map(|e| (e["path"].as_str().unwrap().into(), e["change"].as_str().unwrap().into())).collect();
+    assert!(changed.contains(&("dump.rdb".into(), "modified".into())) && changed.contains(&("blob.bin".into(), "removed".into())), "{d}");
+    assert_eq!(d["removed"], 1, "{d}");
     let to = a.dir.path().join("one-file");
     let readme = "hero_foundry/contexts/default/files/docs/readme.md";
     gw.ok(&a.args(&["extract", "--from", url, "-i", key, "--path", readme, "--to", to.to_str().unwrap()]));

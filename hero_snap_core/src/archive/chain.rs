@@ -305,7 +305,7 @@ pub(crate) fn recover(state: &Path) -> Vec<crate::state::Recovered> {
             && fs::remove_file(e.path()).is_ok()
             && !out.iter().any(|r: &crate::state::Recovered| r.run_id == run)
         {
-            out.push(crate::state::Recovered { run_id: run.to_string(), action: "index-cache-partial-removed".into() });
+            out.push(crate::state::Recovered { run_id: run.to_string(), action: "index-cache-partial-removed".into(), outcomes: Vec::new() });
         }
     }
     out

@@ -552,7 +552,11 @@ pub(crate) fn recover(state: &Path) -> Result<Vec<crate::state::Recovered>> {
             aborted += 1;
         }
         let _ = std::fs::remove_file(&path);
-        out.push(crate::state::Recovered { run_id: j.run_id, action: format!("aborted {aborted} unfinished upload(s) to {}", obj.url()) });
+        out.push(crate::state::Recovered {
+            run_id: j.run_id,
+            action: format!("aborted {aborted} unfinished upload(s) to {}", obj.url()),
+            outcomes: Vec::new(),
+        });
     }
     Ok(out)
 }

@@ -13,7 +13,8 @@ use crate::archive::{Ancestors, Decryption, Manifest, PathPatterns};
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::progress::{Cancel, Progress};
-use crate::restore::pick::{inventory_surfaces, refuse_overlap, Picker};
+use crate::restore::pick::{inventory_surfaces, refuse_overlap, Picker, StagingJournaled};
+use crate::state;
 
 /// Options of [`extract`].
 #[derive(Debug, Clone)]
@@ -22,6 +23,9 @@ pub struct ExtractOptions {
     pub patterns: PathPatterns,
     /// The destination: a directory that does not exist yet, or an empty one.
     pub to: PathBuf,
+    /// Where the journal naming the staging directory goes (so that `gc` removes it
+    /// after a kill); defaults to the live inventory's `state_dir`, then /var/lib/hero-snap.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// What [`extract`] wrote.
@@ -52,7 +56,8 @@ pub struct ExtractReport {
 /// The whole archive is read and checked, and for an incremental each ancestor that holds
 /// a picked file (the others by their manifest only). Everything is written into a
 /// staging directory beside `to`, renamed to `to` only when every check passed; on any
-/// failure it is removed, so nothing is left.
+/// failure it is removed, so nothing is left. A process killed meanwhile leaves it with
+/// its journal (`extract-<run>.json` in the state directory): [`crate::gc()`] removes it.
 pub fn extract(
     input: impl Read,
     ancestors: &mut Ancestors,
@@ -68,7 +73,10 @@ pub fn extract(
     if let Some(inv) = live {
         refuse_overlap(&opts.to, &inventory_surfaces(inv), "in this host's inventory")?;
     }
-    let stage = check_destination(&opts.to)?;
+    let run = state::run_id();
+    let stage = check_destination(&opts.to, &run)?;
+    let state = state::state_dir(opts.state_dir.as_deref(), live);
+    let _journal = StagingJournaled::save(&state, &run, &stage)?;
     let mut picker = Picker::new(&opts.to, stage, &opts.patterns, progress)?;
     let read = read_archive(input, keys, &mut picker, cancel).and_then(|newest| read_ancestors(&mut picker, newest, ancestors, keys, cancel));
     let done = read.and_then(|out| {
@@ -100,7 +108,7 @@ pub fn extract(
 }
 
 /// Checks the destination before anything is read; returns the staging directory beside it.
-fn check_destination(to: &Path) -> Result<PathBuf> {
+fn check_destination(to: &Path, run: &str) -> Result<PathBuf> {
     let shown = to.display();
     if to.file_name().is_none() {
         return Err(Error::Usage(format!("--to {shown}: name a directory to create (not `/` or `..`)")));
@@ -129,5 +137,5 @@ fn check_destination(to: &Path) -> Result<PathBuf> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(to, "looking at")(e)),
     }
-    Ok(parent.join(format!(".hero-snap-{}.extract", crate::state::run_id())))
+    Ok(parent.join(format!(".hero-snap-{run}.extract")))
 }

@@ -34,11 +34,15 @@ pub struct LsEntry {
     pub mtime: Option<String>,
     /// Permission bits, octal (`0644`); `None` as for `mtime`.
     pub mode: Option<String>,
+    /// Owner as `UID:GID`; `None` as for `mtime`.
+    pub owner: Option<String>,
     /// A symlink's target, or the path (inside the surface) a hard link shares its file with.
     pub link: Option<String>,
     /// For a regular file: the run id of the archive that holds its bytes.
     #[serde(rename = "in")]
     pub in_archive: Option<String>,
+    /// For a regular file: the BLAKE3 of its content (hex), as the index lists it.
+    pub blake3: Option<String>,
 }
 
 /// What [`ls`] found.
@@ -59,6 +63,17 @@ pub struct LsReport {
 /// archive is read and checked as [`crate::verify()`] checks it, so a damaged one fails;
 /// an incremental's ancestors are not read: its index names the files they hold.
 pub fn ls(input: impl Read, keys: &Decryption, patterns: &PathPatterns, progress: &dyn Progress, cancel: &Cancel) -> Result<LsReport> {
+    ls_with_manifest(input, keys, patterns, progress, cancel).map(|(report, _)| report)
+}
+
+/// [`ls`], and the archive's manifest.
+pub(crate) fn ls_with_manifest(
+    input: impl Read,
+    keys: &Decryption,
+    patterns: &PathPatterns,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<(LsReport, Manifest)> {
     progress.event(&Event::Phase { phase: "verify".into() });
     let mut lister = Lister { patterns, progress, run: String::new(), entries: Vec::new() };
     let mut out = read_archive(input, keys, &mut lister, cancel).map_err(|e| cancel.explain(e))?;
@@ -70,7 +85,8 @@ pub fn ls(input: impl Read, keys: &Decryption, patterns: &PathPatterns, progress
             sort_in_walk_order(&mut entries, &out.manifest);
         }
     }
-    Ok(LsReport { instance: out.manifest.instance, run_id: out.manifest.run_id, level: out.manifest.level, entries })
+    let report = LsReport { instance: out.manifest.instance.clone(), run_id: out.manifest.run_id.clone(), level: out.manifest.level, entries };
+    Ok((report, out.manifest))
 }
 
 struct Lister<'a> {
@@ -107,6 +123,7 @@ impl Visitor for Lister<'_> {
                 size: if is_file { m.entry.size() } else { 0 },
                 mtime: h.mtime().ok().map(|t| rfc3339(t as i64)),
                 mode: h.mode().ok().map(|mode| format!("{:04o}", mode & 0o7777)),
+                owner: h.uid().ok().zip(h.gid().ok()).map(|(u, g)| format!("{u}:{g}")),
                 link,
                 in_archive: is_file.then(|| self.run.clone()),
                 ..entry_of(&m.key, m.inner)
@@ -115,16 +132,21 @@ impl Visitor for Lister<'_> {
         if !is_file {
             return Ok(None);
         }
+        let picked = self.patterns.picks(&m.key, m.inner);
         let got = read_through(m)?;
-        if let Some((size, _)) = got {
+        if let Some((size, hash)) = got {
             self.progress.event(&Event::Bytes { bytes: size });
+            // The reader checks this hash against the index line of the file.
+            if let Some(e) = self.entries.last_mut().filter(|_| picked) {
+                e.blake3 = Some(hash.to_hex().to_string());
+            }
         }
         Ok(got)
     }
 }
 
 /// An entry with its place filled in and the rest empty.
-fn entry_of(key: &MemberKey, inner: &str) -> LsEntry {
+pub(crate) fn entry_of(key: &MemberKey, inner: &str) -> LsEntry {
     LsEntry {
         service: key.service.clone(),
         context: key.context.clone(),
@@ -134,8 +156,10 @@ fn entry_of(key: &MemberKey, inner: &str) -> LsEntry {
         size: 0,
         mtime: None,
         mode: None,
+        owner: None,
         link: None,
         in_archive: None,
+        blake3: None,
     }
 }
 
@@ -152,7 +176,7 @@ fn inherited_entries(file: std::fs::File, patterns: &PathPatterns, entries: &mut
             return Err(Error::Corrupt(format!("the archive's index lists `{}`, outside the archive layout", entry.path)));
         };
         if patterns.picks(&key, inner) {
-            entries.push(LsEntry { size: entry.size, in_archive: entry.in_archive.clone(), ..entry_of(&key, inner) });
+            entries.push(LsEntry { size: entry.size, in_archive: entry.in_archive.clone(), blake3: Some(entry.blake3.clone()), ..entry_of(&key, inner) });
         }
     }
     Ok(())
@@ -169,7 +193,7 @@ fn sort_in_walk_order(entries: &mut [LsEntry], manifest: &Manifest) {
     entries.sort_by(|a, b| place(a).cmp(&place(b)).then_with(|| a.path.split('/').cmp(b.path.split('/'))));
 }
 
-fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())

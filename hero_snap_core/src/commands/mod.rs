@@ -2,6 +2,7 @@
 //! (inventory, plan, freeze, archive, restore, state); no layer imports a verb.
 
 pub(crate) mod backup;
+pub(crate) mod diff;
 pub(crate) mod extract;
 pub(crate) mod gc;
 pub(crate) mod inspect;

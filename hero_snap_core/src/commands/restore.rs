@@ -16,6 +16,7 @@ use crate::inventory::Inventory;
 use crate::outcome::{self, Outcome, Status};
 use crate::progress::{Cancel, Event, Progress};
 use crate::restore::extract::Extractor;
+use crate::restore::imports::{label, run_journaled, PendingImport};
 use crate::restore::swap::{complete, rollback, swap_in, Phase};
 use crate::restore::{RestorePlan, RestoreSelection, SurfaceRef};
 use crate::state::{self, failpoint, Lock};
@@ -128,13 +129,20 @@ pub fn restore_chain(
         });
     }
     ex.journal.phase = Phase::Committed;
+    ex.journal.imports = PendingImport::from_plan(&plan.imports);
     ex.journal.save(&state)?;
     failpoint("restore-after-commit");
     let kept_old = complete(&ex.journal);
     failpoint("restore-completed");
     let not_started = start_services(target, &stopped, &mut warnings);
-    // The journal stays until the imports have run: `gc` then says where their copies are.
-    let imported = run_imports(&plan, ex.journal.imports_dir.as_deref(), &mut warnings);
+    // Started: a kill from here on must not have `gc` run the start hooks again.
+    ex.journal.stopped.clear();
+    let _ = ex.journal.save(&state);
+    // The journal stays until the imports have run: `gc` runs the owed ones after a kill.
+    let imported = run_journaled(&mut ex.journal, &state);
+    for o in imported.iter().filter(|o| o.status == Status::Failed) {
+        warnings.push(format!("{}: {}", label(o), o.reason.as_deref().unwrap_or_default()));
+    }
     ex.journal.remove(&state);
 
     let (mut outcomes, rebuild_pending) = rebuild_derived(target, &plan, &mut warnings);
@@ -303,40 +311,6 @@ fn archive_outcomes(manifest: &Manifest, plan: &RestorePlan) -> Vec<Outcome> {
                 out.push(Outcome::new(&ms.name, Some(&l.surface), None, Status::Skipped, Some(format!("not in the archive: {}", l.reason))));
             }
         }
-    }
-    out
-}
-
-/// Runs each planned import (D-16) on its staged copy, with `{service}`, `{context}` (the
-/// target's name) and `{path}`. hero-snap cannot undo an import: a failure is a failed
-/// outcome naming the service, context and command, and its staged copy is kept for the
-/// operator to run the import again. The others' copies are removed.
-fn run_imports(plan: &RestorePlan, dir: Option<&Path>, warnings: &mut Vec<String>) -> Vec<Outcome> {
-    let mut out = Vec::new();
-    let mut kept = false;
-    for i in &plan.imports {
-        let Some(staged) = &i.staged else { continue };
-        let path = staged.display().to_string();
-        let vars = [("service", i.service.as_str()), ("context", i.target_context.as_str()), ("path", path.as_str())];
-        match hooks::run(&i.command, &vars) {
-            Ok(_) => {
-                let _ = std::fs::remove_dir_all(staged);
-                let why = format!("imported into context `{}` by `{}`", i.target_context, i.argv.join(" "));
-                out.push(Outcome::new(&i.service, Some(&i.export), Some(&i.context), Status::Ok, Some(why)));
-            }
-            Err(e) => {
-                kept = true;
-                let why = format!(
-                    "the import into context `{}` failed: {e}; the restored surfaces stay (an import cannot be rolled back); the staged copy is kept at {path}: fix the cause, run the import again with {{path}}={path}, then delete it",
-                    i.target_context
-                );
-                warnings.push(format!("{}.{}[{}]: {why}", i.service, i.export, i.context));
-                out.push(Outcome::new(&i.service, Some(&i.export), Some(&i.context), Status::Failed, Some(why)));
-            }
-        }
-    }
-    if let (false, Some(d)) = (kept, dir) {
-        let _ = std::fs::remove_dir_all(d);
     }
     out
 }

@@ -80,6 +80,7 @@ impl<'a> Extractor<'a> {
                 swaps: Vec::new(),
                 stopped: Vec::new(),
                 imports_dir: None,
+                imports: Vec::new(),
             },
             dirs: Vec::new(),
             checked_parent: None,

@@ -5,6 +5,7 @@
 //! takes chosen files out into a directory outside the instance (`extract`).
 
 pub(crate) mod extract;
+pub(crate) mod imports;
 pub(crate) mod paths;
 pub(crate) mod pick;
 pub(crate) mod preflight;

@@ -3,9 +3,10 @@
 //! written as a restore writes them (the same writer pool; owner, mode, times, extended
 //! attributes), laid out as `<service>/<instance|contexts/CTX>/<surface>/<path>`.
 //!
-//! No journal and no swap: everything goes into one staging directory beside the
-//! destination (`.hero-snap-<run>.extract`), which is renamed into place once the whole
-//! archive (and every ancestor read) has been checked, and removed on any failure.
+//! No swap: everything goes into one staging directory beside the destination
+//! (`.hero-snap-<run>.extract`, journaled by the verb for `gc`), which is renamed into
+//! place once the whole archive (and every ancestor read) has been checked, and removed
+//! on any failure.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -13,6 +14,7 @@ use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use tar::EntryType;
 
 use super::extract::{pax_xattrs, read_through, set_dir_times, set_xattrs, unpack_cause, unpack_sparse};
@@ -25,6 +27,7 @@ use crate::archive::read::{Member, Visitor};
 use crate::error::{Error, Result};
 use crate::inventory::{Inventory, CONTEXT_PLACEHOLDER};
 use crate::progress::{Event, Progress};
+use crate::state::{self, failpoint, Recovered};
 
 /// A directory member's metadata, applied when a picked member needs the directory.
 struct DirMeta {
@@ -158,6 +161,7 @@ impl<'a> Picker<'a> {
         };
         self.files += 1;
         self.bytes += size;
+        failpoint("extract-file");
         Ok((size, hash))
     }
 
@@ -327,6 +331,63 @@ fn resolved(path: &Path) -> PathBuf {
             _ => return abs,
         }
     }
+}
+
+/// The journal of a run's staging directory (`extract-<run>.json`), written before the
+/// directory exists: the staging directory lies beside `--to`, anywhere on the host, so
+/// only the journal lets `gc` find what a killed run left.
+#[derive(Debug, Serialize, Deserialize)]
+struct StagingJournal {
+    run_id: String,
+    pid: u32,
+    stage: PathBuf,
+}
+
+/// A saved [`StagingJournal`]; dropping it removes the journal (by then the staging
+/// directory is gone: published or discarded).
+pub(crate) struct StagingJournaled {
+    state: PathBuf,
+    run: String,
+}
+
+impl StagingJournaled {
+    pub(crate) fn save(state: &Path, run: &str, stage: &Path) -> Result<StagingJournaled> {
+        let j = StagingJournal { run_id: run.to_string(), pid: std::process::id(), stage: stage.to_path_buf() };
+        state::journal::save(state, "extract", run, &j).map_err(|e| match e {
+            Error::Io { path, source, .. } => {
+                Error::Io { path, action: "writing the journal of extract's staging directory (give a writable --state-dir)", source }
+            }
+            other => other,
+        })?;
+        Ok(StagingJournaled { state: state.to_path_buf(), run: run.to_string() })
+    }
+}
+
+impl Drop for StagingJournaled {
+    fn drop(&mut self) {
+        state::journal::remove(&self.state, "extract", &self.run);
+    }
+}
+
+/// Removes the staging directories of dead `extract` runs (for `gc`). Only a directory
+/// named as extract names its staging directories is removed: the journal is a file an
+/// operator could edit, and `gc` runs as root.
+pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
+    let mut out = Vec::new();
+    for (path, j) in state::journal::dead::<StagingJournal>(state_dir, "extract", |j| j.pid)? {
+        let ours = j.stage.file_name().is_some_and(|n| *n == *format!(".hero-snap-{}.extract", j.run_id));
+        let action = match std::fs::symlink_metadata(&j.stage) {
+            Ok(md) if ours && md.is_dir() => {
+                std::fs::remove_dir_all(&j.stage).map_err(Error::io(&j.stage, "removing the staging directory of a killed extract"))?;
+                format!("extract-staging-removed {}", j.stage.display())
+            }
+            Ok(_) => format!("extract staging {} left alone: not a staging directory of this run; look at it and delete it by hand", j.stage.display()),
+            Err(_) => "extract-journal-removed (its staging directory was already gone)".to_string(),
+        };
+        let _ = std::fs::remove_file(&path);
+        out.push(Recovered { run_id: j.run_id, action, outcomes: Vec::new() });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

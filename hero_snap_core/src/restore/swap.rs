@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::inventory::Command;
+use crate::outcome::{Outcome, Status};
+use crate::restore::imports::{label, run_journaled, PendingImport};
 use crate::state::{self, failpoint, Recovered};
 
 /// One surface being restored: where it is staged, where it goes.
@@ -73,6 +75,10 @@ pub(crate) struct Journal {
     /// directory: removed by a rollback; after the commit, only once every import succeeded.
     #[serde(default)]
     pub(crate) imports_dir: Option<PathBuf>,
+    /// The imports the committed restore still owes (journaled with the commit), for `gc`
+    /// to run after a kill.
+    #[serde(default)]
+    pub(crate) imports: Vec<PendingImport>,
 }
 
 impl Journal {
@@ -182,38 +188,58 @@ pub(crate) fn complete(j: &Journal) -> Vec<PathBuf> {
     kept
 }
 
-/// Finishes or undoes the restores of dead processes found in `state_dir`.
+/// Finishes or undoes the restores of dead processes found in `state_dir`. A restore
+/// killed after its commit is completed as it would have been: the start hooks of the
+/// services it stopped, then the imports it still owed (D-16: after the start hooks).
 pub(crate) fn recover(state_dir: &Path) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
-    for (_, j) in state::journal::dead::<Journal>(state_dir, "restore", |j| j.pid)? {
-        let action = match j.phase {
-            Phase::Extracting | Phase::Swapping => {
-                rollback(&j)?;
-                "rolled-back".to_string()
-            }
-            Phase::Committed => {
-                complete(&j);
-                match j.imports_dir.as_ref().filter(|d| d.exists()) {
-                    // An import cannot be run or undone blind: the copies stay for the operator.
-                    Some(d) => format!(
-                        "completed; imports may not have run: the staged export copies are kept in {} (run each service's import on them, then delete it)",
-                        d.display()
-                    ),
-                    None => "completed".to_string(),
-                }
-            }
-        };
+    for (_, mut j) in state::journal::dead::<Journal>(state_dir, "restore", |j| j.pid)? {
+        let committed = j.phase == Phase::Committed;
+        if committed {
+            complete(&j);
+        } else {
+            rollback(&j)?;
+        }
         failpoint("gc-restore-finished");
-        for (name, start) in &j.stopped {
+        for (name, start) in std::mem::take(&mut j.stopped) {
             // The service may be needed whatever happened; a failure is only reported.
-            if let Err(e) = crate::hooks::run(start, &[("service", name)]) {
+            if let Err(e) = crate::hooks::run(&start, &[("service", &name)]) {
                 tracing::warn!("{name}: start hook failed after recovering run {}: {e}", j.run_id);
             }
         }
+        let (action, outcomes) = if committed { completed(&mut j, state_dir) } else { ("rolled-back".to_string(), Vec::new()) };
         j.remove(state_dir);
-        out.push(Recovered { run_id: j.run_id, action });
+        out.push(Recovered { run_id: j.run_id, action, outcomes });
     }
     Ok(out)
+}
+
+/// Runs a committed restore's owed imports: `completed`, with what became of each, and
+/// their outcomes.
+fn completed(j: &mut Journal, state_dir: &Path) -> (String, Vec<Outcome>) {
+    if j.imports.is_empty() {
+        // A journal of an older build names only the directory of the copies.
+        let action = match j.imports_dir.as_ref().filter(|d| d.exists()) {
+            Some(d) => format!(
+                "completed; imports may not have run: the staged export copies are kept in {} (run each service's import on them, then delete it)",
+                d.display()
+            ),
+            None => "completed".to_string(),
+        };
+        return (action, Vec::new());
+    }
+    let outcomes = run_journaled(j, state_dir);
+    let said: Vec<String> = outcomes
+        .iter()
+        .map(|o| {
+            let why = o.reason.as_deref().unwrap_or_default();
+            match o.status {
+                Status::Ok => format!("import {} run: {why}", label(o)),
+                _ => format!("import {} FAILED: {why}", label(o)),
+            }
+        })
+        .collect();
+    (format!("completed; {}", said.join("; ")), outcomes)
 }
 
 /// Atomically exchanges two paths (renameat2 RENAME_EXCHANGE): neither is ever missing.

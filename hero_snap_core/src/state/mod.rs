@@ -40,6 +40,10 @@ pub struct Recovered {
     pub run_id: String,
     /// `backup-cleaned`, `rolled-back` or `completed`, or what was aborted.
     pub action: String,
+    /// What became of the imports a restore killed after its commit still owed (D-16):
+    /// `gc` runs them; a failed one (exit 9 from the CLI) keeps its staged copy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outcomes: Vec<crate::outcome::Outcome>,
 }
 
 /// Whether a process of this pid exists.
