@@ -732,3 +732,65 @@ fn substituted(loc: &super::Location, parent: &super::ParentRecord, child: &str)
         parent.run_id
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::format::Index;
+
+    /// A cached index of `paths` (sizes 1, 2, ...) and its fingerprints (strong = 100 + n,
+    /// weak = 200 + n for entry n).
+    fn cached(dir: &Path, paths: &[&str]) -> (File, File) {
+        let mut index = Vec::new();
+        Index::write_head(&mut index, 2, &"0".repeat(64), paths.len() as u64, paths.len() as u64, 0).unwrap();
+        let mut stat = Vec::new();
+        for (n, p) in paths.iter().enumerate() {
+            Index::write_entry(&mut index, p, n as u64 + 1, &blake3::hash(p.as_bytes())).unwrap();
+            stat.extend_from_slice(&(100 + n as u64).to_le_bytes());
+            stat.extend_from_slice(&(200 + n as u64).to_le_bytes());
+        }
+        fs::write(dir.join("i"), index).unwrap();
+        fs::write(dir.join("s"), stat).unwrap();
+        (File::open(dir.join("i")).unwrap(), File::open(dir.join("s")).unwrap())
+    }
+
+    #[test]
+    fn the_parent_lookup_finds_every_entry_in_any_order_of_asking() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ["a/1", "a/2", "a/3", "b/1", "b/2", "c"];
+        let (index, stat) = cached(dir.path(), &paths);
+        let table = IndexTable::build(index, "i", |_| true).unwrap();
+        let mut lookup = ParentLookup::new(table, stat, &dir.path().join("s")).unwrap();
+        // In order, with a new file between, a deleted one (a/3) skipped, then out of order.
+        for (path, want) in [
+            ("a/1", Some(0)),
+            ("a/1b", None),
+            ("a/2", Some(1)),
+            ("b/1", Some(3)),
+            ("b/2", Some(4)),
+            ("a/3", Some(2)),
+            ("c", Some(5)),
+            ("c", Some(5)),
+            ("z", None),
+        ] {
+            let got = lookup.get(path).unwrap();
+            match want {
+                None => assert!(got.is_none(), "{path}"),
+                Some(n) => {
+                    let (entry, strong, weak) = got.unwrap_or_else(|| panic!("{path} not found"));
+                    assert_eq!((entry.path.as_str(), entry.size, strong, weak), (path, n + 1, 100 + n, 200 + n), "{path}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fingerprints_that_do_not_match_the_index_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, _) = cached(dir.path(), &["a", "b"]);
+        fs::write(dir.path().join("s"), [0u8; 24]).unwrap();
+        let table = IndexTable::build(index, "i", |_| true).unwrap();
+        let err = ParentLookup::new(table, File::open(dir.path().join("s")).unwrap(), &dir.path().join("s")).err().expect("refused");
+        assert!(err.to_string().contains("delete it and run a full backup"), "{err}");
+    }
+}
