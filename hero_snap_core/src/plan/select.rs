@@ -95,11 +95,7 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
                 }
                 Scope::Instance => {
                     if !surface.path.is_dir() {
-                        let w = Warning {
-                            code: "surface-missing".into(),
-                            message: format!("{}.{}: {} does not exist; nothing archived for it", svc.name, surface.name, surface.path.display()),
-                        };
-                        warnings.push(w);
+                        warnings.push(surface_missing(&svc.name, surface));
                         // Declared state that is not there is a failure, not a footnote:
                         // the run exits non-zero and says which surface is missing.
                         skip(&format!("{} does not exist on the source", surface.path.display()), Status::Failed);
@@ -140,6 +136,13 @@ pub(crate) fn select(inv: &Inventory, sel: &Selection) -> Result<Selected> {
         return Err(Error::Usage("the selection covers no surface with data on disk; nothing to back up".into()));
     }
     Ok(Selected { jobs, services, warnings, outcomes, exports })
+}
+
+fn surface_missing(service: &str, surface: &Surface) -> Warning {
+    Warning {
+        code: "surface-missing".into(),
+        message: format!("{service}.{}: {} does not exist; nothing archived for it", surface.name, surface.path.display()),
+    }
 }
 
 /// The start of the reason an instance-scoped surface is left out of a per-context backup.
