@@ -52,8 +52,9 @@ begin binaries
 policy=/usr/sbin/policy-rc.d
 made_policy=0
 [ -e $policy ] || { printf '#!/bin/sh\nexit 101\n' > $policy; chmod 755 $policy; made_policy=1; }
-# hero-snap itself links libbtrfsutil (README, Install).
-pkgs=(libbtrfsutil1 redis-server redis-tools sqlite3 git)
+# hero-snap itself links libbtrfsutil (README, Install), and its S3 client will not start
+# without the system's CA certificates, even for an http:// endpoint.
+pkgs=(libbtrfsutil1 ca-certificates redis-server redis-tools sqlite3 git)
 case $backend in lvm-thin) pkgs+=(lvm2 thin-provisioning-tools) ;; zfs) pkgs+=(zfsutils-linux) ;; esac
 if [ -d "$kit/debs" ]; then
   # Offline, from the local cache only: --no-download fails rather than reach a mirror.
