@@ -9,7 +9,8 @@
 #   guest-smoke.sh BACKEND [DISK]
 #     BACKEND lvm-thin | zfs: /var/lib/hero is made on DISK (default /dev/vda) first;
 #             existing: /var/lib/hero is already the instance's (empty) volume, left as is.
-#   HERO_SNAP_SMOKE_ARCHIVE  the archive: a file or s3://BUCKET/KEY (AWS_* variables set)
+#   HERO_SNAP_SMOKE_ARCHIVE  the archive: a file or s3://BUCKET/KEY (AWS_* variables set, or
+#                            in s3.env beside this script)
 #
 # The request's three layers in order, each timed: binaries (packages, hero-snap), config
 # (inventory, secrets; pre-flight is refused before they are set), state (the restore onto
@@ -20,6 +21,8 @@ kit=$(cd "$(dirname "$0")" && pwd)
 backend=${1:?usage: guest-smoke.sh lvm-thin|zfs|existing [DISK]}
 disk=${2:-/dev/vda}
 archive=${HERO_SNAP_SMOKE_ARCHIVE:?HERO_SNAP_SMOKE_ARCHIVE: the archive file or s3:// URL}
+# s3:// archives: the store's endpoint and keys, written by scripts/bare-smoke.
+if [ -f "$kit/s3.env" ]; then . "$kit/s3.env"; fi
 inv=/etc/hero-snap/inventory.yaml
 h=/var/lib/hero
 port=6390
@@ -59,7 +62,7 @@ case $backend in lvm-thin) pkgs+=(lvm2 thin-provisioning-tools) ;; zfs) pkgs+=(z
 if [ -d "$kit/debs" ]; then
   # Offline, from the local cache only: --no-download fails rather than reach a mirror.
   cp "$kit"/debs/*.deb /var/cache/apt/archives/
-  apt-get install -q -y --no-install-recommends --no-download "${pkgs[@]}" > /tmp/smoke-apt.log 2>&1 \
+  apt-get install -q -y --no-install-recommends --no-download -o Dpkg::Options::=--force-unsafe-io "${pkgs[@]}" > /tmp/smoke-apt.log 2>&1 \
     || { tail -20 /tmp/smoke-apt.log; fail "apt-get install from the local package cache"; }
   apt-get clean
 else
