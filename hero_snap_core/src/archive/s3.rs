@@ -222,9 +222,18 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 
 /// The one HTTP client (and so one connection pool) of the process, shared by opendal and
 /// the multipart calls.
-fn http_client() -> &'static reqwest::Client {
+/// `reqwest::Client::new` panics where the client cannot start (no CA certificates on the
+/// machine, even for an `http://` endpoint); this says what to install instead.
+fn http_client() -> Result<&'static reqwest::Client> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new)
+    if let Some(client) = CLIENT.get() {
+        return Ok(client);
+    }
+    let client = reqwest::Client::builder()
+        .build()
+        .map_err(|e| Error::storage_caused(format!("starting the HTTP client: {e}; install the CA certificates (apt-get install ca-certificates)"), e))?;
+    let _ = CLIENT.set(client);
+    Ok(CLIENT.get().expect("set just above"))
 }
 
 /// What makes two objects reachable through the same operator: the bucket and the
@@ -291,7 +300,7 @@ impl Store {
         }
         let signer = multipart::signer(&key);
         let lock = Arc::new(Mutex::new(None));
-        let transport = transport::Transport { client: http_client().clone(), lock: lock.clone(), signer: signer.clone() };
+        let transport = transport::Transport { client: http_client()?.clone(), lock: lock.clone(), signer: signer.clone() };
         let transport = opendal::HttpTransporter::new(transport);
         let op = opendal::Operator::new(b)
             .map_err(|e| Error::storage_caused(format!("{}: {e}", obj.url()), e))?
@@ -669,7 +678,7 @@ mod multipart {
         let req = req.body(()).map_err(|e| Error::storage_caused(format!("{what}: {e}"), e))?;
         let (mut parts, ()) = req.into_parts();
         store.signer.sign(&mut parts, None).await.map_err(|e| Error::storage_caused(format!("{what}: signing: {e}"), e))?;
-        let client = http_client();
+        let client = http_client()?;
         let mut last = String::new();
         // The same backoff idea as opendal's retry layer, for these two calls.
         for attempt in 0..5u32 {
