@@ -131,10 +131,8 @@ fn compare(old: LsReport, new: LsReport) -> DiffReport {
         }
     }
     entries.extend(before.into_values().map(|o| entry(Change::Removed, Vec::new(), Some(o), None)));
-    entries.sort_by(|a, b| {
-        let key = |e: &DiffEntry| (e.service.clone(), e.context.clone(), e.surface.clone());
-        key(a).cmp(&key(b)).then_with(|| a.path.split('/').cmp(b.path.split('/')))
-    });
+    entries
+        .sort_by(|a, b| (&a.service, &a.context, &a.surface).cmp(&(&b.service, &b.context, &b.surface)).then_with(|| a.path.split('/').cmp(b.path.split('/'))));
     let count = |c: Change| entries.iter().filter(|e| e.change == c).count() as u64;
     DiffReport {
         old: old_side,
