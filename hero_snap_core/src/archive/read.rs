@@ -556,7 +556,7 @@ impl Inherited {
             self.out = Some(io::BufWriter::with_capacity(1 << 16, f));
         }
         let out = self.out.as_mut().expect("created above");
-        out.write_all(line.as_bytes()).map_err(Error::io(std::env::temp_dir(), "writing the list of inherited files"))?;
+        out.write_all(line.as_bytes()).map_err(|e| seen_error("writing the list of inherited files", e))?;
         self.count += 1;
         Ok(())
     }
@@ -658,16 +658,20 @@ impl SeenFiles {
             out.write_all(&size.to_le_bytes())?;
             out.write_all(hash.as_bytes())
         })()
-        .map_err(Error::io(std::env::temp_dir(), "writing the list of files read"))
+        .map_err(|e| seen_error("writing the list of files read", e))
     }
 
     fn into_reader(self) -> Result<SeenReader> {
         use std::io::Seek;
-        let err = Error::io(std::env::temp_dir(), "reading the list of files read");
-        let mut f = self.out.expect("read once").into_inner().map_err(|e| err(e.into_error()))?;
-        f.rewind().map_err(Error::io(std::env::temp_dir(), "reading the list of files read"))?;
+        let mut f = self.out.expect("read once").into_inner().map_err(|e| seen_error("writing the list of files read", e.into_error()))?;
+        f.rewind().map_err(|e| seen_error("reading the list of files read", e))?;
         Ok(SeenReader(io::BufReader::with_capacity(1 << 16, f)))
     }
+}
+
+/// Built only on an error: the list is written once per file.
+fn seen_error(action: &'static str, e: io::Error) -> Error {
+    Error::io(std::env::temp_dir(), action)(e)
 }
 
 struct SeenReader(io::BufReader<std::fs::File>);
@@ -675,18 +679,18 @@ struct SeenReader(io::BufReader<std::fs::File>);
 impl SeenReader {
     fn next(&mut self) -> Result<Option<SeenFile>> {
         use std::io::BufRead;
-        let err = || Error::io(std::env::temp_dir(), "reading the list of files read");
-        if self.0.fill_buf().map_err(err())?.is_empty() {
+        let err = |e| seen_error("reading the list of files read", e);
+        if self.0.fill_buf().map_err(err)?.is_empty() {
             return Ok(None);
         }
         let mut len = [0u8; 4];
-        self.0.read_exact(&mut len).map_err(err())?;
+        self.0.read_exact(&mut len).map_err(err)?;
         let mut path = vec![0u8; u32::from_le_bytes(len) as usize];
-        self.0.read_exact(&mut path).map_err(err())?;
+        self.0.read_exact(&mut path).map_err(err)?;
         let mut size = [0u8; 8];
-        self.0.read_exact(&mut size).map_err(err())?;
+        self.0.read_exact(&mut size).map_err(err)?;
         let mut hash = [0u8; 32];
-        self.0.read_exact(&mut hash).map_err(err())?;
+        self.0.read_exact(&mut hash).map_err(err)?;
         let path = String::from_utf8(path).expect("written from a String");
         Ok(Some((path, u64::from_le_bytes(size), hash)))
     }

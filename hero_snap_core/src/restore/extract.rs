@@ -268,8 +268,10 @@ impl Extractor<'_> {
             check_parents(&stage.root, &dest, m.path)?;
             self.checked_parent = dest.parent().map(Path::to_path_buf);
         }
-        // Asked in this order, a file still with a writer or already written is never missed.
-        if kind != EntryType::Directory && (self.writers.writing(&dest) || fs::symlink_metadata(&dest).is_ok()) {
+        // A second copy of a name is refused: the reader's shape check refuses a path seen
+        // before, a writer creates a regular file exclusively (no look here: one path walk
+        // a file less), and links and symlinks are looked for here.
+        if matches!(kind, EntryType::Symlink | EntryType::Link) && fs::symlink_metadata(&dest).is_ok() {
             return Err(Error::Refused(format!("member `{}` appears twice", m.path)));
         }
         match kind {

@@ -11,12 +11,13 @@
 //! Memory is bounded: a file up to [`WHOLE_MAX`] travels as one buffer, a larger one as
 //! [`CHUNK`]-sized pieces over its own short channel; at most [`QUEUED`] files wait.
 
-use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -42,6 +43,12 @@ struct Meta {
     gid: u32,
     mode: u32,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The file is created with its mode (the umask takes none of its bits), so no
+    /// `fchmod` is needed.
+    mode_at_create: bool,
+    /// A new file gets this owner anyway (ours, in a directory without set-group-id), so
+    /// no `fchown` is needed.
+    owner_at_create: bool,
 }
 
 enum Content {
@@ -50,6 +57,11 @@ enum Content {
 }
 
 struct Job {
+    /// The directory the file is created in, held open: the file is created by its last
+    /// name only, without a path walk from `/` for every file.
+    dir: Arc<OwnedFd>,
+    name: OsString,
+    /// For errors.
     dest: PathBuf,
     /// The archive member, for errors.
     member: String,
@@ -65,15 +77,15 @@ struct Job {
 /// a panic inside a writer's file work is caught and becomes that file's error.
 #[derive(Default)]
 struct State {
-    /// Files handed over and not yet finished (written or failed).
-    pending: Mutex<usize>,
+    /// Files handed over and not yet finished (written or failed). An atomic, not a
+    /// lock: it changes twice per file, from the parser and a writer.
+    pending: AtomicUsize,
+    /// Taken only to wait for `pending` to reach 0, and to announce that it did.
+    idle: Mutex<()>,
     done: Condvar,
     /// The first writer error; later jobs are skipped once it is set.
     error: Mutex<Option<Error>>,
     failed: AtomicBool,
-    /// Files handed over whose writer has not finished them: a second member of the same
-    /// name is refused at its header whether or not the first is on disk yet.
-    writing: Mutex<HashSet<PathBuf>>,
 }
 
 impl State {
@@ -100,19 +112,31 @@ impl State {
 
 /// The pool. Dropping it stops the writers (jobs not yet started are skipped) and joins them.
 pub(super) struct Writers {
-    jobs: Option<SyncSender<Job>>,
+    /// One queue per writer: the files of one directory all go to one writer, so that two
+    /// writers do not wait on one directory's lock, and two directories fill at once.
+    jobs: Vec<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
     state: Arc<State>,
+    /// The directory of the last file handed over: an archive lists a directory's files
+    /// one after another, so it is opened once per directory.
+    dir: Option<(PathBuf, Arc<OwnedFd>, bool)>,
+    /// The writer of that directory's files.
+    turn: usize,
+    /// What a new file gets without being asked: the process's umask, and its user and
+    /// group ids (ownership applies only where the directory does not set the group).
+    umask: u32,
+    ids: (u32, u32),
 }
 
 impl Writers {
     pub fn new() -> Result<Writers> {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WRITERS);
-        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUED);
-        let rx = Arc::new(Mutex::new(rx));
-        let mut pool = Writers { jobs: Some(tx), threads: Vec::new(), state: Arc::new(State::default()) };
+        let ids = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        let mut pool = Writers { jobs: Vec::new(), threads: Vec::new(), state: Arc::new(State::default()), dir: None, turn: 0, umask: umask(), ids };
         for i in 0..n {
-            let (rx, state) = (Arc::clone(&rx), Arc::clone(&pool.state));
+            let (tx, rx) = mpsc::sync_channel::<Job>(QUEUED);
+            let state = Arc::clone(&pool.state);
+            pool.jobs.push(tx);
             let thread = std::thread::Builder::new().name(format!("hero-snap-writer-{i}")).spawn(move || writer(&rx, &state));
             // On an error, dropping the pool stops and joins the threads already started.
             pool.threads.push(thread.map_err(|e| Error::command(format!("cannot start the restore's writer threads: {e}")))?);
@@ -120,10 +144,26 @@ impl Writers {
         Ok(pool)
     }
 
-    /// Whether a file handed over as `dest` is not created yet. A caller that asks this
-    /// first and then looks on disk misses no file handed over before.
-    pub fn writing(&self, dest: &std::path::Path) -> bool {
-        self.state.writing.lock().unwrap_or_else(PoisonError::into_inner).contains(dest)
+    /// The open directory `dest` is created in. The caller has checked that no directory
+    /// on the way is a symlink; `O_NOFOLLOW` holds the last one to that.
+    /// Also returns whether the directory sets its files' group (set-group-id).
+    fn dir_of(&mut self, dest: &Path) -> Result<(Arc<OwnedFd>, OsString, bool)> {
+        let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+            return Err(Error::command(format!("{}: not a file's path", dest.display())));
+        };
+        if let Some((path, fd, setgid)) = &self.dir {
+            if path == parent {
+                return Ok((Arc::clone(fd), name.to_owned(), *setgid));
+            }
+        }
+        use nix::fcntl::{open, OFlag};
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let opened = open(parent, flags, nix::sys::stat::Mode::empty()).and_then(|fd| nix::sys::stat::fstat(&fd).map(|st| (fd, st.st_mode)));
+        let (fd, mode) = opened.map_err(|e| Error::io(dest, "creating (opening its directory)")(e.into()))?;
+        let (fd, setgid) = (Arc::new(fd), mode & libc::S_ISGID != 0);
+        self.dir = Some((parent.to_path_buf(), Arc::clone(&fd), setgid));
+        self.turn = (self.turn + 1) % self.jobs.len().max(1);
+        Ok((fd, name.to_owned(), setgid))
     }
 
     /// Reads a regular file's content from `entry`, hashing it, and hands it to a writer
@@ -133,12 +173,16 @@ impl Writers {
         self.state.check()?;
         let header = entry.header();
         let owner = |id: u64| u32::try_from(id).map_err(|_| Error::Corrupt(format!("{member}: owner id {id} is out of range")));
+        let (dir, name, setgid_dir) = self.dir_of(&dest)?;
+        let (uid, gid, mode) = (owner(header.uid().unwrap_or(0))?, owner(header.gid().unwrap_or(0))?, header.mode().unwrap_or(0o600) & 0o7777);
         let meta = Meta {
             mtime: header.mtime().unwrap_or(0) as i64,
-            uid: owner(header.uid().unwrap_or(0))?,
-            gid: owner(header.gid().unwrap_or(0))?,
-            mode: header.mode().unwrap_or(0o600) & 0o7777,
+            uid,
+            gid,
+            mode,
             xattrs: super::extract::pax_xattrs(entry),
+            mode_at_create: mode & 0o7000 == 0 && mode & self.umask == 0,
+            owner_at_create: (uid, gid) == self.ids && !setgid_dir,
         };
         let size = entry.size();
         let mut hasher = blake3::Hasher::new();
@@ -156,12 +200,11 @@ impl Writers {
             (Content::Pieces(rx), Some(pieces))
         };
         let dest_shown = dest.display().to_string();
-        self.state.writing.lock().unwrap_or_else(PoisonError::into_inner).insert(dest.clone());
-        *self.state.pending.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-        let job = Job { dest, member: member.to_string(), size, meta, content };
-        if let Err(mpsc::SendError(job)) = self.jobs.as_ref().expect("the pool is running").send(job) {
+        self.state.pending.fetch_add(1, Ordering::SeqCst);
+        let job = Job { dir, name, dest, member: member.to_string(), size, meta, content };
+        let queue = self.jobs.get(self.turn).expect("the pool is running");
+        if queue.send(job).is_err() {
             // No writer is left to take it (they stop only after a failure).
-            self.state.writing.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.dest);
             finished(&self.state);
             return Err(self.state.error());
         }
@@ -192,11 +235,11 @@ impl Writers {
 
     /// Waits until every file handed over is written; the first writer error, if any.
     pub fn wait(&self) -> Result<()> {
-        let mut pending = self.state.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        while *pending > 0 {
-            pending = self.state.done.wait(pending).unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.state.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.state.pending.load(Ordering::SeqCst) > 0 {
+            idle = self.state.done.wait(idle).unwrap_or_else(PoisonError::into_inner);
         }
-        drop(pending);
+        drop(idle);
         self.state.check()
     }
 
@@ -211,7 +254,8 @@ impl Writers {
     /// writes after this returns.
     pub fn stop(&mut self) {
         self.state.failed.store(true, Ordering::SeqCst);
-        self.jobs = None;
+        self.jobs.clear();
+        self.dir = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -225,16 +269,16 @@ impl Drop for Writers {
 }
 
 fn finished(state: &State) {
-    let mut pending = state.pending.lock().unwrap_or_else(PoisonError::into_inner);
-    *pending -= 1;
-    if *pending == 0 {
+    if state.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+        // Under the lock, so that a waiter between its check and its wait is not missed.
+        let _idle = state.idle.lock().unwrap_or_else(PoisonError::into_inner);
         state.done.notify_all();
     }
 }
 
-fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
+fn writer(jobs: &Receiver<Job>, state: &State) {
     loop {
-        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let job = jobs.recv();
         let Ok(job) = job else { return };
         if !state.failed.load(Ordering::SeqCst) {
             // A panic would leave the file counted as pending for ever: it becomes an error.
@@ -247,11 +291,17 @@ fn writer(jobs: &Mutex<Receiver<Job>>, state: &State) {
                 state.fail(e);
             }
         }
-        state.writing.lock().unwrap_or_else(PoisonError::into_inner).remove(&job.dest);
         // A failed or skipped job's pieces channel drops here, which stops the parser feeding it.
         drop(job);
         finished(state);
     }
+}
+
+/// The process's umask, read without changing it (`umask(2)` can only set it, and another
+/// thread may be creating files meanwhile). Unknown: every bit, so every mode is applied.
+fn umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Umask:")).and_then(|v| u32::from_str_radix(v.trim(), 8).ok()).unwrap_or(0o7777)
 }
 
 fn ends_inside(dest: &dyn std::fmt::Display, got: u64, size: u64) -> Error {
@@ -259,15 +309,23 @@ fn ends_inside(dest: &dyn std::fmt::Display, got: u64, size: u64) -> Error {
 }
 
 /// Creates and writes one file, then applies its metadata through the open descriptor.
+///
+/// The file is created exclusively: a name that exists already, whatever it is and
+/// whichever member made it, is refused as a second copy, never overwritten.
 fn write_file(job: &Job) -> Result<()> {
+    use nix::fcntl::{openat, OFlag};
     let dest = &job.dest;
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
+    let m = &job.meta;
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mode = if m.mode_at_create { m.mode } else { 0o600 };
+    let created = openat(&*job.dir, job.name.as_os_str(), flags, nix::sys::stat::Mode::from_bits_truncate(mode));
+    let mut file = fs::File::from(created.map_err(|e| {
+        if e == nix::errno::Errno::EEXIST {
             Error::Refused(format!("member `{}` appears twice", job.member))
         } else {
-            Error::io(dest, "creating")(e)
+            Error::io(dest, "creating")(e.into())
         }
-    })?;
+    })?);
     let written = match &job.content {
         Content::Whole(data) => {
             file.write_all(data).map_err(Error::io(dest, "writing"))?;
@@ -286,12 +344,16 @@ fn write_file(job: &Job) -> Result<()> {
         // The parser stopped feeding this file; it reports why.
         return Err(ends_inside(&dest.display(), written, job.size));
     }
-    let m = &job.meta;
     let mtime = filetime::FileTime::from_unix_time(m.mtime, 0);
     filetime::set_file_handle_times(&file, Some(mtime), Some(mtime)).map_err(Error::io(dest, "setting the mtime"))?;
-    std::os::unix::fs::fchown(&file, Some(m.uid), Some(m.gid)).map_err(Error::io(dest, "setting the owner"))?;
-    // After the owner: chown clears set-id bits (which the reader refuses anyway).
-    file.set_permissions(fs::Permissions::from_mode(m.mode)).map_err(Error::io(dest, "setting the mode"))?;
+    if !m.owner_at_create {
+        std::os::unix::fs::fchown(&file, Some(m.uid), Some(m.gid)).map_err(Error::io(dest, "setting the owner"))?;
+    }
+    // After the owner: chown clears set-id bits (which the reader refuses anyway). A mode
+    // given at creation has none, so it survives the chown.
+    if !m.mode_at_create {
+        file.set_permissions(fs::Permissions::from_mode(m.mode)).map_err(Error::io(dest, "setting the mode"))?;
+    }
     for (name, value) in &m.xattrs {
         use std::os::unix::ffi::OsStrExt;
         use xattr::FileExt;
@@ -312,23 +374,23 @@ mod tests {
         let state = Arc::new(State::default());
         let s2 = Arc::clone(&state);
         let _ = std::thread::spawn(move || {
-            let mut pending = s2.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let _idle = s2.idle.lock().unwrap_or_else(PoisonError::into_inner);
             let _error = s2.error.lock().unwrap_or_else(PoisonError::into_inner);
-            *pending = 1;
+            s2.pending.store(1, Ordering::SeqCst);
             panic!("poison the locks");
         })
         .join();
-        assert!(state.pending.is_poisoned() && state.error.is_poisoned());
+        assert!(state.idle.is_poisoned() && state.error.is_poisoned());
         // The pool's own bookkeeping, on the poisoned locks: counting a file done, recording
         // and reporting the first error.
         finished(&state);
-        assert_eq!(*state.pending.lock().unwrap_or_else(PoisonError::into_inner), 0);
+        assert_eq!(state.pending.load(Ordering::SeqCst), 0);
         state.fail(Error::Cancelled);
         assert!(matches!(state.check(), Err(Error::Cancelled)));
     }
 
-    /// A large file whose writer fails (here: its directory does not exist) is reported by
-    /// its own error, naming the path, never as writers that merely stopped.
+    /// A large file whose writer fails (here: the name exists already) is reported by its
+    /// own error, naming the member, never as writers that merely stopped.
     #[test]
     fn a_failed_large_file_reports_its_own_error() {
         let mut tar = tar::Builder::new(Vec::new());
@@ -339,16 +401,19 @@ mod tests {
         header.set_cksum();
         tar.append_data(&mut header, "big", &data[..]).unwrap();
         let bytes = tar.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("big");
+        fs::write(&dest, b"first copy").unwrap();
         for _ in 0..50 {
             let mut pool = Writers::new().unwrap();
             let mut archive = tar::Archive::new(&bytes[..]);
             let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
-            let dest = PathBuf::from("/nonexistent-hero-snap-dir/big");
-            let err = match pool.write(&mut entry, dest, "big", &crate::progress::NoProgress) {
+            let err = match pool.write(&mut entry, dest.clone(), "big", &crate::progress::NoProgress) {
                 Err(e) => e,
                 Ok(_) => pool.finish().unwrap_err(),
             };
-            assert!(err.to_string().contains("/nonexistent-hero-snap-dir/big"), "{err}");
+            assert!(err.to_string().contains("member `big` appears twice"), "{err}");
         }
+        assert_eq!(fs::read(&dest).unwrap(), b"first copy", "the first copy is never overwritten");
     }
 }
