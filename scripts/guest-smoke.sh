@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The bare-machine smoke, run ON the machine being restored: a bare testvm guest (started by
-# scripts/bare-smoke) or a real VM reached over SSH (HERO_SNAP_SMOKE_SSH). It sits in a kit
-# directory holding only what an operator brings to a new VM:
+# The bare-machine smoke, run ON the machine being restored: a bare testvm guest started by
+# scripts/bare-smoke (the kit shared with it, or copied over SSH like to a VM), or a real VM
+# reached over SSH (HERO_SNAP_SMOKE_SSH). It sits in a kit directory holding only what an
+# operator brings to a new VM:
 #   hero-snap          the binary             instance.yaml  the inventory
 #   key.txt            the archive's age key  service, writer, hero_proc: the demo's stand-ins
-#   debs/              optional: a local package cache (the test guest has no mirror)
+#   debs/              optional: a local package cache, installed offline (the test guests
+#                      have no mirror; a VM too with HERO_SNAP_SMOKE_DEBS=1). Without it,
+#                      apt installs from the machine's own mirror.
 #
 #   guest-smoke.sh BACKEND [DISK]
 #     BACKEND lvm-thin | zfs: /var/lib/hero is made on DISK (default /dev/vda) first;
