@@ -48,6 +48,8 @@ pub(crate) struct ArchiveWriter<W: Write + Send + 'static> {
     entries: u64,
     bytes: u64,
     hardlinks: HashMap<(u64, u64), String>,
+    /// The directory of the file being archived, held open.
+    dirs: crate::fs_tree::DirFd,
     pub(crate) warnings: Vec<Warning>,
     /// File data moves through this buffer, read and compressed in large steps.
     buf: Vec<u8>,
@@ -100,6 +102,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             entries: 0,
             bytes: 0,
             hardlinks: HashMap::new(),
+            dirs: crate::fs_tree::DirFd::default(),
             warnings: Vec::new(),
             buf: vec![0; COPY_BUF],
             stat: BufWriter::new(stat),
@@ -141,7 +144,17 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             use std::os::unix::ffi::OsStrExt;
             let rel = crate::fs_tree::name_text(rel.as_os_str().as_bytes());
             let member = if rel.is_empty() { member_root.to_string() } else { format!("{member_root}/{rel}") };
-            let meta = entry.metadata().map_err(|e| walk_error(root, e))?;
+            // A regular file is opened here, by its name in its directory, and described by
+            // its open descriptor: what is archived is what was looked at.
+            let mut file = None;
+            let meta = if entry.file_type().is_file() {
+                let f = self.dirs.open_file(path).map_err(Error::io(path, "opening"))?;
+                let meta = f.metadata().map_err(Error::io(path, "reading metadata"))?;
+                file = Some(f).filter(|_| meta.is_file());
+                meta
+            } else {
+                entry.metadata().map_err(|e| walk_error(root, e))?
+            };
             if meta.dev() != root_dev && meta.is_dir() {
                 return Err(Error::Refused(format!(
                     "{}: another filesystem is mounted inside the surface at {}; declare it as a surface of its own or unmount it",
@@ -149,12 +162,14 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
                     path.display()
                 )));
             }
-            self.write_entry(path, &member, &meta, progress, cancel)?;
+            self.write_entry(path, &member, (&meta, file), progress, cancel)?;
         }
         Ok(())
     }
 
-    fn write_entry(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
+    /// `meta` comes with the file opened for reading, for a regular file.
+    fn write_entry(&mut self, path: &Path, member: &str, meta: (&std::fs::Metadata, Option<File>), progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
+        let (meta, file) = meta;
         let ft = meta.file_type();
         let mut header = Header::new_gnu();
         header.set_metadata_in_mode(meta, HeaderMode::Complete);
@@ -191,7 +206,11 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             if meta.nlink() == 1 && self.inherit(path, member, meta)? {
                 return Ok(());
             }
-            self.write_file(path, member, progress, cancel)?;
+            let file = match file {
+                Some(f) => f,
+                None => open_source(path).map_err(Error::io(path, "opening"))?,
+            };
+            self.write_file(file, path, member, progress, cancel)?;
             return Ok(());
         } else {
             let kind = if ft.is_fifo() {
@@ -210,8 +229,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         Ok(())
     }
 
-    fn write_file(&mut self, path: &Path, member: &str, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
-        let mut file = open_source(path).map_err(Error::io(path, "opening"))?;
+    fn write_file(&mut self, mut file: File, path: &Path, member: &str, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
         // Through the descriptor: one path lookup less per file.
         self.xattrs(path, Some(&file))?;
         // Header from the open file, so size and content describe the same inode.
