@@ -13,8 +13,10 @@ pub(crate) mod folder;
 pub(crate) mod format;
 pub(crate) mod location;
 pub(crate) mod pattern;
+pub(crate) mod ranged;
 pub(crate) mod read;
 pub(crate) mod s3;
+pub(crate) mod trailer;
 pub(crate) mod write;
 
 pub use chain::{Ancestors, Since};
