@@ -27,5 +27,6 @@ pub use format::{
 };
 pub use location::{Extent, Location};
 pub use pattern::PathPatterns;
+pub use ranged::ParentFetch;
 pub use s3::{BytesPerSec, S3Config, S3Object, S3Prefix};
 pub use write::Compression;

@@ -12,8 +12,10 @@ use std::path::Path;
 
 use tar::EntryType;
 
-use super::chain::HashingWriter;
+use super::chain::{check_series, folder_beside, location_key, not_cached, Cache, CacheRecord, HashingWriter, Since};
 use super::crypto::{open_seekable, Decryption};
+use super::folder::{read_folder, selection_label, Folder};
+use super::format::SelectionRecord;
 use super::format::{Manifest, INDEX_PATH};
 use super::read::{parse_index_head, parse_index_line, read_head, INDEX_LIMIT};
 use super::s3::Ranged;
@@ -192,11 +194,16 @@ fn find_trailer(plain: &mut dyn super::crypto::ReadSeek) -> Result<Option<Traile
     if len < TRAILER_LEN {
         return Ok(None);
     }
-    let mut bytes = [0u8; TRAILER_LEN as usize];
-    plain.seek(SeekFrom::Start(len - TRAILER_LEN)).map_err(io_corrupt("reading the index trailer"))?;
+    // The trailer, and what was before it: a trailer cut short is found there.
+    let window = len.min(2 * TRAILER_LEN);
+    let mut bytes = vec![0u8; window as usize];
+    plain.seek(SeekFrom::Start(len - window)).map_err(io_corrupt("reading the index trailer"))?;
     plain.read_exact(&mut bytes).map_err(io_corrupt("reading the index trailer"))?;
-    match Trailer::decode(&bytes, len) {
+    match Trailer::decode(&bytes[bytes.len() - TRAILER_LEN as usize..], len) {
         Ok(t) => Ok(Some(t)),
+        Err(NotTrailer::Absent) if Trailer::cut_short(&bytes) => {
+            Err(Error::Corrupt("its index trailer is cut short: the archive is truncated; use another archive as the parent".into()))
+        }
         Err(NotTrailer::Absent) => Ok(None),
         Err(NotTrailer::Bad(m)) => Err(Error::Corrupt(m)),
     }
@@ -216,7 +223,9 @@ fn read_index_frame(plain: &mut dyn super::crypto::ReadSeek, t: Trailer, dest: &
             .ok_or_else(|| Error::Corrupt("the index trailer points to a frame that holds no member".into()))?
             .map_err(io_corrupt("the index frame"))?;
         if entry.path_bytes().as_ref() != INDEX_PATH.as_bytes() || entry.header().entry_type() != EntryType::Regular || entry.size() > INDEX_LIMIT {
-            return Err(Error::Corrupt(format!("the index trailer points to a frame whose member is not {INDEX_PATH} (a regular member of at most {INDEX_LIMIT} bytes)")));
+            return Err(Error::Corrupt(format!(
+                "the index trailer points to a frame whose member is not {INDEX_PATH} (a regular member of at most {INDEX_LIMIT} bytes)"
+            )));
         }
         let out = File::create(dest).map_err(Error::io(dest, "writing the fetched index"))?;
         let mut out = HashingWriter { inner: io::BufWriter::new(out), hasher: blake3::Hasher::new() };
@@ -261,7 +270,8 @@ fn check_fetched(path: &Path, manifest: &Manifest, manifest_blake3: &blake3::Has
         if lines.read_line(&mut line).map_err(Error::io(path, "reading the fetched index"))? == 0 {
             break;
         }
-        let entry = parse_index_line(line.trim_end_matches('\n')).ok_or_else(|| Error::Corrupt(format!("{INDEX_PATH}: entry {} is not an index line", all + 1)))?;
+        let entry =
+            parse_index_line(line.trim_end_matches('\n')).ok_or_else(|| Error::Corrupt(format!("{INDEX_PATH}: entry {} is not an index line", all + 1)))?;
         all += 1;
         own += u64::from(entry.in_archive.is_none());
     }
@@ -269,4 +279,128 @@ fn check_fetched(path: &Path, manifest: &Manifest, manifest_blake3: &blake3::Has
         return Err(Error::Corrupt(format!("{INDEX_PATH}: lists {own} files of its own, its head says {}", head.files)));
     }
     Ok(all)
+}
+
+/// What a parent read from the archive itself cost, for the backup's report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParentFetch {
+    /// The parent archive (path or `s3://` URL).
+    pub location: String,
+    /// Its run id.
+    pub run_id: String,
+    /// Bytes read from it: its head, its trailer and its index frame.
+    pub fetched_bytes: u64,
+    /// Its size.
+    pub archive_bytes: u64,
+    /// Reads (ranged GETs for object storage) made.
+    pub requests: u64,
+    /// Entry lines of its index (files of its whole state).
+    pub index_entries: u64,
+}
+
+/// What looking for a parent in the archives themselves gave.
+pub(crate) enum FromArchive {
+    /// The parent, its index now in the cache (without fingerprints).
+    Parent(CacheRecord, ParentFetch),
+    /// `--since latest` found nothing to build on, and why.
+    NoParent(String),
+}
+
+/// The parent of a backup when the index cache does not have it (decisions/D-17): the
+/// archive named, or for `latest` the newest archive of the same instance and selection
+/// beside `dest`; its index is read by its trailer into the cache.
+pub(crate) fn parent_from_archive(
+    cache: &Cache,
+    since: &Since,
+    series: (&str, &SelectionRecord),
+    dest: Option<&Location>,
+    keys: &Decryption,
+) -> Result<FromArchive> {
+    let (instance, selection) = series;
+    match since {
+        Since::Archive(loc) => {
+            let key = location_key(loc);
+            let mut series_ok = true;
+            let found = adopt(cache, loc, keys, |m| {
+                let checked = check_series(&key, &m.instance, &m.selection, instance, selection);
+                series_ok = checked.is_ok();
+                checked
+            });
+            // The archive named cannot be used as a parent: say why in the cache's terms.
+            let found = found.map_err(|e| if series_ok { not_cached(cache, &key, &format!("its index cannot be read from the archive: {e}")) } else { e })?;
+            match found {
+                Some((record, fetch)) => Ok(FromArchive::Parent(record, fetch)),
+                None => Err(not_cached(cache, &key, "the archive has no index trailer to read it from (an older hero-snap wrote it)")),
+            }
+        }
+        Since::Latest => {
+            let Some(folder) = dest.and_then(folder_beside) else { return Ok(FromArchive::NoParent("standard output has no folder to look in".into())) };
+            latest_from_folder(cache, &folder, (instance, selection), keys)
+        }
+    }
+}
+
+fn latest_from_folder(cache: &Cache, folder: &Folder, series: (&str, &SelectionRecord), keys: &Decryption) -> Result<FromArchive> {
+    let (instance, selection) = series;
+    let listed = read_folder(folder, keys, None)?;
+    let label = selection_label(selection);
+    let candidate = listed.iter().find(|l| l.summary.as_ref().is_some_and(|s| s.instance == instance && s.selection == label));
+    let Some(candidate) = candidate else {
+        let unopened = listed.iter().filter(|l| l.encrypted == Some(true) && l.summary.is_none()).count();
+        let mut why = format!("no archive of this instance and selection is in {folder}");
+        if unopened > 0 {
+            why.push_str(&format!(" that this run could open ({unopened} encrypted ones could not be: pass --parent-identity to read them)"));
+        }
+        return Ok(FromArchive::NoParent(why));
+    };
+    let loc = candidate.location();
+    let mut other_selection = false;
+    let found = adopt(cache, &loc, keys, |m| {
+        other_selection = m.selection != *selection;
+        Ok(())
+    });
+    match found? {
+        // The label leaves out --include-derived: the newest archive is of another series.
+        Some(_) if other_selection => Ok(FromArchive::NoParent(format!("the newest archive in {folder}, {loc}, was made with another selection"))),
+        Some((record, fetch)) => Ok(FromArchive::Parent(record, fetch)),
+        None => Ok(FromArchive::NoParent(format!(
+            "the newest archive of this instance and selection, {loc}, is not in the state directory's index cache and has no index trailer to read its index from (written by an older hero-snap)"
+        ))),
+    }
+}
+
+/// Fetches the index of the archive at `loc` into the cache, once `check` accepts its
+/// manifest; `None` when it has no trailer.
+fn adopt(cache: &Cache, loc: &Location, keys: &Decryption, check: impl FnOnce(&Manifest) -> Result<()>) -> Result<Option<(CacheRecord, ParentFetch)>> {
+    let tmp = cache.fetch_path()?;
+    let fetched = fetch_index(loc, keys, &tmp);
+    let fetched = match fetched {
+        Ok(IndexFetch::Fetched(f)) => f,
+        Ok(IndexFetch::NoTrailer) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(None);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = check(&fetched.manifest) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let m = &fetched.manifest;
+    let mut record = CacheRecord::of(m, fetched.manifest_blake3.to_hex().as_str(), &fetched.index_blake3);
+    record.location = location_key(loc);
+    record.from_archive = true;
+    cache.adopt(&record, &tmp)?;
+    let fetch = ParentFetch {
+        location: loc.to_string(),
+        run_id: m.run_id.clone(),
+        fetched_bytes: fetched.fetched,
+        archive_bytes: fetched.archive_bytes,
+        requests: fetched.requests,
+        index_entries: fetched.entries,
+    };
+    Ok(Some((record, fetch)))
 }

@@ -9,8 +9,8 @@ use tar::EntryType;
 
 use super::chain::HashingReader;
 use super::crypto::{open_compressed_stream, open_tar_stream, Decryption};
-use super::trailer::{Trailer, TRAILER_LEN};
 use super::format::{split_member, IndexEntry, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
+use super::trailer::{Trailer, TRAILER_LEN};
 use crate::error::{Error, Result};
 use crate::progress::Cancel;
 

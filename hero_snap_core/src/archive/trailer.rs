@@ -58,6 +58,16 @@ impl Trailer {
         out
     }
 
+    /// Whether the start of a trailer (its magic, length and tag) is among the last bytes of
+    /// a stream that does not end with one: the stream was cut short.
+    pub(crate) fn cut_short(tail: &[u8]) -> bool {
+        let mut start = Vec::with_capacity(16);
+        start.extend_from_slice(&TRAILER_MAGIC.to_le_bytes());
+        start.extend_from_slice(&(CONTENT as u32).to_le_bytes());
+        start.extend_from_slice(TAG);
+        tail.windows(start.len()).any(|w| w == start.as_slice())
+    }
+
     /// Checks the end of a compressed stream read whole (`verify`, `restore`): a trailer of
     /// ours must be intact even though no zstd decoder looks inside it.
     pub(crate) fn check_end(tail: &[u8], stream_len: u64) -> Result<(), String> {
@@ -118,6 +128,8 @@ mod tests {
         assert!(matches!(Trailer::decode(&damaged, len), Err(NotTrailer::Bad(_))));
         // Ours, pointing elsewhere than just before it.
         assert!(matches!(Trailer::decode(&bytes, len + 1), Err(NotTrailer::Bad(_))));
+        assert!(Trailer::cut_short(&bytes[..30]));
+        assert!(!Trailer::cut_short(&[0u8; 80]));
         let mut newer = bytes;
         newer[16] = 2;
         assert!(matches!(Trailer::decode(&newer, len), Err(NotTrailer::Bad(m)) if m.contains("newer hero-snap")));

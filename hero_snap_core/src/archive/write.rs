@@ -14,8 +14,8 @@ use tar::{EntryType, Header, HeaderMode};
 
 use super::chain::{fingerprint, HashingWriter, ParentLookup};
 use super::crypto::{EncryptedWriter, Encryption};
-use super::trailer::Trailer;
 use super::format::{Index, Manifest, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT, INDEX_PATH, MANIFEST_PATH};
+use super::trailer::Trailer;
 use crate::error::{Error, Result};
 use crate::fs_tree::{hash_reader, name_path, walk, walk_error};
 use crate::progress::{Cancel, Event, Progress};
@@ -136,6 +136,13 @@ pub(crate) struct ParentIndex {
     pub run_id: String,
     /// Compare content too (`--rehash`), not metadata alone.
     pub rehash: bool,
+    /// The index was read from the parent archive (decisions/D-17), at this cost.
+    pub fetch: Option<super::ParentFetch>,
+    /// For an index without fingerprints (read from the archive): when the parent's run
+    /// started (seconds since the epoch; `i64::MIN` when unknown). A file whose ctime is not
+    /// before it may have changed owner, mode, times or xattrs since, which only the
+    /// fingerprints would show; it is archived again.
+    pub changed_before: i64,
 }
 
 /// Writes smaller than this reach zstd gathered; file data (1 MiB steps) passes straight.
@@ -170,6 +177,11 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             stable: true,
             inherited: (0, 0),
         })
+    }
+
+    /// What reading the parent's index from its archive cost, if it was read so.
+    pub(crate) fn parent_fetch(&mut self) -> Option<super::ParentFetch> {
+        self.parent.as_mut().and_then(|p| p.fetch.take())
     }
 
     /// Makes this an incremental of `parent`: call before the first tree.
@@ -392,19 +404,21 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
     /// Lists the file as held by an ancestor if the parent's index has it unchanged.
     fn inherit(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata) -> Result<bool> {
         let Some(parent) = &mut self.parent else { return Ok(false) };
-        let Some((entry, strong, weak)) = parent.lookup.get(member)? else { return Ok(false) };
+        let Some((entry, prints)) = parent.lookup.get(member)? else { return Ok(false) };
         if entry.size != meta.len() {
             return Ok(false);
         }
-        let same = if parent.rehash {
-            weak == fingerprint(meta, false) && {
-                let mut f = open_source(path).map_err(Error::io(path, "opening"))?;
-                hash_reader(&mut f).map_err(Error::io(path, "reading"))?.to_hex().as_str() == entry.blake3
-            }
-        } else if self.stable {
-            strong == fingerprint(meta, true)
-        } else {
-            weak == fingerprint(meta, false)
+        let same_content = || -> Result<bool> {
+            let mut f = open_source(path).map_err(Error::io(path, "opening"))?;
+            Ok(hash_reader(&mut f).map_err(Error::io(path, "reading"))?.to_hex().as_str() == entry.blake3)
+        };
+        let same = match prints {
+            // An index read from the archive has no metadata to compare (D-17): ctime, which
+            // every change of content or metadata moves, says it is as old as the parent.
+            None => meta.ctime() < parent.changed_before && same_content()?,
+            Some((_, weak)) if parent.rehash => weak == fingerprint(meta, false) && same_content()?,
+            Some((strong, _)) if self.stable => strong == fingerprint(meta, true),
+            Some((_, weak)) => weak == fingerprint(meta, false),
         };
         if !same {
             return Ok(false);
