@@ -163,6 +163,9 @@ fn scan(mut file: File, what: &str, mut each: impl FnMut(&IndexEntry, (u64, u64,
     Ok(file)
 }
 
+/// A parent's index entry, with its (strong, weak) fingerprints when the index has them.
+pub(crate) type ParentEntry = (IndexEntry, Option<(u64, u64)>);
+
 /// A parent's index looked up by a backup. The backup walks the tree in the order the
 /// parent's walk did, so the line after the last one found is usually the one asked for:
 /// it is read sequentially, and the hashed table is asked only after a change.
@@ -209,7 +212,7 @@ impl ParentLookup {
 
     /// The parent's entry for `path`, with its (strong, weak) fingerprints when the index
     /// has them.
-    pub(crate) fn get(&mut self, path: &str) -> Result<Option<(IndexEntry, Option<(u64, u64)>)>> {
+    pub(crate) fn get(&mut self, path: &str) -> Result<Option<ParentEntry>> {
         let found = match self.next.take() {
             Some((number, entry, end)) if entry.path == path => Some((number, entry, end)),
             next => {

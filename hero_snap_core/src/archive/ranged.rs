@@ -30,7 +30,7 @@ const MAX_FETCH: usize = 1 << 20;
 
 enum Source {
     File(File),
-    S3(Ranged),
+    S3(Box<Ranged>),
 }
 
 /// A file or object read in parts (pread, or one ranged GET per part), with what it cost.
@@ -62,7 +62,7 @@ impl RangedReader {
             Location::S3(obj) => {
                 let r = Ranged::open(obj)?;
                 let len = r.size;
-                (Source::S3(r), len)
+                (Source::S3(Box::new(r)), len)
             }
         };
         Ok(RangedReader { source, len, pos: 0, buf: Vec::new(), buf_at: 0, window: MIN_FETCH, fetched: 0, requests: 0 })
@@ -143,7 +143,7 @@ pub(crate) struct FetchedIndex {
 /// What [`fetch_index`] found.
 #[derive(Debug)]
 pub(crate) enum IndexFetch {
-    Fetched(FetchedIndex),
+    Fetched(Box<FetchedIndex>),
     /// The archive has no index trailer (format 1 or 2 written before D-17): its index
     /// can only be had by reading it whole.
     NoTrailer,
@@ -171,7 +171,7 @@ pub(crate) fn fetch_index(loc: &Location, keys: &Decryption, dest: &Path) -> Res
     };
     let Some(index_blake3) = found else { return Ok(IndexFetch::NoTrailer) };
     let entries = check_fetched(dest, &manifest, &manifest_blake3).map_err(named)?;
-    Ok(IndexFetch::Fetched(FetchedIndex {
+    Ok(IndexFetch::Fetched(Box::new(FetchedIndex {
         manifest,
         manifest_blake3,
         index_blake3,
@@ -179,7 +179,7 @@ pub(crate) fn fetch_index(loc: &Location, keys: &Decryption, dest: &Path) -> Res
         fetched: reader.fetched,
         archive_bytes: reader.len(),
         requests: reader.requests,
-    }))
+    })))
 }
 
 fn io_corrupt(what: &'static str) -> impl Fn(io::Error) -> Error {
@@ -301,7 +301,7 @@ pub struct ParentFetch {
 /// What looking for a parent in the archives themselves gave.
 pub(crate) enum FromArchive {
     /// The parent, its index now in the cache (without fingerprints).
-    Parent(CacheRecord, ParentFetch),
+    Parent(Box<(CacheRecord, ParentFetch)>),
     /// `--since latest` found nothing to build on, and why.
     NoParent(String),
 }
@@ -329,7 +329,7 @@ pub(crate) fn parent_from_archive(
             // The archive named cannot be used as a parent: say why in the cache's terms.
             let found = found.map_err(|e| if series_ok { not_cached(cache, &key, &format!("its index cannot be read from the archive: {e}")) } else { e })?;
             match found {
-                Some((record, fetch)) => Ok(FromArchive::Parent(record, fetch)),
+                Some(found) => Ok(FromArchive::Parent(Box::new(found))),
                 None => Err(not_cached(cache, &key, "the archive has no index trailer to read it from (an older hero-snap wrote it)")),
             }
         }
@@ -362,7 +362,7 @@ fn latest_from_folder(cache: &Cache, folder: &Folder, series: (&str, &SelectionR
     match found? {
         // The label leaves out --include-derived: the newest archive is of another series.
         Some(_) if other_selection => Ok(FromArchive::NoParent(format!("the newest archive in {folder}, {loc}, was made with another selection"))),
-        Some((record, fetch)) => Ok(FromArchive::Parent(record, fetch)),
+        Some(found) => Ok(FromArchive::Parent(Box::new(found))),
         None => Ok(FromArchive::NoParent(format!(
             "the newest archive of this instance and selection, {loc}, is not in the state directory's index cache and has no index trailer to read its index from (written by an older hero-snap)"
         ))),

@@ -162,7 +162,8 @@ fn resolve_parent(inv: &Inventory, opts: &BackupOptions, target: &Target<'_>, wa
     let record = match chain::find_parent(&cache, since, &inv.instance, &selection, to)? {
         Some(record) => record,
         None => match parent_from_archive(&cache, since, (&inv.instance, &selection), target.location, &parent_keys(opts)?)? {
-            FromArchive::Parent(record, fetched) => {
+            FromArchive::Parent(found) => {
+                let (record, fetched) = *found;
                 warnings.push(fetched_warning(&fetched));
                 fetch = Some(fetched);
                 record
