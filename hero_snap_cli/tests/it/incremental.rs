@@ -542,4 +542,12 @@ fn a_damaged_or_truncated_trailer_is_refused_naming_the_archive() {
         let out = HERO_SNAP.run(&["verify", "--allow-plaintext", "--from", folder.join("0.hsnap").to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(3), "{what}: verify: {}", stderr(&out));
     }
+    // Intact again: a plaintext backup reads its plaintext parent's index by the trailer.
+    fs::write(folder.join("0.hsnap"), &good).unwrap();
+    let _ = fs::remove_dir_all(&state);
+    let out = run("1.hsnap", "latest");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result = &last_json(&out)["result"];
+    assert_eq!(result["manifest"]["level"], 1, "{result}");
+    assert_eq!(result["parent_fetch"]["archive_bytes"].as_u64().unwrap(), good.len() as u64, "{result}");
 }

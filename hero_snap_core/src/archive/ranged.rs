@@ -43,6 +43,9 @@ pub(crate) struct RangedReader {
     buf: Vec<u8>,
     buf_at: u64,
     window: usize,
+    /// The first part fetched from the start: the head is read twice (manifest, then age's
+    /// header for seeking), fetched once.
+    first: Option<Vec<u8>>,
     /// Bytes fetched from the file or object.
     pub fetched: u64,
     /// Reads (ranged GETs) made.
@@ -65,7 +68,7 @@ impl RangedReader {
                 (Source::S3(Box::new(r)), len)
             }
         };
-        Ok(RangedReader { source, len, pos: 0, buf: Vec::new(), buf_at: 0, window: MIN_FETCH, fetched: 0, requests: 0 })
+        Ok(RangedReader { source, len, pos: 0, buf: Vec::new(), buf_at: 0, window: MIN_FETCH, first: None, fetched: 0, requests: 0 })
     }
 
     /// The archive's size in bytes.
@@ -76,6 +79,12 @@ impl RangedReader {
     fn fetch(&mut self) -> io::Result<()> {
         let sequential = self.pos == self.buf_at + self.buf.len() as u64 && !self.buf.is_empty();
         self.window = if sequential { (self.window * 2).min(MAX_FETCH) } else { MIN_FETCH };
+        if let Some(first) = self.first.as_ref().filter(|_| self.pos == 0) {
+            self.buf.clone_from(first);
+            self.buf_at = 0;
+            self.window = MIN_FETCH;
+            return Ok(());
+        }
         let n = (self.window as u64).min(self.len - self.pos) as usize;
         self.buf = match &self.source {
             Source::File(f) => {
@@ -89,6 +98,9 @@ impl RangedReader {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive changed while it was read"));
         }
         self.buf_at = self.pos;
+        if self.pos == 0 {
+            self.first = Some(self.buf.clone());
+        }
         self.fetched += n as u64;
         self.requests += 1;
         Ok(())
