@@ -256,8 +256,9 @@ pub struct BackupArgs {
     #[arg(long)]
     pub threads: Option<u32>,
     /// Write an incremental archive on PARENT: `latest` (the newest archive of this
-    /// instance and selection beside --to; a full one if there is none), or an archive
-    /// this host wrote (its file or s3:// key).
+    /// instance and selection beside --to; a full one if there is none), or an archive (its
+    /// file or s3:// key). Without the state directory's index of it, its index is read from
+    /// the archive's end.
     #[arg(long, value_name = "PARENT")]
     pub since: Option<String>,
     /// With --since: compare each file's content with the parent's, not metadata alone.

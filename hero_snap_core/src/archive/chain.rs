@@ -472,10 +472,12 @@ impl<R: Read> Read for HashingReader<R> {
 /// Which archive an incremental backup builds on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Since {
-    /// The newest archive of the same instance and selection this host wrote to the same
-    /// folder or prefix (or to standard output, for `-`). Without one, the backup is full.
+    /// The newest archive of the same instance and selection in the same folder or prefix:
+    /// from the index cache (what this host wrote there, or to standard output for `-`),
+    /// else the newest one there whose index can be read from its end (decisions/D-17).
+    /// Without one, the backup is full.
     Latest,
-    /// This archive: a file or an `s3://` key this host wrote.
+    /// This archive: a file or an `s3://` key, its index from the cache or its end.
     Archive(super::Location),
 }
 
