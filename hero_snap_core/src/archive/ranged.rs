@@ -416,3 +416,41 @@ fn adopt(cache: &Cache, loc: &Location, keys: &Decryption, check: impl FnOnce(&M
     };
     Ok(Some((record, fetch)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ranged_reader_reads_what_is_asked_and_little_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let mut r = RangedReader::open(&Location::File(path)).unwrap();
+        assert_eq!(r.len(), data.len() as u64);
+        // A jump to the end costs one small part.
+        r.seek(SeekFrom::End(-40)).unwrap();
+        let mut tail = [0u8; 40];
+        r.read_exact(&mut tail).unwrap();
+        assert_eq!(&tail[..], &data[data.len() - 40..]);
+        assert_eq!((r.requests, r.fetched), (1, 40));
+        // Reading on from a place: parts double up to 1 MiB, the bytes are the file's.
+        r.seek(SeekFrom::Start(1000)).unwrap();
+        let mut mid = vec![0u8; 3 << 20];
+        r.read_exact(&mut mid).unwrap();
+        assert_eq!(&mid[..], &data[1000..1000 + (3 << 20)]);
+        assert!(r.requests <= 1 + 8, "{} reads", r.requests);
+        assert!(r.fetched < (3 << 20) + (1 << 20) + 40, "{} bytes", r.fetched);
+        // The first part is fetched once, however often the head is read.
+        r.rewind().unwrap();
+        let mut head = [0u8; 100];
+        r.read_exact(&mut head).unwrap();
+        let (requests, fetched) = (r.requests, r.fetched);
+        r.rewind().unwrap();
+        r.read_exact(&mut head).unwrap();
+        assert_eq!((r.requests, r.fetched), (requests, fetched));
+        assert_eq!(&head[..], &data[..100]);
+        assert!(r.seek(SeekFrom::Current(-1000)).is_err());
+    }
+}
