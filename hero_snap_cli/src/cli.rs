@@ -256,8 +256,9 @@ pub struct BackupArgs {
     #[arg(long)]
     pub threads: Option<u32>,
     /// Write an incremental archive on PARENT: `latest` (the newest archive of this
-    /// instance and selection beside --to; a full one if there is none), or an archive
-    /// this host wrote (its file or s3:// key).
+    /// instance and selection beside --to; a full one if there is none), or an archive (its
+    /// file or s3:// key). Without the state directory's index of it, its index is read from
+    /// the archive's end.
     #[arg(long, value_name = "PARENT")]
     pub since: Option<String>,
     /// With --since: compare each file's content with the parent's, not metadata alone.
@@ -266,6 +267,11 @@ pub struct BackupArgs {
     /// With --since: start a new full archive once the chain has N archives.
     #[arg(long, value_name = "N", requires = "since", value_parser = clap::value_parser!(u32).range(1..))]
     pub full_every: Option<u32>,
+    /// With --since: an identity that opens the parent archive (repeatable; mode 600), to read
+    /// its index from the archive when the state directory does not hold it. A passphrase
+    /// backup uses its own passphrase, a --no-encrypt one reads plaintext parents.
+    #[arg(long, value_name = "FILE", requires = "since")]
+    pub parent_identity: Vec<PathBuf>,
     /// After the run, success or failure, write its series' metrics to this file (Prometheus
     /// text format, for node_exporter's textfile collector; name it *.prom).
     #[arg(long, value_name = "PATH")]
@@ -307,6 +313,7 @@ impl BackupArgs {
             },
             rehash: self.rehash,
             full_every: self.full_every,
+            parent_keys: DecryptionChoice { identities: self.parent_identity.clone(), ..DecryptionChoice::default() },
         })
     }
 }

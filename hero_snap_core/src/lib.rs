@@ -84,8 +84,8 @@ pub mod fuzzing;
 
 pub use archive::{
     Ancestors, BytesPerSec, Compression, Consistency, Decryption, DecryptionChoice, Encryption, EncryptionChoice, Extent, Folder, LeftOut, Listed, Location,
-    Manifest, ManifestService, ManifestSurface, ParentRecord, PathPatterns, S3Config, S3Object, S3Prefix, SelectionRecord, Since, Summary, Warning,
-    ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
+    Manifest, ManifestService, ManifestSurface, ParentFetch, ParentRecord, PathPatterns, S3Config, S3Object, S3Prefix, SelectionRecord, Since, Summary,
+    Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT,
 };
 pub use commands::backup::{backup, backup_to, backup_to_file, BackupOptions, BackupReport, RunLog};
 pub use commands::diff::{diff, diff_live, Change, DiffEntry, DiffReport, DiffSide};

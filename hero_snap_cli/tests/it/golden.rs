@@ -104,3 +104,40 @@ fn golden_tree_description_sees_what_it_records() {
     xattr::set(dir.path().join("f"), "user.x", b"1").unwrap();
     assert_ne!(describe(dir.path()), before);
 }
+
+/// The golden archives have no index trailer (decisions/D-17). As the parent of an
+/// incremental whose index the state directory lacks: `latest` writes a full archive and
+/// says why, an explicit parent is refused with what to do.
+#[test]
+fn a_golden_archive_as_parent_gives_the_clear_fallback() {
+    let inst = Instance::with_inventory(&[], &fs::read_to_string(golden("inventory.yaml")).unwrap());
+    let state = inst.dir.path().join("state").display().to_string();
+    let mut restore = inst.args(&["restore", "--from", golden("plaintext.hsnap").to_str().unwrap(), "--allow-plaintext"]);
+    restore.extend(["--state-dir".into(), state.clone()]);
+    HERO_SNAP.ok(&restore);
+    let folder = inst.dir.path().join("archives");
+    fs::create_dir_all(&folder).unwrap();
+    let parent = folder.join("golden.hsnap");
+    fs::copy(golden("plaintext.hsnap"), &parent).unwrap();
+    let backup = |name: &str, since: &str| {
+        let to = folder.join(name).display().to_string();
+        let mut args = inst.args(&["backup", "--allow-live", "--no-encrypt", "--json", "--to", &to, "--since", since]);
+        args.extend(["--state-dir".into(), state.clone()]);
+        HERO_SNAP.run(&args)
+    };
+
+    let out = backup("next.hsnap", "latest");
+    assert!(out.status.success(), "{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    let result = &last_json(&out)["result"];
+    assert_eq!(result["manifest"]["format"], 1, "{result}");
+    let warnings = result["manifest"]["warnings"].to_string();
+    assert!(warnings.contains("full-no-parent") && warnings.contains("golden.hsnap") && warnings.contains("no index trailer"), "{warnings}");
+
+    fs::remove_dir_all(&state).unwrap();
+    let out = backup("named.hsnap", parent.to_str().unwrap());
+    let err = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("golden.hsnap") && err.contains("holds no index of this archive") && err.contains("no index trailer"), "{err}");
+    assert!(err.contains("without --since for a full archive"), "{err}");
+    assert!(!folder.join("named.hsnap").exists());
+}

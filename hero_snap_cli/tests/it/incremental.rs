@@ -462,3 +462,92 @@ fn list_and_prune_without_the_identity_from_the_hosts_catalog() {
     let list = last_json(&HERO_SNAP.ok(&["list", dir, "-i", key.to_str().unwrap(), "--json"]))["result"].clone();
     assert!(list.as_array().unwrap().iter().all(|l| l["from_catalog"].is_null() && l["summary"].is_object()), "{list}");
 }
+
+/// A host that lost its state directory: `--since latest` reads the parent's index from
+/// the parent archive's end (decisions/D-17), and the incremental restores the live tree.
+#[test]
+fn without_the_index_cache_the_parents_index_is_read_from_the_archive() {
+    let a = Instance::new(&["default", "geomind"]);
+    let (key, recipient) = age_key(a.dir.path());
+    let folder = a.dir.path().join("archives");
+    fs::create_dir_all(&folder).unwrap();
+    // A file is taken as unchanged only if its ctime is before the parent's run (whole seconds).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let full = backup(&a, &recipient, &folder, "0-full.hsnap", &[]);
+    let state = a.path("var/lib/hero-snap");
+    fs::remove_dir_all(&state).unwrap();
+    change_round_one(&a);
+
+    // Without a key that opens it, the encrypted parent cannot be read: a full archive that says what to pass.
+    let no_key = backup(&a, &recipient, &folder, "1-full.hsnap", &["--since", "latest"]);
+    assert_eq!(no_key["manifest"]["format"], 1);
+    assert!(no_key["manifest"]["warnings"].to_string().contains("--parent-identity"), "{no_key}");
+    fs::remove_file(folder.join("1-full.hsnap")).unwrap();
+    fs::remove_dir_all(&state).unwrap();
+
+    let inc = backup(&a, &recipient, &folder, "1-inc.hsnap", &["--since", "latest", "--parent-identity", key.to_str().unwrap()]);
+    assert_eq!(inc["manifest"]["level"], 1, "{inc}");
+    assert_eq!(inc["manifest"]["parent"]["run_id"], full["manifest"]["run_id"]);
+    assert!(inc["manifest"]["warnings"].to_string().contains("parent-index-from-archive"), "{inc}");
+    // The same three unchanged files as with the cache (the chmod'ed one is archived: its ctime moved).
+    assert_eq!(inc["inherited"][0].as_u64().unwrap(), 3, "unchanged files were archived again, or changed ones not: {inc}");
+    let fetch = &inc["parent_fetch"];
+    let (fetched, size) = (fetch["fetched_bytes"].as_u64().unwrap(), fetch["archive_bytes"].as_u64().unwrap());
+    assert_eq!(size, fs::metadata(folder.join("0-full.hsnap")).unwrap().len());
+    assert!(fetched < size, "{fetch}");
+
+    let b = Instance::new(&[]);
+    HERO_SNAP.ok(&b.args(&["restore", "--from", folder.join("1-inc.hsnap").to_str().unwrap(), "-i", key.to_str().unwrap()]));
+    assert_eq!(snapshot_of(&b), snapshot_of(&a), "the incremental's restore differs from the live tree");
+
+    // The next incremental builds on this one from the cache again, by metadata.
+    let inc2 = backup(&a, &recipient, &folder, "2-inc.hsnap", &["--since", "latest"]);
+    assert_eq!(inc2["manifest"]["level"], 2);
+    assert!(inc2.get("parent_fetch").is_none(), "{inc2}");
+}
+
+/// A parent whose index trailer is damaged, or which is cut short, is refused naming it
+/// (never a panic), by the ranged reader as by `verify`.
+#[test]
+fn a_damaged_or_truncated_trailer_is_refused_naming_the_archive() {
+    let a = Instance::new(&["default"]);
+    let folder = a.dir.path().join("archives");
+    fs::create_dir_all(&folder).unwrap();
+    let state = a.path("var/lib/hero-snap");
+    let run = |name: &str, since: &str| {
+        let to = folder.join(name).display().to_string();
+        HERO_SNAP.run(&a.args(&["backup", "--allow-live", "--no-encrypt", "--json", "--to", &to, "--since", since]))
+    };
+    assert!(run("0.hsnap", "latest").status.success());
+    let good = fs::read(folder.join("0.hsnap")).unwrap();
+    let n = good.len();
+    // The trailer's offset (bytes 24..32 of its 40) and tag (8..16); then the file cut short.
+    let mut offset = good.clone();
+    offset[n - 16] ^= 0x01;
+    let mut tag = good.clone();
+    tag[n - 30] ^= 0x20;
+    for (what, bytes) in [("offset", offset), ("tag", tag), ("truncated", good[..n - 7].to_vec())] {
+        fs::write(folder.join("0.hsnap"), &bytes).unwrap();
+        let _ = fs::remove_dir_all(&state);
+        let out = run("1.hsnap", "latest");
+        let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(3), "{what}: {text}");
+        assert!(text.contains("0.hsnap"), "{what}: {text}");
+        assert!(!folder.join("1.hsnap").exists());
+        let _ = fs::remove_dir_all(&state);
+        let out = run("1.hsnap", folder.join("0.hsnap").to_str().unwrap());
+        let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(2), "{what}: {text}");
+        assert!(text.contains("0.hsnap") && text.contains("holds no index"), "{what}: {text}");
+        let out = HERO_SNAP.run(&["verify", "--allow-plaintext", "--from", folder.join("0.hsnap").to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(3), "{what}: verify: {}", stderr(&out));
+    }
+    // Intact again: a plaintext backup reads its plaintext parent's index by the trailer.
+    fs::write(folder.join("0.hsnap"), &good).unwrap();
+    let _ = fs::remove_dir_all(&state);
+    let out = run("1.hsnap", "latest");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result = &last_json(&out)["result"];
+    assert_eq!(result["manifest"]["level"], 1, "{result}");
+    assert_eq!(result["parent_fetch"]["archive_bytes"].as_u64().unwrap(), good.len() as u64, "{result}");
+}

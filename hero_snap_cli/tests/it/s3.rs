@@ -33,6 +33,7 @@ fn archives_in_object_storage() {
     gw.make_bucket("hero");
     round_trip(&gw);
     a_chain_in_a_prefix(&gw);
+    a_parents_index_by_ranged_reads(&gw);
     list_and_prune_a_prefix(&gw);
     killed_upload_is_aborted_by_gc(&gw);
     failed_backup_aborts_its_upload(&gw);
@@ -130,6 +131,48 @@ fn a_chain_in_a_prefix(gw: &Gateway) {
     let readme = "hero_foundry/contexts/default/files/docs/readme.md";
     gw.ok(&a.args(&["extract", "--from", url, "-i", key, "--path", readme, "--to", to.to_str().unwrap()]));
     assert_eq!(fs::read(to.join(readme)).unwrap(), fs::read(a.path(&format!("var/lib/hero/{readme}"))).unwrap());
+}
+
+/// A host without its state directory builds an incremental on the newest archive of the
+/// prefix: the parent's index is read by ranged GETs from the object's end (decisions/D-17),
+/// a small part of the object; a passphrase archive is opened with the backup's own passphrase.
+fn a_parents_index_by_ranged_reads(gw: &Gateway) {
+    let a = big_instance(24);
+    let pass = a.dir.path().join("pass.txt");
+    fs::write(&pass, "correct horse battery staple\n").unwrap();
+    fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pass = pass.to_str().unwrap();
+    let backup = |to: &str, since: &[&str]| {
+        let mut args = a.args(&["backup", "--allow-live", "--json", "--to", to, "--passphrase-file", pass]);
+        args.extend(since.iter().map(|s| s.to_string()));
+        let out = gw.hero_snap(&args, &[("HERO_SNAP_SCRYPT_WORK_FACTOR", "10")]);
+        assert!(out.status.success(), "backup to {to}: {}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        last_json(&out)["result"].clone()
+    };
+    // A file is taken as unchanged only if its ctime is before the parent's run (whole seconds).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let full = backup("s3://hero/ranged/0-full.hsnap", &[]);
+    fs::remove_dir_all(a.path("var/lib/hero-snap")).unwrap();
+    fs::write(a.path("var/lib/hero/hero_foundry/contexts/default/files/docs/new.md"), "new\n").unwrap();
+    let inc = backup("s3://hero/ranged/1-inc.hsnap", &["--since", "latest"]);
+    assert_eq!(inc["manifest"]["level"], 1, "{inc}");
+    assert_eq!(inc["manifest"]["parent"]["run_id"], full["manifest"]["run_id"]);
+    let fetch = &inc["parent_fetch"];
+    let (fetched, size) = (fetch["fetched_bytes"].as_u64().unwrap(), fetch["archive_bytes"].as_u64().unwrap());
+    assert_eq!(size, full["archive_bytes"].as_u64().unwrap(), "{fetch}");
+    eprintln!("ranged reads of the parent: {fetched} of {size} bytes in {} GETs", fetch["requests"]);
+    assert!(fetched * 20 < size, "the parent's index cost {fetched} of {size} bytes: {fetch}");
+    // Only the new file is in the incremental: the 24 MiB file is inherited, found unchanged by content.
+    let files = inc["manifest"]["files"].as_u64().unwrap();
+    assert_eq!(inc["inherited"][0].as_u64().unwrap(), files - 1, "{inc}");
+    assert!(inc["archive_bytes"].as_u64().unwrap() < 1 << 20, "{inc}");
+    let b = Instance::new(&[]);
+    let restore = b.args(&["restore", "--from", "s3://hero/ranged/1-inc.hsnap", "--passphrase-file", pass]);
+    let out = gw.hero_snap(&restore, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for dir in ["var/lib/hero/hero_db/data", "var/lib/hero/hero_foundry/contexts/default/files"] {
+        assert_same_tree(&a.path(dir), &b.path(dir));
+    }
 }
 
 /// `list` and `prune` over s3://BUCKET/PREFIX/: the same rules as for a directory, the

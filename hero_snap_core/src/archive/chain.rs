@@ -163,6 +163,9 @@ fn scan(mut file: File, what: &str, mut each: impl FnMut(&IndexEntry, (u64, u64,
     Ok(file)
 }
 
+/// A parent's index entry, with its (strong, weak) fingerprints when the index has them.
+pub(crate) type ParentEntry = (IndexEntry, Option<(u64, u64)>);
+
 /// A parent's index looked up by a backup. The backup walks the tree in the order the
 /// parent's walk did, so the line after the last one found is usually the one asked for:
 /// it is read sequentially, and the hashed table is asked only after a change.
@@ -174,11 +177,26 @@ pub(crate) struct ParentLookup {
     /// The next line in file order: its entry number, entry, and the offset after it.
     next: Option<(u32, IndexEntry, u64)>,
     /// The parent's two fingerprints per entry (strong, weak), read whole: 16 bytes a file.
-    fingerprints: Vec<u64>,
+    /// `None` for an index read from the archive itself, which has none (decisions/D-17).
+    fingerprints: Option<Vec<u64>>,
 }
 
 impl ParentLookup {
-    fn new(table: IndexTable, mut stat: File, stat_path: &Path) -> Result<ParentLookup> {
+    fn new(table: IndexTable, stat: Option<(File, &Path)>) -> Result<ParentLookup> {
+        let fingerprints = match stat {
+            Some((file, path)) => Some(Self::fingerprints(&table, file, path)?),
+            None => None,
+        };
+        let file = table.file.try_clone().map_err(Error::io(&table.what, "reading the index"))?;
+        let first = table.rows.iter().find(|r| r.2 == 0).map(|r| r.1);
+        let mut lookup = ParentLookup { table, lines: BufReader::with_capacity(1 << 16, file), at: 0, next: None, fingerprints };
+        if let Some(offset) = first {
+            lookup.read_next(offset, 0)?;
+        }
+        Ok(lookup)
+    }
+
+    fn fingerprints(table: &IndexTable, mut stat: File, stat_path: &Path) -> Result<Vec<u64>> {
         let mut bytes = Vec::with_capacity(table.len() * 16);
         stat.read_to_end(&mut bytes).map_err(Error::io(stat_path, "reading the cached fingerprints"))?;
         if bytes.len() != table.len() * 16 {
@@ -189,18 +207,12 @@ impl ParentLookup {
                 table.len()
             )));
         }
-        let fingerprints = bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
-        let file = table.file.try_clone().map_err(Error::io(&table.what, "reading the index"))?;
-        let first = table.rows.iter().find(|r| r.2 == 0).map(|r| r.1);
-        let mut lookup = ParentLookup { table, lines: BufReader::with_capacity(1 << 16, file), at: 0, next: None, fingerprints };
-        if let Some(offset) = first {
-            lookup.read_next(offset, 0)?;
-        }
-        Ok(lookup)
+        Ok(bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
     }
 
-    /// The parent's entry for `path`, with its (strong, weak) fingerprints.
-    pub(crate) fn get(&mut self, path: &str) -> Result<Option<(IndexEntry, u64, u64)>> {
+    /// The parent's entry for `path`, with its (strong, weak) fingerprints when the index
+    /// has them.
+    pub(crate) fn get(&mut self, path: &str) -> Result<Option<ParentEntry>> {
         let found = match self.next.take() {
             Some((number, entry, end)) if entry.path == path => Some((number, entry, end)),
             next => {
@@ -211,7 +223,7 @@ impl ParentLookup {
         let Some((number, entry, end)) = found else { return Ok(None) };
         self.read_next(end, number + 1)?;
         let i = number as usize * 2;
-        Ok(Some((entry, self.fingerprints[i], self.fingerprints[i + 1])))
+        Ok(Some((entry, self.fingerprints.as_ref().map(|f| (f[i], f[i + 1])))))
     }
 
     fn read_next(&mut self, offset: u64, number: u32) -> Result<()> {
@@ -257,6 +269,10 @@ pub(crate) struct CacheRecord {
     pub level: u32,
     /// Where the archive was written (a path or `s3://` URL; `-` for standard output).
     pub location: String,
+    /// The index was read from the archive (decisions/D-17), not kept by the backup that
+    /// wrote it: there are no fingerprints, files are compared by content.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_archive: bool,
 }
 
 impl CacheRecord {
@@ -271,6 +287,7 @@ impl CacheRecord {
             index_blake3: index_blake3.to_hex().to_string(),
             level: manifest.level,
             location: String::new(),
+            from_archive: false,
         }
     }
 
@@ -347,6 +364,25 @@ impl Cache {
         let (index, stat) = self.partial(&record.run_id)?;
         fs::rename(&index, self.index_path(&record.run_id)).map_err(Error::io(&index, "publishing the cached index"))?;
         fs::rename(&stat, self.stat_path(&record.run_id)).map_err(Error::io(&stat, "publishing the cached index"))?;
+        self.write_record(record)
+    }
+
+    /// Takes in the index of an archive read from the archive itself (`index`, a file in
+    /// the cache directory), under its record, then trims the series.
+    pub(crate) fn adopt(&self, record: &CacheRecord, index: &Path) -> Result<()> {
+        fs::rename(index, self.index_path(&record.run_id)).map_err(Error::io(index, "keeping the fetched index"))?;
+        let _ = fs::remove_file(self.stat_path(&record.run_id));
+        self.write_record(record)
+    }
+
+    /// A temporary file in the cache directory for an index fetched from an archive
+    /// (named so that `gc` removes it once this process is gone).
+    pub(crate) fn fetch_path(&self) -> Result<PathBuf> {
+        fs::create_dir_all(&self.dir).map_err(Error::io(&self.dir, "creating the index cache"))?;
+        Ok(self.dir.join(format!("{PARTIAL}fetch-{}.index.partial", std::process::id())))
+    }
+
+    fn write_record(&self, record: &CacheRecord) -> Result<()> {
         let yaml = serde_saphyr::to_string(record).map_err(|e| Error::command(format!("cannot write the index cache record: {e}")))?;
         let path = self.dir.join(format!("{}.yaml", record.run_id));
         let tmp = self.dir.join(format!("{PARTIAL}{}.yaml.partial", record.run_id));
@@ -392,9 +428,13 @@ impl Cache {
                 record.run_id
             )));
         }
+        let table = IndexTable::build(file, &path.display().to_string(), |_| true)?;
+        if record.from_archive {
+            return ParentLookup::new(table, None);
+        }
         let stat_path = self.stat_path(&record.run_id);
         let stat = File::open(&stat_path).map_err(Error::io(&stat_path, "opening the cached fingerprints"))?;
-        ParentLookup::new(IndexTable::build(file, &path.display().to_string(), |_| true)?, stat, &stat_path)
+        ParentLookup::new(table, Some((stat, &stat_path)))
     }
 }
 
@@ -432,10 +472,12 @@ impl<R: Read> Read for HashingReader<R> {
 /// Which archive an incremental backup builds on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Since {
-    /// The newest archive of the same instance and selection this host wrote to the same
-    /// folder or prefix (or to standard output, for `-`). Without one, the backup is full.
+    /// The newest archive of the same instance and selection in the same folder or prefix:
+    /// from the index cache (what this host wrote there, or to standard output for `-`),
+    /// else the newest one there whose index can be read from its end (decisions/D-17).
+    /// Without one, the backup is full.
     Latest,
-    /// This archive: a file or an `s3://` key this host wrote.
+    /// This archive: a file or an `s3://` key, its index from the cache or its end.
     Archive(super::Location),
 }
 
@@ -476,25 +518,46 @@ pub(crate) fn find_parent(cache: &Cache, since: &Since, instance: &str, selectio
         }
         Since::Archive(location) => {
             let key = location_key(location);
-            let record = records.into_iter().find(|r| r.location == key).ok_or_else(|| {
-                Error::Usage(format!(
-                    "{key}: the state directory ({}) holds no index of this archive (it keeps the last {CACHE_KEEP} of each series this host wrote); back up with --since latest, or without --since for a full archive",
-                    cache.dir.display()
-                ))
-            })?;
-            if record.instance != instance {
-                return Err(Error::Refused(format!(
-                    "{key}: is an archive of instance `{}`, not `{instance}`; an incremental builds on its own instance",
-                    record.instance
-                )));
-            }
-            if &record.selection != selection {
-                return Err(Error::Refused(format!(
-                    "{key}: was made with another selection of services and contexts; an incremental must select what its parent selected"
-                )));
-            }
+            let Some(record) = records.into_iter().find(|r| r.location == key) else { return Ok(None) };
+            check_series(&key, &record.instance, &record.selection, instance, selection)?;
             Ok(Some(record))
         }
+    }
+}
+
+/// An explicit parent must be of the same instance and selection as the backup.
+pub(crate) fn check_series(key: &str, its_instance: &str, its_selection: &SelectionRecord, instance: &str, selection: &SelectionRecord) -> Result<()> {
+    if its_instance != instance {
+        return Err(Error::Refused(format!("{key}: is an archive of instance `{its_instance}`, not `{instance}`; an incremental builds on its own instance")));
+    }
+    if its_selection != selection {
+        return Err(Error::Refused(format!(
+            "{key}: was made with another selection of services and contexts; an incremental must select what its parent selected"
+        )));
+    }
+    Ok(())
+}
+
+/// The refusal of an explicit parent whose index neither the cache nor the archive gives.
+pub(crate) fn not_cached(cache: &Cache, key: &str, why: &str) -> Error {
+    Error::Usage(format!(
+        "{key}: the state directory ({}) holds no index of this archive (it keeps the last {CACHE_KEEP} of each series this host wrote), and {why}; back up with --since latest, or without --since for a full archive",
+        cache.dir.display()
+    ))
+}
+
+/// The directory or S3 prefix an archive is in (`None` for standard input or output).
+pub(crate) fn folder_beside(loc: &super::Location) -> Option<super::Folder> {
+    match loc {
+        super::Location::File(p) => Some(super::Folder::Dir(match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        })),
+        super::Location::S3(o) => {
+            let prefix = o.key.rsplit_once('/').map(|(p, _)| format!("{p}/")).unwrap_or_default();
+            Some(super::Folder::S3(super::S3Prefix { bucket: o.bucket.clone(), prefix, config: o.config.clone() }))
+        }
+        super::Location::Stdio => None,
     }
 }
 
@@ -510,18 +573,7 @@ pub struct Ancestors {
 impl Ancestors {
     /// Ancestors among `given`, then in the folder of `newest`.
     pub fn new(newest: &super::Location, given: Vec<super::Location>) -> Ancestors {
-        let beside = match newest {
-            super::Location::File(p) => Some(super::Folder::Dir(match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                _ => PathBuf::from("."),
-            })),
-            super::Location::S3(o) => {
-                let prefix = o.key.rsplit_once('/').map(|(p, _)| format!("{p}/")).unwrap_or_default();
-                Some(super::Folder::S3(super::S3Prefix { bucket: o.bucket.clone(), prefix, config: o.config.clone() }))
-            }
-            super::Location::Stdio => None,
-        };
-        Ancestors { given, beside, known: None }
+        Ancestors { given, beside: folder_beside(newest), known: None }
     }
 
     /// No ancestors: restoring an incremental is refused, naming its parent.
@@ -760,7 +812,7 @@ mod tests {
         let paths = ["a/1", "a/2", "a/3", "b/1", "b/2", "c"];
         let (index, stat) = cached(dir.path(), &paths);
         let table = IndexTable::build(index, "i", |_| true).unwrap();
-        let mut lookup = ParentLookup::new(table, stat, &dir.path().join("s")).unwrap();
+        let mut lookup = ParentLookup::new(table, Some((stat, &dir.path().join("s")))).unwrap();
         // In order, with a new file between, a deleted one (a/3) skipped, then out of order.
         for (path, want) in [
             ("a/1", Some(0)),
@@ -777,7 +829,8 @@ mod tests {
             match want {
                 None => assert!(got.is_none(), "{path}"),
                 Some(n) => {
-                    let (entry, strong, weak) = got.unwrap_or_else(|| panic!("{path} not found"));
+                    let (entry, prints) = got.unwrap_or_else(|| panic!("{path} not found"));
+                    let (strong, weak) = prints.expect("fingerprints");
                     assert_eq!((entry.path.as_str(), entry.size, strong, weak), (path, n + 1, 100 + n, 200 + n), "{path}");
                 }
             }
@@ -790,7 +843,7 @@ mod tests {
         let (index, _) = cached(dir.path(), &["a", "b"]);
         fs::write(dir.path().join("s"), [0u8; 24]).unwrap();
         let table = IndexTable::build(index, "i", |_| true).unwrap();
-        let err = ParentLookup::new(table, File::open(dir.path().join("s")).unwrap(), &dir.path().join("s")).err().expect("refused");
+        let err = ParentLookup::new(table, Some((File::open(dir.path().join("s")).unwrap(), &dir.path().join("s")))).err().expect("refused");
         assert!(err.to_string().contains("delete it and run a full backup"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! The age layer: who can read an archive (recipients or a passphrase) and the keys that
 //! open it. Key material is never logged or put in an error message.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -331,6 +331,26 @@ pub(crate) fn open_compressed_stream<'a, R: Read + 'a>(input: R, keys: &Decrypti
     Ok(compressed)
 }
 
+/// A stream that can be read from any place.
+pub(crate) trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// Opens the decrypted (still compressed) stream of an archive so that it can be read
+/// from any place: age authenticates each 64 KiB chunk on its own, and its reader seeks
+/// by chunk (decisions/D-17). hero-snap never writes armored archives; one is refused here.
+pub(crate) fn open_seekable<'a, R: Read + Seek + 'a>(input: R, keys: &Decryption) -> Result<Box<dyn ReadSeek + 'a>> {
+    let mut buf = BufReader::with_capacity(1 << 16, input);
+    let head = buf.fill_buf().map_err(|e| Error::Corrupt(format!("cannot read the archive: {e}")))?;
+    match sniff(head) {
+        None if head.is_empty() => Err(Error::Corrupt("the archive is empty".into())),
+        None => Err(Error::Corrupt("not a hero-snap archive: neither age-encrypted nor zstd-compressed".into())),
+        Some(Kind::Zstd) if !keys.allow_plaintext => Err(Error::Crypto("the archive is not encrypted; pass --allow-plaintext to read it anyway".into())),
+        Some(Kind::Zstd) => Ok(Box::new(buf)),
+        Some(Kind::ArmoredAge) => Err(Error::Refused("an ASCII-armored archive cannot be read in parts; dearmor it with `age -d` first".into())),
+        Some(Kind::Age) => Ok(Box::new(decrypt(BufReader::new(HeaderGuard::new(buf)), keys)?)),
+    }
+}
+
 fn decrypt<'a, R: BufRead + 'a>(input: R, keys: &Decryption) -> Result<age::stream::StreamReader<R>> {
     let dec = age::Decryptor::new_buffered(input).map_err(|e| match e {
         age::DecryptError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<HeaderTooLarge>()) => Error::Refused(e.to_string()),
@@ -391,6 +411,13 @@ struct HeaderGuard<R> {
 impl<R> HeaderGuard<R> {
     fn new(inner: R) -> HeaderGuard<R> {
         HeaderGuard { inner, done: false, bytes: 0, stanzas: 0, line_head: Vec::with_capacity(3), at_line_start: true }
+    }
+}
+
+/// Seeking happens only after the header (age seeks within its payload).
+impl<R: Seek> Seek for HeaderGuard<R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
     }
 }
 

@@ -158,7 +158,7 @@ impl Summary {
             consistency: m.consistency,
             services: m.services.iter().map(|s| s.name.clone()).collect(),
             contexts: contexts.into_iter().cloned().collect(),
-            selection: selection_label(m),
+            selection: selection_label(&m.selection),
             files: m.files,
             bytes: m.bytes,
             level: (m.level > 0).then_some(m.level),
@@ -168,8 +168,7 @@ impl Summary {
 }
 
 /// Archives of one series share instance and selection; retention counts within a series.
-fn selection_label(m: &Manifest) -> String {
-    let s = &m.selection;
+pub(crate) fn selection_label(s: &super::SelectionRecord) -> String {
     if s.services.is_empty() && s.contexts.is_empty() {
         return "whole instance".into();
     }

@@ -13,8 +13,10 @@ pub(crate) mod folder;
 pub(crate) mod format;
 pub(crate) mod location;
 pub(crate) mod pattern;
+pub(crate) mod ranged;
 pub(crate) mod read;
 pub(crate) mod s3;
+pub(crate) mod trailer;
 pub(crate) mod write;
 
 pub use chain::{Ancestors, Since};
@@ -25,5 +27,6 @@ pub use format::{
 };
 pub use location::{Extent, Location};
 pub use pattern::PathPatterns;
+pub use ranged::ParentFetch;
 pub use s3::{BytesPerSec, S3Config, S3Object, S3Prefix};
 pub use write::Compression;

@@ -10,13 +10,14 @@ use tar::EntryType;
 use super::chain::HashingReader;
 use super::crypto::{open_compressed_stream, open_tar_stream, Decryption};
 use super::format::{split_member, IndexEntry, Manifest, MemberKey, INDEX_PATH, MANIFEST_PATH};
+use super::trailer::{Trailer, TRAILER_LEN};
 use crate::error::{Error, Result};
 use crate::progress::Cancel;
 
 /// Largest manifest accepted (a manifest is a few KiB; anything huge is hostile).
 const MANIFEST_LIMIT: u64 = 16 << 20;
 /// Largest index accepted (about 10 million files).
-const INDEX_LIMIT: u64 = 2 << 30;
+pub(crate) const INDEX_LIMIT: u64 = 2 << 30;
 
 /// Whether the manifest lists the member's surface (and its context).
 fn declared(m: &Manifest, key: &MemberKey) -> bool {
@@ -121,7 +122,7 @@ pub(crate) trait Visitor {
 /// scoped thread decompresses, another parses the tar stream and runs the visitor
 /// (writing files, hashing). They hand over [`CHUNK`]-sized buffers.
 pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut (impl Visitor + Send), cancel: &Cancel) -> Result<ReadOutcome> {
-    let mut compressed = open_compressed_stream(input, keys)?;
+    let mut compressed = EndCheck { inner: open_compressed_stream(input, keys)?, len: 0, tail: Vec::with_capacity(2 * TRAILER_LEN as usize) };
     let stream_failed = AtomicBool::new(false);
     let (compressed_tx, compressed_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
     let (compressed_empty_tx, compressed_empty_rx) = mpsc::channel::<Vec<u8>>();
@@ -147,6 +148,38 @@ pub(crate) fn read_archive(input: impl Read, keys: &Decryption, visitor: &mut (i
         drop(compressed_tx);
         parser.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// The compressed stream, whose end is checked for a damaged index trailer (zstd
+/// decoders skip its frame unread; decisions/D-17).
+struct EndCheck<'a> {
+    inner: Box<dyn Read + 'a>,
+    len: u64,
+    /// The last bytes read, at least [`TRAILER_LEN`] once that many were read.
+    tail: Vec<u8>,
+}
+
+impl Read for EndCheck<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let keep = TRAILER_LEN as usize;
+        if n == 0 && !buf.is_empty() {
+            let at = self.tail.len().saturating_sub(keep);
+            Trailer::check_end(&self.tail[at..], self.len).map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))?;
+            return Ok(0);
+        }
+        self.len += n as u64;
+        if n >= keep {
+            self.tail.clear();
+            self.tail.extend_from_slice(&buf[n - keep..n]);
+        } else {
+            self.tail.extend_from_slice(&buf[..n]);
+            if self.tail.len() > 2 * keep {
+                self.tail.drain(..self.tail.len() - keep);
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Size of the buffers the stages hand on.
@@ -506,7 +539,7 @@ fn check_index<R: Read>(entry: &mut tar::Entry<R>, manifest: (&blake3::Hash, u32
 }
 
 /// The index's lines up to `index:`, checked against the manifest's hash and format.
-fn parse_index_head(head: &str, manifest_hash: &blake3::Hash, manifest_format: u32) -> Result<IndexHead> {
+pub(crate) fn parse_index_head(head: &str, manifest_hash: &blake3::Hash, manifest_format: u32) -> Result<IndexHead> {
     #[derive(serde::Deserialize)]
     struct Format {
         format: u32,

@@ -401,6 +401,33 @@ pub(crate) fn open(obj: &S3Object, whole: bool) -> Result<Box<dyn Read>> {
     Ok(Box::new(inner))
 }
 
+/// An object read in parts, one ranged GET per call: what a reader of an archive's end
+/// alone uses (decisions/D-17). Every read asks for the version first seen (its ETag), so
+/// that an object replaced meanwhile fails the read instead of mixing two archives.
+pub(crate) struct Ranged {
+    store: Arc<Store>,
+    obj: S3Object,
+    etag: Option<String>,
+    /// The object's size in bytes.
+    pub size: u64,
+}
+
+impl Ranged {
+    pub(crate) fn open(obj: &S3Object) -> Result<Ranged> {
+        let store = Store::get(obj)?;
+        transport::DOWNLOAD.set(obj.config.limit_download);
+        let meta = store.bop.stat(&obj.key).map_err(|e| store.explain(obj, "reading the archive", e))?;
+        Ok(Ranged { size: meta.content_length(), etag: meta.etag().map(str::to_string), store, obj: obj.clone() })
+    }
+
+    /// The bytes `range` of the object.
+    pub(crate) fn read(&self, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
+        let opts = opendal::options::ReadOptions { range: range.into(), if_match: self.etag.clone(), ..Default::default() };
+        let buf = self.store.bop.read_options(&self.obj.key, opts).map_err(|e| io::Error::other(self.store.error(&self.obj, "reading the archive", e)))?;
+        Ok(buf.to_vec())
+    }
+}
+
 /// What an upload left for its caller: the first storage error (its text says more than
 /// the io::Error the archive writer sees) and whether an abort went through.
 #[derive(Default)]

@@ -15,6 +15,7 @@ use tar::{EntryType, Header, HeaderMode};
 use super::chain::{fingerprint, HashingWriter, ParentLookup};
 use super::crypto::{EncryptedWriter, Encryption};
 use super::format::{Index, Manifest, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT, INDEX_PATH, MANIFEST_PATH};
+use super::trailer::Trailer;
 use crate::error::{Error, Result};
 use crate::fs_tree::{hash_reader, name_path, walk, walk_error};
 use crate::progress::{Cancel, Event, Progress};
@@ -38,7 +39,74 @@ impl Default for Compression {
 /// The BufWriter gathers tar's small writes (a 512-byte header, a small file's data, its
 /// padding): zstd's multithreaded stream takes a lock and some bookkeeping per call, which
 /// for a million small files cost more than tar's own work.
-type Stack<W> = tar::Builder<BufWriter<zstd::stream::write::Encoder<'static, OutputThread<W>>>>;
+type Stack<W> = tar::Builder<BufWriter<Frames<OutputThread<W>>>>;
+
+/// The zstd layer as a sequence of frames: the manifest and data in the first, the index
+/// member and tar's end blocks in one of their own, so that a reader can decompress the
+/// index alone from the offset the trailer gives (decisions/D-17). zstd's `Encoder` cannot
+/// be written to after it ends a frame, so each frame gets an encoder of its own.
+pub(crate) struct Frames<W: Write> {
+    z: Option<zstd::stream::write::Encoder<'static, W>>,
+    comp: Compression,
+}
+
+impl<W: Write + Counted> Frames<W> {
+    fn new(out: W, comp: Compression) -> Result<Frames<W>> {
+        Ok(Frames { z: Some(Self::encoder(out, comp)?), comp })
+    }
+
+    fn encoder(out: W, comp: Compression) -> Result<zstd::stream::write::Encoder<'static, W>> {
+        let mut z = zstd::stream::write::Encoder::new(out, comp.level).map_err(|e| Error::Usage(format!("zstd level {}: {e}", comp.level)))?;
+        // A checksum per frame: a flipped byte is caught even where tar ignores content (padding).
+        z.include_checksum(true).map_err(|e| Error::Usage(format!("zstd: {e}")))?;
+        if comp.threads > 0 {
+            z.multithread(comp.threads).map_err(|e| Error::Usage(format!("zstd threads: {e}")))?;
+        }
+        Ok(z)
+    }
+
+    /// Ends the current frame; what is written next goes into a new one, which starts at
+    /// the returned offset of the compressed stream.
+    fn end_frame(&mut self) -> Result<u64> {
+        let z = self.z.take().ok_or_else(|| out_err(io::Error::other("the zstd stream ended with an error")))?;
+        let out = z.finish().map_err(out_err)?;
+        let at = out.written();
+        self.z = Some(Self::encoder(out, self.comp)?);
+        Ok(at)
+    }
+
+    /// Ends the last frame: the output, and the offset where the frame ended.
+    fn finish(mut self) -> Result<(W, u64)> {
+        let z = self.z.take().ok_or_else(|| out_err(io::Error::other("the zstd stream ended with an error")))?;
+        let out = z.finish().map_err(out_err)?;
+        let at = out.written();
+        Ok((out, at))
+    }
+}
+
+impl<W: Write> Write for Frames<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.z.as_mut() {
+            Some(z) => z.write(buf),
+            None => Err(io::Error::other("the zstd stream ended with an error")),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.z.as_mut() {
+            Some(z) => z.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn out_err(e: io::Error) -> Error {
+    Error::Io { path: PathBuf::from("<archive output>"), action: "writing the archive", source: e }
+}
+
+/// A writer that knows how many bytes went through it: where a zstd frame starts.
+pub(crate) trait Counted {
+    fn written(&self) -> u64;
+}
 
 pub(crate) struct ArchiveWriter<W: Write + Send + 'static> {
     tar: Stack<W>,
@@ -70,6 +138,13 @@ pub(crate) struct ParentIndex {
     pub run_id: String,
     /// Compare content too (`--rehash`), not metadata alone.
     pub rehash: bool,
+    /// The index was read from the parent archive (decisions/D-17), at this cost.
+    pub fetch: Option<super::ParentFetch>,
+    /// For an index without fingerprints (read from the archive): when the parent's run
+    /// started (seconds since the epoch; `i64::MIN` when unknown). A file whose ctime is not
+    /// before it may have changed owner, mode, times or xattrs since, which only the
+    /// fingerprints would show; it is archived again.
+    pub changed_before: i64,
 }
 
 /// Writes smaller than this reach zstd gathered; file data (1 MiB steps) passes straight.
@@ -83,12 +158,7 @@ const COPY_BUF: usize = 1 << 20;
 impl<W: Write + Send + 'static> ArchiveWriter<W> {
     pub(crate) fn new(out: W, enc: &Encryption, comp: Compression) -> Result<ArchiveWriter<W>> {
         let enc = OutputThread::start(EncryptedWriter::new(out, enc)?);
-        let mut z = zstd::stream::write::Encoder::new(enc, comp.level).map_err(|e| Error::Usage(format!("zstd level {}: {e}", comp.level)))?;
-        // A checksum per frame: a flipped byte is caught even where tar ignores content (padding).
-        z.include_checksum(true).map_err(|e| Error::Usage(format!("zstd: {e}")))?;
-        if comp.threads > 0 {
-            z.multithread(comp.threads).map_err(|e| Error::Usage(format!("zstd threads: {e}")))?;
-        }
+        let z = Frames::new(enc, comp)?;
         let mut tar = tar::Builder::new(BufWriter::with_capacity(TAR_BUFFER, z));
         tar.mode(HeaderMode::Complete);
         tar.follow_symlinks(false);
@@ -112,13 +182,18 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         })
     }
 
+    /// What reading the parent's index from its archive cost, if it was read so.
+    pub(crate) fn parent_fetch(&mut self) -> Option<super::ParentFetch> {
+        self.parent.as_mut().and_then(|p| p.fetch.take())
+    }
+
     /// Makes this an incremental of `parent`: call before the first tree.
     pub(crate) fn incremental(&mut self, parent: ParentIndex) {
         self.parent = Some(parent);
     }
 
     fn out_err(e: io::Error) -> Error {
-        Error::Io { path: PathBuf::from("<archive output>"), action: "writing the archive", source: e }
+        out_err(e)
     }
 
     /// The first member. Must be called once, before any tree.
@@ -347,19 +422,21 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
     /// Lists the file as held by an ancestor if the parent's index has it unchanged.
     fn inherit(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata) -> Result<bool> {
         let Some(parent) = &mut self.parent else { return Ok(false) };
-        let Some((entry, strong, weak)) = parent.lookup.get(member)? else { return Ok(false) };
+        let Some((entry, prints)) = parent.lookup.get(member)? else { return Ok(false) };
         if entry.size != meta.len() {
             return Ok(false);
         }
-        let same = if parent.rehash {
-            weak == fingerprint(meta, false) && {
-                let mut f = open_source(path).map_err(Error::io(path, "opening"))?;
-                hash_reader(&mut f).map_err(Error::io(path, "reading"))?.to_hex().as_str() == entry.blake3
-            }
-        } else if self.stable {
-            strong == fingerprint(meta, true)
-        } else {
-            weak == fingerprint(meta, false)
+        let same_content = || -> Result<bool> {
+            let mut f = open_source(path).map_err(Error::io(path, "opening"))?;
+            Ok(hash_reader(&mut f).map_err(Error::io(path, "reading"))?.to_hex().as_str() == entry.blake3)
+        };
+        let same = match prints {
+            // An index read from the archive has no metadata to compare (D-17): ctime, which
+            // every change of content or metadata moves, says it is as old as the parent.
+            None => meta.ctime() < parent.changed_before && same_content()?,
+            Some((_, weak)) if parent.rehash => weak == fingerprint(meta, false) && same_content()?,
+            Some((strong, _)) if self.stable => strong == fingerprint(meta, true),
+            Some((_, weak)) => weak == fingerprint(meta, false),
         };
         if !same {
             return Ok(false);
@@ -407,9 +484,14 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         header.set_size(head.len() as u64 + spill_len);
         header.set_mode(0o644);
         header.set_mtime(now_secs());
+        self.tar.get_mut().flush().map_err(Self::out_err)?;
+        let offset = self.tar.get_mut().get_mut().end_frame()?;
         self.tar.append_data(&mut header, INDEX_PATH, (&head[..]).chain(spill)).map_err(Self::out_err)?;
+        // tar's end blocks go into the index frame: the data frame then ends mid-archive,
+        // which only matters to a reader that stops at a frame's end, and none does.
         let z = self.tar.into_inner().map_err(Self::out_err)?.into_inner().map_err(|e| Self::out_err(e.into_error()))?;
-        let enc = z.finish().map_err(Self::out_err)?;
+        let (mut enc, end) = z.finish()?;
+        enc.write_all(&Trailer { offset, length: end - offset }.encode()).map_err(Self::out_err)?;
         let out = enc.finish().map_err(Self::out_err)?;
         Ok((out, ArchiveTotals { files: self.files, entries: self.entries, bytes: self.bytes, manifest_blake3: manifest_hash, index_blake3 }))
     }
@@ -428,6 +510,14 @@ pub(crate) struct OutputThread<W: Write + Send + 'static> {
     recycled: mpsc::Receiver<Vec<u8>>,
     buf: Vec<u8>,
     thread: Option<std::thread::JoinHandle<io::Result<Option<W>>>>,
+    /// Bytes taken so far.
+    written: u64,
+}
+
+impl<W: Write + Send + 'static> Counted for OutputThread<W> {
+    fn written(&self) -> u64 {
+        self.written
+    }
 }
 
 const OUTPUT_CHUNK: usize = 1 << 20;
@@ -452,7 +542,7 @@ impl<W: Write + Send + 'static> OutputThread<W> {
                 Ok(None)
             })
             .expect("spawning the archive output thread");
-        OutputThread { tx: Some(tx), recycled, buf: Vec::with_capacity(OUTPUT_CHUNK), thread: Some(thread) }
+        OutputThread { tx: Some(tx), recycled, buf: Vec::with_capacity(OUTPUT_CHUNK), thread: Some(thread), written: 0 }
     }
 
     fn send(&mut self, msg: Option<Vec<u8>>) -> io::Result<()> {
@@ -501,6 +591,7 @@ impl<W: Write + Send + 'static> Write for OutputThread<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(OUTPUT_CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
+        self.written += n as u64;
         if self.buf.len() == OUTPUT_CHUNK {
             self.send_buf()?;
         }

@@ -10,9 +10,10 @@ use serde::Serialize;
 use crate::archive::catalog::Catalog;
 use crate::archive::chain::{self, Cache, CacheRecord, Since};
 use crate::archive::format::{surface_member_root, Manifest, ManifestService, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT};
+use crate::archive::ranged::{parent_from_archive, FromArchive, ParentFetch};
 use crate::archive::s3::{self, S3Object};
 use crate::archive::write::{ArchiveWriter, ParentIndex};
-use crate::archive::{Compression, Encryption, Location};
+use crate::archive::{Compression, Decryption, DecryptionChoice, Encryption, Location};
 use crate::error::{Error, Result};
 use crate::exports;
 use crate::freeze::{self, FreezeOptions};
@@ -51,6 +52,10 @@ pub struct BackupOptions {
     /// With `since`: start a new full archive when the parent's chain has this many
     /// archives (the full one included).
     pub full_every: Option<u32>,
+    /// With `since`: keys that open the parent archive, to read its index from the archive
+    /// when the state directory's cache lacks it (decisions/D-17). The backup's own
+    /// passphrase, and plaintext with [`Encryption::None`], are tried without being given.
+    pub parent_keys: DecryptionChoice,
 }
 
 impl BackupOptions {
@@ -66,6 +71,7 @@ impl BackupOptions {
             since: None,
             rehash: false,
             full_every: None,
+            parent_keys: DecryptionChoice::default(),
         }
     }
 }
@@ -83,6 +89,10 @@ pub struct BackupReport {
     /// An incremental's files listed as held by an ancestor (not in this archive), and their bytes.
     #[serde(skip_serializing_if = "none_inherited")]
     pub inherited: (u64, u64),
+    /// The parent's index was read from the parent archive by ranged reads, at this cost
+    /// (the state directory's cache did not have it; decisions/D-17).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_fetch: Option<ParentFetch>,
     /// What the index cache keeps of this archive once it is published.
     #[serde(skip)]
     cached: Option<CacheRecord>,
@@ -113,7 +123,7 @@ pub fn backup<W: Write + Send + 'static>(inv: &Inventory, opts: &BackupOptions, 
     if opts.since.is_some() {
         return Err(Error::Usage("an incremental backup is written with backup_to, which keeps the indexes it builds on".into()));
     }
-    backup_cached(inv, opts, out, "-", progress, cancel).map(|(mut report, out)| {
+    backup_cached(inv, opts, out, ("-", None), progress, cancel).map(|(mut report, out)| {
         if let Some(record) = report.cached.take() {
             Cache::new(&state::state_dir(opts.state_dir.as_deref(), Some(inv))).discard(&record.run_id);
         }
@@ -126,14 +136,15 @@ fn backup_cached<W: Write + Send + 'static>(
     inv: &Inventory,
     opts: &BackupOptions,
     out: W,
-    to: &str,
+    to: (&str, Option<&Location>),
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<(BackupReport, W)> {
     let state = state::state_dir(opts.state_dir.as_deref(), Some(inv));
     let run = state::run_id();
     let cache = Cache::new(&state);
-    let result = run_backup(inv, opts, out, (&state, &run, to), progress, cancel).map_err(|e| cancel.explain(e));
+    let target = Target { state: &state, run: &run, key: to.0, location: to.1 };
+    let result = run_backup(inv, opts, out, &target, progress, cancel).map_err(|e| cancel.explain(e));
     if result.is_err() {
         cache.discard(&run);
     }
@@ -142,15 +153,31 @@ fn backup_cached<W: Write + Send + 'static>(
 
 /// The cache record and index of the parent, or `None` for a full archive (with the
 /// warning that says why, when `--since latest` found none or the chain is long enough).
-fn resolve_parent(inv: &Inventory, opts: &BackupOptions, state: &Path, to: &str, warnings: &mut Vec<Warning>) -> Result<Option<(CacheRecord, ParentIndex)>> {
+fn resolve_parent(inv: &Inventory, opts: &BackupOptions, target: &Target<'_>, warnings: &mut Vec<Warning>) -> Result<Option<(CacheRecord, ParentIndex)>> {
     let Some(since) = &opts.since else { return Ok(None) };
-    let cache = Cache::new(state);
-    let Some(record) = chain::find_parent(&cache, since, &inv.instance, &opts.selection.record(), to)? else {
-        warnings.push(Warning {
-            code: "full-no-parent".into(),
-            message: format!("no earlier archive of this instance and selection beside {to} is in the index cache; this archive is a full one"),
-        });
-        return Ok(None);
+    let cache = Cache::new(target.state);
+    let to = target.key;
+    let selection = opts.selection.record();
+    let mut fetch = None;
+    let record = match chain::find_parent(&cache, since, &inv.instance, &selection, to)? {
+        Some(record) => record,
+        None => match parent_from_archive(&cache, since, (&inv.instance, &selection), target.location, &parent_keys(opts)?)? {
+            FromArchive::Parent(found) => {
+                let (record, fetched) = *found;
+                warnings.push(fetched_warning(&fetched));
+                fetch = Some(fetched);
+                record
+            }
+            FromArchive::NoParent(why) => {
+                warnings.push(Warning {
+                    code: "full-no-parent".into(),
+                    message: format!(
+                        "no earlier archive of this instance and selection beside {to} is in the index cache, and {why}; this archive is a full one"
+                    ),
+                });
+                return Ok(None);
+            }
+        },
     };
     if opts.full_every.is_some_and(|n| record.level + 1 >= n) {
         warnings.push(Warning {
@@ -159,8 +186,33 @@ fn resolve_parent(inv: &Inventory, opts: &BackupOptions, state: &Path, to: &str,
         });
         return Ok(None);
     }
-    let parent = ParentIndex { lookup: cache.open(&record)?, run_id: record.run_id.clone(), rehash: opts.rehash };
+    let changed_before = if record.from_archive { state::run_started(&record.run_id).unwrap_or(i64::MIN) } else { i64::MAX };
+    let parent = ParentIndex { lookup: cache.open(&record)?, run_id: record.run_id.clone(), rehash: opts.rehash, fetch, changed_before };
     Ok(Some((record, parent)))
+}
+
+/// The keys that may open a parent archive: those given, the backup's own passphrase,
+/// and plaintext when the backup itself is plaintext.
+fn parent_keys(opts: &BackupOptions) -> Result<Decryption> {
+    let mut keys = opts.parent_keys.resolve()?;
+    match &opts.encryption {
+        Encryption::Passphrase { passphrase, .. } => keys.set_passphrase(passphrase.clone()),
+        Encryption::None => keys.allow_plaintext = true,
+        Encryption::Recipients(_) => {}
+    }
+    Ok(keys)
+}
+
+/// Says that the parent's index came from the archive, and that without fingerprints
+/// files are compared by content.
+fn fetched_warning(f: &ParentFetch) -> Warning {
+    Warning {
+        code: "parent-index-from-archive".into(),
+        message: format!(
+            "the index cache does not hold the parent {}; its index was read from {} by ranged reads ({} of {} bytes, {} reads); it has no metadata fingerprints, so a file is taken as unchanged only when its size and content (as --rehash) are the parent's and its ctime is older than the parent's run",
+            f.run_id, f.location, f.fetched_bytes, f.archive_bytes, f.requests
+        ),
+    }
 }
 
 /// Counts the files and bytes of every view into the manifest's services and surfaces;
@@ -194,21 +246,30 @@ fn publish(inv: &Inventory, opts: &BackupOptions, report: &mut BackupReport, loc
     Cache::new(&state).publish(&record)
 }
 
-type RunIds<'a> = (&'a Path, &'a str, &'a str);
+/// A run's state directory and id, and where its archive goes: as the cache records it
+/// (`key`), and the location itself (`None` for standard output).
+struct Target<'a> {
+    state: &'a Path,
+    run: &'a str,
+    key: &'a str,
+    location: Option<&'a Location>,
+}
 
 fn run_backup<W: Write + Send + 'static>(
     inv: &Inventory,
     opts: &BackupOptions,
     out: W,
-    ids: RunIds<'_>,
+    target: &Target<'_>,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<(BackupReport, W)> {
-    let (state, run, to) = ids;
-    let (state, run) = (state.to_path_buf(), run.to_string());
+    let (state, run) = (target.state.to_path_buf(), target.run.to_string());
     let plan::Selected { mut jobs, mut services, mut warnings, mut outcomes, exports: export_jobs } = plan::select(inv, &opts.selection)?;
     let placement = plan::place(inv, &mut jobs, opts.allow_live)?;
-    let parent = resolve_parent(inv, opts, &state, to, &mut warnings)?;
+    let parent = resolve_parent(inv, opts, target, &mut warnings)?;
+    for w in warnings.iter().filter(|w| w.code == "parent-index-from-archive") {
+        progress.event(&Event::Warning { warning: w.clone() });
+    }
     cancel.check()?;
     // Before the freeze: a frozen service cannot answer its own client (D-16). Removed
     // when this function returns, whatever it returns.
@@ -286,6 +347,7 @@ fn finish_archive<W: Write + Send + 'static>(
     frozen.check()?;
     let mut late_warnings = std::mem::take(&mut writer.warnings);
     let inherited = writer.inherited;
+    let parent_fetch = writer.parent_fetch();
     let cache_files = Cache::new(state).partial(run)?;
     let (counted, totals) = writer.finish(Some((&cache_files.0, &cache_files.1)))?;
     failpoint("backup-archive-finished");
@@ -299,7 +361,7 @@ fn finish_archive<W: Write + Send + 'static>(
     for o in &outcomes {
         progress.event(&Event::Outcome(o.clone()));
     }
-    Ok((BackupReport { manifest, archive_bytes: counted.count, outcomes, inherited, cached: Some(cached) }, counted.inner))
+    Ok((BackupReport { manifest, archive_bytes: counted.count, outcomes, inherited, parent_fetch, cached: Some(cached) }, counted.inner))
 }
 
 /// Writes the archive to `path` under a temporary name, fsyncs it and renames it into
@@ -319,11 +381,18 @@ pub fn backup_to_file(inv: &Inventory, opts: &BackupOptions, path: &Path, progre
     let file = tmp.as_file().try_clone().map_err(Error::io(tmp.path(), "opening"))?;
     // The writer does not know where its output goes: name the file in its errors.
     let key = chain::location_key(&Location::File(path.to_path_buf()));
-    let (mut report, buffered) =
-        backup_cached(inv, opts, BufWriter::with_capacity(1 << 20, WriteBehind::new(file)), &key, progress, cancel).map_err(|e| match e {
-            Error::Io { path: p, action, source } if p.as_os_str() == "<archive output>" => Error::Io { path: path.to_path_buf(), action, source },
-            other => other,
-        })?;
+    let (mut report, buffered) = backup_cached(
+        inv,
+        opts,
+        BufWriter::with_capacity(1 << 20, WriteBehind::new(file)),
+        (&key, Some(&Location::File(path.to_path_buf()))),
+        progress,
+        cancel,
+    )
+    .map_err(|e| match e {
+        Error::Io { path: p, action, source } if p.as_os_str() == "<archive output>" => Error::Io { path: path.to_path_buf(), action, source },
+        other => other,
+    })?;
     let file: File = buffered.into_inner().map_err(|e| Error::io(tmp.path(), "writing the archive")(e.into_error()))?.file;
     file.sync_all().map_err(Error::io(tmp.path(), "syncing the archive"))?;
     failpoint("backup-before-rename");
@@ -349,7 +418,7 @@ pub fn backup_to(inv: &Inventory, opts: &BackupOptions, to: &Location, progress:
             }
             // Not locked: the archive is written from its own thread (`backup`).
             let out = io::BufWriter::with_capacity(1 << 20, stdout);
-            let (mut report, mut out) = backup_cached(inv, opts, out, "-", progress, cancel)?;
+            let (mut report, mut out) = backup_cached(inv, opts, out, ("-", None), progress, cancel)?;
             out.flush().map_err(Error::io("-", "writing the archive"))?;
             publish(inv, opts, &mut report, "-")?;
             Ok(report)
@@ -364,7 +433,7 @@ fn backup_to_s3(inv: &Inventory, opts: &BackupOptions, obj: &S3Object, progress:
     let (upload, outcome) = s3::Upload::start(obj)?;
     // Journaled before the first part leaves, so that a killed run's upload can be found.
     state::journal::save(&state, "upload", &run, &s3::UploadJournal::new(&run, obj))?;
-    let result = backup_cached(inv, opts, upload, &obj.url(), progress, cancel).and_then(|(mut report, upload)| {
+    let result = backup_cached(inv, opts, upload, (&obj.url(), Some(&Location::S3(obj.clone()))), progress, cancel).and_then(|(mut report, upload)| {
         let stored = upload.finish()?;
         if stored != report.archive_bytes {
             return Err(Error::storage(format!(

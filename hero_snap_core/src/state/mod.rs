@@ -62,6 +62,14 @@ pub(crate) fn run_id() -> String {
     format!("{:04}{:02}{:02}T{:02}{:02}{:02}-{}", now.year(), now.month() as u8, now.day(), now.hour(), now.minute(), now.second(), std::process::id())
 }
 
+/// When the run of `run_id` started, in whole seconds since the epoch (UTC); `None` for an
+/// id that is not of [`run_id`]'s form.
+pub(crate) fn run_started(run_id: &str) -> Option<i64> {
+    let stamp = run_id.get(..15)?;
+    let when = time::PrimitiveDateTime::parse(stamp, time::macros::format_description!("[year][month][day]T[hour][minute][second]")).ok()?;
+    Some(when.assume_utc().unix_timestamp())
+}
+
 /// Replaces `path` with `data` atomically: a temporary file in the same directory, fsync,
 /// rename. A reader sees the old contents or the new, never half of them. `what` names
 /// the file in errors (`writing the run record`).
