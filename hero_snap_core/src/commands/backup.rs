@@ -220,8 +220,8 @@ fn fetched_warning(f: &ParentFetch) -> Warning {
 fn count_views(jobs: &[plan::Job], views: &[PathBuf], services: &mut [ManifestService], progress: &dyn Progress, cancel: &Cancel) -> Result<(u64, u64)> {
     progress.event(&Event::Phase { phase: "scan".into() });
     let (mut files, mut bytes) = (0, 0);
-    for (job, view) in jobs.iter().zip(views) {
-        let (f, b) = count_tree(view, cancel)?;
+    for (job, counted) in jobs.iter().zip(count_all(views, cancel)) {
+        let (f, b) = counted?;
         let svc = services.iter_mut().find(|s| s.name == job.service).expect("selected service");
         svc.files += f;
         svc.bytes += b;
@@ -233,6 +233,30 @@ fn count_views(jobs: &[plan::Job], views: &[PathBuf], services: &mut [ManifestSe
     }
     progress.event(&Event::Totals { files, bytes });
     Ok((files, bytes))
+}
+
+/// Counts every view, one per core at a time: the count is a walk with a `stat` per
+/// file, all of it before the first byte is archived (the manifest comes first and
+/// carries the totals), and views are independent (hard links are kept within one).
+/// Results in the views' order, so the first view that fails is the one reported.
+fn count_all(views: &[PathBuf], cancel: &Cancel) -> Vec<Result<(u64, u64)>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Mutex, PoisonError};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, views.len().max(1));
+    let next = AtomicUsize::new(0);
+    type Count = Mutex<Option<Result<(u64, u64)>>>;
+    let counts: Vec<Count> = views.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(view) = views.get(i) else { break };
+                // A failed view does not stop the others: each gets its own result.
+                *counts[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(count_tree(view, cancel));
+            });
+        }
+    });
+    counts.into_iter().map(|c| c.into_inner().unwrap_or_else(PoisonError::into_inner).expect("every view is counted")).collect()
 }
 
 /// After the archive is safely in place: its index joins the cache.
