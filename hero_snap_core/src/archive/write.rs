@@ -281,11 +281,13 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             if meta.nlink() == 1 && self.inherit(path, member, meta)? {
                 return Ok(());
             }
-            let file = match file {
-                Some(f) => f,
-                None => open_source(path).map_err(Error::io(path, "opening"))?,
+            // The walk's descriptor is already described by `meta`; a file opened here is
+            // described again by its own descriptor.
+            let opened = match file {
+                Some(f) => (f, Some(meta.clone())),
+                None => (open_source(path).map_err(Error::io(path, "opening"))?, None),
             };
-            self.write_file(file, path, member, progress, cancel)?;
+            self.write_file(opened, path, member, progress, cancel)?;
             return Ok(());
         } else {
             let kind = if ft.is_fifo() {
@@ -304,11 +306,16 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         Ok(())
     }
 
-    fn write_file(&mut self, mut file: File, path: &Path, member: &str, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
+    /// `opened`: the file, and its `fstat` when the caller took it from this descriptor.
+    fn write_file(&mut self, opened: (File, Option<std::fs::Metadata>), path: &Path, member: &str, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
+        let (mut file, meta) = opened;
         // Through the descriptor: one path lookup less per file.
         self.xattrs(path, Some(&file))?;
         // Header from the open file, so size and content describe the same inode.
-        let meta = file.metadata().map_err(Error::io(path, "reading metadata"))?;
+        let meta = match meta {
+            Some(meta) => meta,
+            None => file.metadata().map_err(Error::io(path, "reading metadata"))?,
+        };
         let size = meta.len();
         let hash = if meta.blocks() * 512 < size {
             // Sparse: the tar crate writes a GNU sparse member; hash the logical content.
