@@ -17,6 +17,7 @@ pub(crate) mod ranged;
 pub(crate) mod read;
 pub(crate) mod s3;
 pub(crate) mod trailer;
+pub(crate) mod tree_reader;
 pub(crate) mod write;
 
 pub use chain::{Ancestors, Since};

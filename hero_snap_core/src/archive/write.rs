@@ -3,10 +3,9 @@
 //! Memory stays bounded: file data streams through, the index goes to a spill file as
 //! it grows, and only hard-linked inodes are remembered.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -16,8 +15,9 @@ use super::chain::{fingerprint, HashingWriter, ParentLookup};
 use super::crypto::{EncryptedWriter, Encryption};
 use super::format::{Index, Manifest, Warning, ARCHIVE_FORMAT, INCREMENTAL_FORMAT, INDEX_PATH, MANIFEST_PATH};
 use super::trailer::Trailer;
+use super::tree_reader::{read_tree, Batch, Content, Item, Tree};
 use crate::error::{Error, Result};
-use crate::fs_tree::{hash_reader, name_path, walk, walk_error};
+use crate::fs_tree::{hash_reader, name_path};
 use crate::progress::{Cancel, Event, Progress};
 
 /// Compression settings of the archive.
@@ -115,9 +115,6 @@ pub(crate) struct ArchiveWriter<W: Write + Send + 'static> {
     files: u64,
     entries: u64,
     bytes: u64,
-    hardlinks: HashMap<(u64, u64), String>,
-    /// The directory of the file being archived, held open.
-    dirs: crate::fs_tree::DirFd,
     pub(crate) warnings: Vec<Warning>,
     /// File data moves through this buffer, read and compressed in large steps.
     buf: Vec<u8>,
@@ -171,8 +168,6 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             files: 0,
             entries: 0,
             bytes: 0,
-            hardlinks: HashMap::new(),
-            dirs: crate::fs_tree::DirFd::default(),
             warnings: Vec::new(),
             buf: vec![0; COPY_BUF],
             stat: BufWriter::new(stat),
@@ -206,147 +201,101 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
     /// Appends the tree at `root` (a directory) under the member path `member_root`.
     /// `stable`: the tree keeps the source's inode numbers and ctimes (not a reflink copy).
     pub(crate) fn write_tree(&mut self, root: &Path, member_root: &str, stable: bool, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
-        // Hard links are kept within a surface; a restore places surfaces independently.
-        self.hardlinks.clear();
         self.stable = stable;
-        let root_dev = std::fs::symlink_metadata(root).map_err(Error::io(root, "reading"))?.dev();
-        for entry in walk(root) {
-            cancel.check()?;
-            let entry = entry.map_err(|e| walk_error(root, e))?;
-            let path = entry.path();
-            let rel = path.strip_prefix(root).expect("walkdir yields paths under its root");
-            // Any byte string: a name that is not UTF-8 is carried losslessly (fs_tree::name_text).
-            use std::os::unix::ffi::OsStrExt;
-            let rel = crate::fs_tree::name_text(rel.as_os_str().as_bytes());
-            let member = if rel.is_empty() { member_root.to_string() } else { format!("{member_root}/{rel}") };
-            // A regular file is opened here, by its name in its directory, and described by
-            // its open descriptor: what is archived is what was looked at.
-            let mut file = None;
-            let meta = if entry.file_type().is_file() {
-                let f = self.dirs.open_file(path).map_err(Error::io(path, "opening"))?;
-                let meta = f.metadata().map_err(Error::io(path, "reading metadata"))?;
-                file = Some(f).filter(|_| meta.is_file());
-                meta
-            } else {
-                entry.metadata().map_err(|e| walk_error(root, e))?
-            };
-            if meta.dev() != root_dev && meta.is_dir() {
-                return Err(Error::Refused(format!(
-                    "{}: another filesystem is mounted inside the surface at {}; declare it as a surface of its own or unmount it",
-                    root.display(),
-                    path.display()
-                )));
-            }
-            self.write_entry(path, &member, (&meta, file), progress, cancel)?;
+        let mut parent = self.parent.take();
+        let tree = Tree { root, member_root, stable };
+        let written = read_tree(&tree, parent.as_mut(), cancel, |batch| self.write_batch(batch, progress, cancel));
+        self.parent = parent;
+        written
+    }
+
+    fn write_batch(&mut self, batch: &mut Batch, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
+        let mut read = 0;
+        for item in batch.items.drain(..) {
+            read += self.write_item(item, &batch.data, progress, cancel)?;
+        }
+        if read > 0 {
+            progress.event(&Event::Bytes { bytes: read });
         }
         Ok(())
     }
 
-    /// `meta` comes with the file opened for reading, for a regular file.
-    fn write_entry(&mut self, path: &Path, member: &str, meta: (&std::fs::Metadata, Option<File>), progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
-        let (meta, file) = meta;
-        let ft = meta.file_type();
-        let mut header = Header::new_gnu();
-        header.set_metadata_in_mode(meta, HeaderMode::Complete);
-        header.set_mode(meta.permissions().mode() & 0o7777);
-        if ft.is_dir() {
-            header.set_entry_type(EntryType::Directory);
-            self.xattrs(path, None)?;
-            self.tar.append_data(&mut header, name_path(&format!("{member}/")), io::empty()).map_err(Self::out_err)?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(path).map_err(Error::io(path, "reading the symlink"))?;
-            header.set_entry_type(EntryType::Symlink);
-            header.set_size(0);
-            self.tar.append_link(&mut header, name_path(member), &target).map_err(Self::out_err)?;
-        } else if ft.is_file() {
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.hardlinks.get(&key) {
-                    header.set_entry_type(EntryType::Link);
-                    header.set_size(0);
-                    let first = first.clone();
-                    self.tar.append_link(&mut header, name_path(member), name_path(&first)).map_err(Self::out_err)?;
-                    self.entries += 1;
-                    return Ok(());
-                }
-                self.hardlinks.insert(key, member.to_string());
+    /// Encodes one entry; returns the bytes of file data it took from `data`.
+    fn write_item(&mut self, item: Item, data: &[u8], progress: &dyn Progress, cancel: &Cancel) -> Result<u64> {
+        match item {
+            Item::Dir { member, meta, xattrs } => {
+                self.pax(&xattrs)?;
+                let mut header = header_of(&meta, EntryType::Directory);
+                self.tar.append_data(&mut header, name_path(&format!("{member}/")), io::empty()).map_err(Self::out_err)?;
             }
-            if meta.permissions().mode() & 0o6000 != 0 {
-                return Err(Error::Refused(format!(
-                    "{}: is setuid or setgid; service state should not hold such files, and a restore would refuse it (clear the bit with chmod u-s,g-s)",
-                    path.display()
-                )));
+            Item::Symlink { member, meta, target } => {
+                let mut header = header_of(&meta, EntryType::Symlink);
+                header.set_size(0);
+                self.tar.append_link(&mut header, name_path(&member), &target).map_err(Self::out_err)?;
             }
-            // A hard-linked inode is archived whole every time: its names live in one archive.
-            if meta.nlink() == 1 && self.inherit(path, member, meta)? {
-                return Ok(());
+            Item::HardLink { member, meta, first } => {
+                let mut header = header_of(&meta, EntryType::Link);
+                header.set_size(0);
+                self.tar.append_link(&mut header, name_path(&member), name_path(&first)).map_err(Self::out_err)?;
             }
-            // The walk's descriptor is already described by `meta`; a file opened here is
-            // described again by its own descriptor.
-            let opened = match file {
-                Some(f) => (f, Some(meta.clone())),
-                None => (open_source(path).map_err(Error::io(path, "opening"))?, None),
-            };
-            self.write_file(opened, path, member, progress, cancel)?;
-            return Ok(());
-        } else {
-            let kind = if ft.is_fifo() {
-                "FIFO"
-            } else if ft.is_socket() {
-                "socket"
-            } else {
-                "device node"
-            };
-            let w = Warning { code: "skipped-special-file".into(), message: format!("{}: {kind} not archived", path.display()) };
-            progress.event(&Event::Warning { warning: w.clone() });
-            self.warnings.push(w);
-            return Ok(());
+            Item::Inherited { member, meta, size, blake3, origin } => {
+                Index::write_inherited(&mut self.spill, &member, size, &blake3, &origin).map_err(Error::io("<index spill>", "writing"))?;
+                self.fingerprints(&meta)?;
+                self.inherited.0 += 1;
+                self.inherited.1 += size;
+                return Ok(0);
+            }
+            Item::Special { path, kind } => {
+                let w = Warning { code: "skipped-special-file".into(), message: format!("{}: {kind} not archived", path.display()) };
+                progress.event(&Event::Warning { warning: w.clone() });
+                self.warnings.push(w);
+                return Ok(0);
+            }
+            Item::File { path, member, meta, xattrs, content } => {
+                self.pax(&xattrs)?;
+                return self.write_file((&path, &member, &meta), content, data, progress, cancel);
+            }
         }
         self.entries += 1;
-        Ok(())
+        Ok(0)
     }
 
-    /// `opened`: the file, and its `fstat` when the caller took it from this descriptor.
-    fn write_file(&mut self, opened: (File, Option<std::fs::Metadata>), path: &Path, member: &str, progress: &dyn Progress, cancel: &Cancel) -> Result<()> {
-        let (mut file, meta) = opened;
-        // Through the descriptor: one path lookup less per file.
-        self.xattrs(path, Some(&file))?;
-        // Header from the open file, so size and content describe the same inode.
-        let meta = match meta {
-            Some(meta) => meta,
-            None => file.metadata().map_err(Error::io(path, "reading metadata"))?,
-        };
+    /// `entry`: the file's path, member path and metadata (its descriptor's `fstat`).
+    fn write_file(&mut self, entry: (&Path, &str, &std::fs::Metadata), content: Content, data: &[u8], progress: &dyn Progress, cancel: &Cancel) -> Result<u64> {
+        let (path, member, meta) = entry;
         let size = meta.len();
-        let hash = if meta.blocks() * 512 < size {
-            // Sparse: the tar crate writes a GNU sparse member; hash the logical content.
-            let hash = hash_reader(&mut file).map_err(Error::io(path, "reading"))?;
-            file.rewind().map_err(Error::io(path, "reading"))?;
-            self.tar.append_file(name_path(member), &mut file).map_err(Self::out_err)?;
-            if file.metadata().map_err(Error::io(path, "reading metadata"))?.len() != size {
-                self.changed(path, progress);
+        let (hash, changed, read) = match content {
+            Content::Read { range, hash, changed } => {
+                self.tar.append_data(&mut header_of(meta, EntryType::Regular), name_path(member), io::empty()).map_err(Self::out_err)?;
+                let out = self.tar.get_mut();
+                out.write_all(&data[range]).and_then(|()| out.write_all(padding(size))).map_err(Self::out_err)?;
+                (hash, changed, size)
             }
-            hash
-        } else {
-            let mut header = Header::new_gnu();
-            header.set_metadata_in_mode(&meta, HeaderMode::Complete);
-            header.set_mode(meta.permissions().mode() & 0o7777);
-            header.set_entry_type(EntryType::Regular);
-            // The header goes through tar (long names, checksum), the data does not: tar
-            // copies 8 KiB at a time, a read syscall and a zstd call per 8 KiB.
-            self.tar.append_data(&mut header, name_path(member), io::empty()).map_err(Self::out_err)?;
-            let (hash, short) = self.copy_data(&mut file, path, size, progress, cancel)?;
-            let grew = file.read(&mut [0u8; 1]).map_err(Error::io(path, "reading"))? > 0;
-            if short || grew {
-                self.changed(path, progress);
+            Content::Open { mut file } if meta.blocks() * 512 < size => {
+                // Sparse: the tar crate writes a GNU sparse member; hash the logical content.
+                let hash = hash_reader(&mut file).map_err(Error::io(path, "reading"))?;
+                file.rewind().map_err(Error::io(path, "reading"))?;
+                self.tar.append_file(name_path(member), &mut file).map_err(Self::out_err)?;
+                (hash, file.metadata().map_err(Error::io(path, "reading metadata"))?.len() != size, 0)
             }
-            hash
+            Content::Open { mut file } => {
+                // The header goes through tar (long names, checksum), the data does not: tar
+                // copies 8 KiB at a time, a read syscall and a zstd call per 8 KiB.
+                self.tar.append_data(&mut header_of(meta, EntryType::Regular), name_path(member), io::empty()).map_err(Self::out_err)?;
+                let (hash, short) = self.copy_data(&mut file, path, size, progress, cancel)?;
+                let grew = file.read(&mut [0u8; 1]).map_err(Error::io(path, "reading"))? > 0;
+                (hash, short || grew, 0)
+            }
         };
+        if changed {
+            self.changed(path, progress);
+        }
         Index::write_entry(&mut self.spill, member, size, &hash).map_err(Error::io("<index spill>", "writing"))?;
-        self.fingerprints(&meta)?;
+        self.fingerprints(meta)?;
         self.files += 1;
         self.entries += 1;
         self.bytes += size;
-        Ok(())
+        Ok(read)
     }
 
     /// Writes exactly `size` bytes of `file` as a member's data, with its padding: zeros
@@ -379,8 +328,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
                 pending = 0;
             }
         }
-        let pad = (512 - size % 512) % 512;
-        out.write_all(&[0u8; 512][..pad as usize]).map_err(Self::out_err)?;
+        out.write_all(padding(size)).map_err(Self::out_err)?;
         Ok((hasher.finalize(), short))
     }
 
@@ -393,22 +341,8 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         self.warnings.push(w);
     }
 
-    /// Writes a PAX header with the extended attributes of `path` (read through `file`
-    /// when it is open), if it has any, before its member.
-    fn xattrs(&mut self, path: &Path, file: Option<&File>) -> Result<()> {
-        use xattr::FileExt;
-        let names = match file.map_or_else(|| xattr::list(path), |f| f.list_xattr()) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
-            Err(e) => return Err(Error::io(path, "listing extended attributes")(e)),
-        };
-        let mut records = Vec::new();
-        for name in names {
-            let value = file.map_or_else(|| xattr::get(path, &name), |f| f.get_xattr(&name));
-            let Some(value) = value.map_err(Error::io(path, "reading extended attributes"))? else { continue };
-            let key = format!("SCHILY.xattr.{}", name.to_string_lossy());
-            pax_record(&mut records, &key, &value);
-        }
+    /// A PAX header with extended attributes' records, if there are any, before a member.
+    fn pax(&mut self, records: &[u8]) -> Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -418,42 +352,12 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         header.set_mode(0o644);
         header.set_path("././@PaxHeader").map_err(Self::out_err)?;
         header.set_cksum();
-        self.tar.append(&header, &records[..]).map_err(Self::out_err)
+        self.tar.append(&header, records).map_err(Self::out_err)
     }
 
     fn fingerprints(&mut self, meta: &std::fs::Metadata) -> Result<()> {
         let (strong, weak) = (fingerprint(meta, self.stable), fingerprint(meta, false));
         self.stat.write_all(&strong.to_le_bytes()).and_then(|_| self.stat.write_all(&weak.to_le_bytes())).map_err(Error::io("<index spill>", "writing"))
-    }
-
-    /// Lists the file as held by an ancestor if the parent's index has it unchanged.
-    fn inherit(&mut self, path: &Path, member: &str, meta: &std::fs::Metadata) -> Result<bool> {
-        let Some(parent) = &mut self.parent else { return Ok(false) };
-        let Some((entry, prints)) = parent.lookup.get(member)? else { return Ok(false) };
-        if entry.size != meta.len() {
-            return Ok(false);
-        }
-        let same_content = || -> Result<bool> {
-            let mut f = open_source(path).map_err(Error::io(path, "opening"))?;
-            Ok(hash_reader(&mut f).map_err(Error::io(path, "reading"))?.to_hex().as_str() == entry.blake3)
-        };
-        let same = match prints {
-            // An index read from the archive has no metadata to compare (D-17): ctime, which
-            // every change of content or metadata moves, says it is as old as the parent.
-            None => meta.ctime() < parent.changed_before && same_content()?,
-            Some((_, weak)) if parent.rehash => weak == fingerprint(meta, false) && same_content()?,
-            Some((strong, _)) if self.stable => strong == fingerprint(meta, true),
-            Some((_, weak)) => weak == fingerprint(meta, false),
-        };
-        if !same {
-            return Ok(false);
-        }
-        let origin = entry.in_archive.as_deref().unwrap_or(&parent.run_id);
-        Index::write_inherited(&mut self.spill, member, entry.size, &entry.blake3, origin).map_err(Error::io("<index spill>", "writing"))?;
-        self.fingerprints(meta)?;
-        self.inherited.0 += 1;
-        self.inherited.1 += entry.size;
-        Ok(true)
     }
 
     /// Writes the index and finishes every layer, in the only order that yields a readable file.
@@ -624,7 +528,7 @@ impl<W: Write + Send + 'static> Drop for OutputThread<W> {
 /// Opens a file to archive without updating its access time (a backup should not dirty
 /// every inode it reads; on a live filesystem that is a journal write per file). Only the
 /// owner or root may ask for that; anyone else gets a plain open.
-fn open_source(path: &Path) -> io::Result<File> {
+pub(crate) fn open_source(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
@@ -661,14 +565,16 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8]) ->
     tar.append_data(&mut header, path, data)
 }
 
-/// One PAX record: "LEN KEY=VALUE\n", where LEN counts the whole record including itself.
-fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    out.extend_from_slice(format!("{len} {key}=").as_bytes());
-    out.extend_from_slice(value);
-    out.push(b'\n');
+/// A member's header with `meta`'s owner, mode and times.
+fn header_of(meta: &std::fs::Metadata, kind: EntryType) -> Header {
+    let mut header = Header::new_gnu();
+    header.set_metadata_in_mode(meta, HeaderMode::Complete);
+    header.set_mode(meta.permissions().mode() & 0o7777);
+    header.set_entry_type(kind);
+    header
+}
+
+/// The zeros that pad a member's data of `size` bytes to tar's 512-byte blocks.
+fn padding(size: u64) -> &'static [u8] {
+    &[0u8; 512][..((512 - size % 512) % 512) as usize]
 }

@@ -1,0 +1,351 @@
+//! The reading half of archiving a tree, on a thread of its own: the walk, opening each
+//! file by its name in its held directory, reading and hashing it, and an incremental's
+//! choice of what it inherits. The writer ([`super::write`]) gets the results in walk order
+//! and only encodes them: tar headers, zstd's input, index lines. On a million small files
+//! one thread doing both was the backup's critical path while zstd's workers waited
+//! (docs/BENCHMARKS.md, "Per-file cost"; decisions/D-09).
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use super::chain::fingerprint;
+use super::write::{open_source, ParentIndex};
+use crate::error::{Error, Result};
+use crate::fs_tree::{hash_reader, walk, walk_error, DirFd};
+use crate::progress::Cancel;
+
+/// Files up to this size are read whole by the reading thread; larger ones are handed
+/// over open and stream through the writer in large steps.
+const READ_WHOLE_MAX: u64 = 128 << 10;
+/// A batch is handed over when it holds this many entries or this many bytes of data:
+/// one hand-over per entry cost more than a small file's own work.
+const BATCH_ENTRIES: usize = 256;
+const BATCH_BYTES: usize = 1 << 20;
+/// Batches in flight. With the limits above, the reading thread gets at most a few MiB
+/// ahead of the writer.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A regular file's data.
+pub(crate) enum Content {
+    /// Read whole into the batch's `data` (zero-filled to the described size if the file
+    /// shrank meanwhile), with its BLAKE3; `changed`: it shrank or grew while read.
+    Read { range: std::ops::Range<usize>, hash: blake3::Hash, changed: bool },
+    /// Open, for the writer to stream; `meta` is this descriptor's `fstat`.
+    Open { file: File },
+}
+
+/// One entry of the tree, as the writer encodes it. `xattrs` are PAX records, empty if none.
+pub(crate) enum Item {
+    Dir {
+        member: String,
+        meta: Metadata,
+        xattrs: Vec<u8>,
+    },
+    Symlink {
+        member: String,
+        meta: Metadata,
+        target: PathBuf,
+    },
+    /// A further name of a hard-linked inode archived earlier as `first`.
+    HardLink {
+        member: String,
+        meta: Metadata,
+        first: String,
+    },
+    File {
+        path: PathBuf,
+        member: String,
+        meta: Metadata,
+        xattrs: Vec<u8>,
+        content: Content,
+    },
+    /// Unchanged since the parent: listed in the index, its bytes held by `origin`.
+    Inherited {
+        member: String,
+        meta: Metadata,
+        size: u64,
+        blake3: String,
+        origin: String,
+    },
+    /// A FIFO, socket or device node: not archived.
+    Special {
+        path: PathBuf,
+        kind: &'static str,
+    },
+}
+
+/// Entries in walk order, and the data of those read whole.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub items: Vec<Item>,
+    pub data: Vec<u8>,
+}
+
+/// What the reading thread needs to know of the tree.
+pub(crate) struct Tree<'a> {
+    pub root: &'a Path,
+    pub member_root: &'a str,
+    /// The tree keeps the source's inode numbers and ctimes (see [`fingerprint`]).
+    pub stable: bool,
+}
+
+/// Walks `tree` on a thread of its own and gives each batch to `write`, in walk order. The
+/// first error of either side ends both; the reader is joined before this returns.
+pub(crate) fn read_tree(tree: &Tree, parent: Option<&mut ParentIndex>, cancel: &Cancel, write: impl FnMut(&mut Batch) -> Result<()>) -> Result<()> {
+    let root_dev = std::fs::symlink_metadata(tree.root).map_err(Error::io(tree.root, "reading"))?.dev();
+    let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(BATCHES_IN_FLIGHT);
+    let (back, recycled) = mpsc::channel::<Batch>();
+    std::thread::scope(|s| {
+        let reader = TreeReader {
+            root: tree.root,
+            member_root: tree.member_root,
+            stable: tree.stable,
+            root_dev,
+            dirs: DirFd::default(),
+            hardlinks: HashMap::new(),
+            parent,
+            cancel: cancel.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("hero-snap-read".into())
+            .spawn_scoped(s, move || reader.run(tx, recycled))
+            .map_err(|e| Error::io(tree.root, "starting the reading thread")(e))?;
+        let result = drain(rx, back, write);
+        match thread.join() {
+            Ok(()) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Hands every batch to `write` and back for reuse; dropping `rx` on an error stops the reader.
+fn drain(rx: mpsc::Receiver<Result<Batch>>, back: mpsc::Sender<Batch>, mut write: impl FnMut(&mut Batch) -> Result<()>) -> Result<()> {
+    for batch in rx {
+        let mut batch = batch?;
+        write(&mut batch)?;
+        batch.items.clear();
+        batch.data.clear();
+        let _ = back.send(batch);
+    }
+    Ok(())
+}
+
+struct TreeReader<'a> {
+    root: &'a Path,
+    member_root: &'a str,
+    stable: bool,
+    root_dev: u64,
+    /// The directory of the file being read, held open.
+    dirs: DirFd,
+    /// Hard links are kept within a surface; a restore places surfaces independently.
+    hardlinks: HashMap<(u64, u64), String>,
+    parent: Option<&'a mut ParentIndex>,
+    cancel: Cancel,
+}
+
+impl TreeReader<'_> {
+    fn run(mut self, tx: mpsc::SyncSender<Result<Batch>>, recycled: mpsc::Receiver<Batch>) {
+        let mut batch = Batch::default();
+        for entry in walk(self.root) {
+            let item = self.cancel.check().and_then(|()| entry.map_err(|e| walk_error(self.root, e))).and_then(|e| self.read_entry(&e, &mut batch.data));
+            match item {
+                Ok(Some(item)) => batch.items.push(item),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+            if batch.items.len() >= BATCH_ENTRIES || batch.data.len() >= BATCH_BYTES {
+                let next = recycled.try_recv().unwrap_or_default();
+                if tx.send(Ok(std::mem::replace(&mut batch, next))).is_err() {
+                    return; // the writer stopped, with an error of its own
+                }
+            }
+        }
+        let _ = tx.send(Ok(batch));
+    }
+
+    fn member(&self, path: &Path) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        let rel = path.strip_prefix(self.root).expect("walkdir yields paths under its root");
+        // Any byte string: a name that is not UTF-8 is carried losslessly (fs_tree::name_text).
+        let rel = crate::fs_tree::name_text(rel.as_os_str().as_bytes());
+        if rel.is_empty() {
+            self.member_root.to_string()
+        } else {
+            format!("{}/{rel}", self.member_root)
+        }
+    }
+
+    fn read_entry(&mut self, entry: &walkdir::DirEntry, data: &mut Vec<u8>) -> Result<Option<Item>> {
+        let path = entry.path();
+        let member = self.member(path);
+        // A regular file is opened here, by its name in its directory, and described by its
+        // open descriptor: what is archived is what was looked at.
+        let mut file = None;
+        let meta = if entry.file_type().is_file() {
+            let f = self.dirs.open_file(path).map_err(Error::io(path, "opening"))?;
+            let meta = f.metadata().map_err(Error::io(path, "reading metadata"))?;
+            file = Some(f).filter(|_| meta.is_file());
+            meta
+        } else {
+            entry.metadata().map_err(|e| walk_error(self.root, e))?
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if meta.dev() != self.root_dev {
+                return Err(Error::Refused(format!(
+                    "{}: another filesystem is mounted inside the surface at {}; declare it as a surface of its own or unmount it",
+                    self.root.display(),
+                    path.display()
+                )));
+            }
+            return Ok(Some(Item::Dir { member, xattrs: xattr_records(path, None)?, meta }));
+        }
+        if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(Error::io(path, "reading the symlink"))?;
+            return Ok(Some(Item::Symlink { member, meta, target }));
+        }
+        if ft.is_file() {
+            return self.read_file(path, member, (meta, file), data).map(Some);
+        }
+        let kind = if ft.is_fifo() {
+            "FIFO"
+        } else if ft.is_socket() {
+            "socket"
+        } else {
+            "device node"
+        };
+        Ok(Some(Item::Special { path: path.to_path_buf(), kind }))
+    }
+
+    /// `described`: the walk's metadata, with the descriptor it describes if it opened one.
+    fn read_file(&mut self, path: &Path, member: String, described: (Metadata, Option<File>), data: &mut Vec<u8>) -> Result<Item> {
+        let (meta, file) = described;
+        if meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.hardlinks.get(&key) {
+                return Ok(Item::HardLink { member, meta, first: first.clone() });
+            }
+            self.hardlinks.insert(key, member.clone());
+        }
+        if meta.permissions().mode() & 0o6000 != 0 {
+            return Err(Error::Refused(format!(
+                "{}: is setuid or setgid; service state should not hold such files, and a restore would refuse it (clear the bit with chmod u-s,g-s)",
+                path.display()
+            )));
+        }
+        // A hard-linked inode is archived whole every time: its names live in one archive.
+        if meta.nlink() == 1 {
+            if let Some((size, blake3, origin)) = self.inherit(path, &member, &meta)? {
+                return Ok(Item::Inherited { member, meta, size, blake3, origin });
+            }
+        }
+        // A file the walk did not open is opened here and described by its own descriptor.
+        let (file, meta) = match file {
+            Some(f) => (f, meta),
+            None => {
+                let f = open_source(path).map_err(Error::io(path, "opening"))?;
+                let meta = f.metadata().map_err(Error::io(path, "reading metadata"))?;
+                (f, meta)
+            }
+        };
+        let xattrs = xattr_records(path, Some(&file))?;
+        let size = meta.len();
+        // A sparse file goes to the writer, which writes it as a GNU sparse member.
+        let content = if size <= READ_WHOLE_MAX && meta.blocks() * 512 >= size {
+            read_whole(file, size, data).map_err(Error::io(path, "reading"))?
+        } else {
+            Content::Open { file }
+        };
+        Ok(Item::File { path: path.to_path_buf(), member, meta, xattrs, content })
+    }
+
+    /// The index line's size, hash and origin, if the parent's index has the file unchanged.
+    fn inherit(&mut self, path: &Path, member: &str, meta: &Metadata) -> Result<Option<(u64, String, String)>> {
+        let Some(parent) = self.parent.as_deref_mut() else { return Ok(None) };
+        let Some((entry, prints)) = parent.lookup.get(member)? else { return Ok(None) };
+        if entry.size != meta.len() {
+            return Ok(None);
+        }
+        let same_content = || -> Result<bool> {
+            let mut f = open_source(path).map_err(Error::io(path, "opening"))?;
+            Ok(hash_reader(&mut f).map_err(Error::io(path, "reading"))?.to_hex().as_str() == entry.blake3)
+        };
+        let same = match prints {
+            // An index read from the archive has no metadata to compare (D-17): ctime, which
+            // every change of content or metadata moves, says it is as old as the parent.
+            None => meta.ctime() < parent.changed_before && same_content()?,
+            Some((_, weak)) if parent.rehash => weak == fingerprint(meta, false) && same_content()?,
+            Some((strong, _)) if self.stable => strong == fingerprint(meta, true),
+            Some((_, weak)) => weak == fingerprint(meta, false),
+        };
+        if !same {
+            return Ok(None);
+        }
+        let origin = entry.in_archive.unwrap_or_else(|| parent.run_id.clone());
+        Ok(Some((entry.size, entry.blake3, origin)))
+    }
+}
+
+/// Reads `size` bytes of `file` onto the end of `data`, zeros in place of what is missing
+/// if it shrank. One byte more is asked for in the same call, to see whether it grew.
+fn read_whole(mut file: File, size: u64, data: &mut Vec<u8>) -> io::Result<Content> {
+    let size = usize::try_from(size).expect("at most READ_WHOLE_MAX");
+    let start = data.len();
+    data.resize(start + size + 1, 0);
+    let mut n = 0;
+    while n <= size {
+        match file.read(&mut data[start + n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                data.truncate(start);
+                return Err(e);
+            }
+        }
+    }
+    data.truncate(start + size);
+    if n < size {
+        data[start + n..].fill(0);
+    }
+    let hash = blake3::hash(&data[start..]);
+    Ok(Content::Read { range: start..start + size, hash, changed: n != size })
+}
+
+/// The PAX records of `path`'s extended attributes (read through `file` when it is open),
+/// empty if it has none or its filesystem keeps none.
+pub(crate) fn xattr_records(path: &Path, file: Option<&File>) -> Result<Vec<u8>> {
+    use xattr::FileExt;
+    let names = match file.map_or_else(|| xattr::list(path), |f| f.list_xattr()) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, "listing extended attributes")(e)),
+    };
+    let mut records = Vec::new();
+    for name in names {
+        let value = file.map_or_else(|| xattr::get(path, &name), |f| f.get_xattr(&name));
+        let Some(value) = value.map_err(Error::io(path, "reading extended attributes"))? else { continue };
+        let key = format!("SCHILY.xattr.{}", name.to_string_lossy());
+        pax_record(&mut records, &key, &value);
+    }
+    Ok(records)
+}
+
+/// One PAX record: "LEN KEY=VALUE\n", where LEN counts the whole record including itself.
+fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    out.extend_from_slice(format!("{len} {key}=").as_bytes());
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
