@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use super::chain::fingerprint;
 use super::write::{open_source, ParentIndex};
 use crate::error::{Error, Result};
-use crate::fs_tree::{hash_reader, walk, walk_error, DirFd};
+use crate::fs_tree::{hash_reader, open_file_at, walk_at, Entry, Kind};
 use crate::progress::Cancel;
 
 /// Files up to this size are read whole by the reading thread; larger ones are handed
@@ -105,7 +105,6 @@ pub(crate) fn read_tree(tree: &Tree, parent: Option<&mut ParentIndex>, cancel: &
             member_root: tree.member_root,
             stable: tree.stable,
             root_dev,
-            dirs: DirFd::default(),
             hardlinks: HashMap::new(),
             parent,
             cancel: cancel.clone(),
@@ -139,8 +138,6 @@ struct TreeReader<'a> {
     member_root: &'a str,
     stable: bool,
     root_dev: u64,
-    /// The directory of the file being read, held open.
-    dirs: DirFd,
     /// Hard links are kept within a surface; a restore places surfaces independently.
     hardlinks: HashMap<(u64, u64), String>,
     parent: Option<&'a mut ParentIndex>,
@@ -150,29 +147,23 @@ struct TreeReader<'a> {
 impl TreeReader<'_> {
     fn run(mut self, tx: mpsc::SyncSender<Result<Batch>>, recycled: mpsc::Receiver<Batch>) {
         let mut batch = Batch::default();
-        for entry in walk(self.root) {
-            let item = self.cancel.check().and_then(|()| entry.map_err(|e| walk_error(self.root, e))).and_then(|e| self.read_entry(&e, &mut batch.data));
-            match item {
-                Ok(Some(item)) => batch.items.push(item),
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
+        let cancel = self.cancel.clone();
+        let walked = walk_at(self.root, true, &cancel, &mut |entry| {
+            if let Some(item) = self.read_entry(entry, &mut batch.data)? {
+                batch.items.push(item);
             }
             if batch.items.len() >= BATCH_ENTRIES || batch.data.len() >= BATCH_BYTES {
                 let next = recycled.try_recv().unwrap_or_default();
-                if tx.send(Ok(std::mem::replace(&mut batch, next))).is_err() {
-                    return; // the writer stopped, with an error of its own
-                }
+                // The writer stopped only with an error of its own, which it reports.
+                tx.send(Ok(std::mem::replace(&mut batch, next))).map_err(|_| Error::Refused("the archive writer stopped".into()))?;
             }
-        }
-        let _ = tx.send(Ok(batch));
+            Ok(())
+        });
+        let _ = tx.send(walked.map(|()| batch));
     }
 
-    fn member(&self, path: &Path) -> String {
+    fn member(&self, rel: &Path) -> String {
         use std::os::unix::ffi::OsStrExt;
-        let rel = path.strip_prefix(self.root).expect("walkdir yields paths under its root");
         // Any byte string: a name that is not UTF-8 is carried losslessly (fs_tree::name_text).
         let rel = crate::fs_tree::name_text(rel.as_os_str().as_bytes());
         if rel.is_empty() {
@@ -182,37 +173,45 @@ impl TreeReader<'_> {
         }
     }
 
-    fn read_entry(&mut self, entry: &walkdir::DirEntry, data: &mut Vec<u8>) -> Result<Option<Item>> {
-        let path = entry.path();
-        let member = self.member(path);
-        // A regular file is opened here, by its name in its directory, and described by its
-        // open descriptor: what is archived is what was looked at.
-        let mut file = None;
-        let meta = if entry.file_type().is_file() {
-            let f = self.dirs.open_file(path).map_err(Error::io(path, "opening"))?;
-            let meta = f.metadata().map_err(Error::io(path, "reading metadata"))?;
-            file = Some(f).filter(|_| meta.is_file());
-            meta
-        } else {
-            entry.metadata().map_err(|e| walk_error(self.root, e))?
-        };
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            if meta.dev() != self.root_dev {
-                return Err(Error::Refused(format!(
-                    "{}: another filesystem is mounted inside the surface at {}; declare it as a surface of its own or unmount it",
-                    self.root.display(),
-                    path.display()
-                )));
+    fn read_entry(&mut self, entry: Entry<'_>, data: &mut Vec<u8>) -> Result<Option<Item>> {
+        let (rel, meta, file) = match entry {
+            Entry::Dir { rel, dir } => {
+                let path = self.root.join(rel);
+                let meta = dir.metadata().map_err(Error::io(&path, "reading metadata"))?;
+                if meta.dev() != self.root_dev {
+                    return Err(Error::Refused(format!(
+                        "{}: another filesystem is mounted inside the surface at {}; declare it as a surface of its own or unmount it",
+                        self.root.display(),
+                        path.display()
+                    )));
+                }
+                return Ok(Some(Item::Dir { member: self.member(rel), xattrs: xattr_records(&path, Some(dir))?, meta }));
             }
-            return Ok(Some(Item::Dir { member, xattrs: xattr_records(path, None)?, meta }));
+            // A regular file is opened here, by its name in its directory, and described by
+            // its open descriptor: what is archived is what was looked at.
+            Entry::Other { rel, parent, name, kind: Kind::File } => {
+                let f = open_file_at(parent, name).map_err(Error::io(self.root.join(rel), "opening"))?;
+                let meta = f.metadata().map_err(Error::io(self.root.join(rel), "reading metadata"))?;
+                (rel, meta, Some(f))
+            }
+            // Symlinks and special files are few: reached by their path.
+            Entry::Other { rel, .. } => {
+                (rel, std::fs::symlink_metadata(self.root.join(rel)).map_err(Error::io(self.root.join(rel), "reading metadata"))?, None)
+            }
+        };
+        let path = self.root.join(rel);
+        let member = self.member(rel);
+        let ft = meta.file_type();
+        if ft.is_file() {
+            return self.read_file(&path, member, (meta, file), data).map(Some);
         }
         if ft.is_symlink() {
-            let target = std::fs::read_link(path).map_err(Error::io(path, "reading the symlink"))?;
+            let target = std::fs::read_link(&path).map_err(Error::io(&path, "reading the symlink"))?;
             return Ok(Some(Item::Symlink { member, meta, target }));
         }
-        if ft.is_file() {
-            return self.read_file(path, member, (meta, file), data).map(Some);
+        if ft.is_dir() {
+            // Listed as something else, a directory by now (a live tree): archived empty.
+            return Ok(Some(Item::Dir { member, xattrs: xattr_records(&path, None)?, meta }));
         }
         let kind = if ft.is_fifo() {
             "FIFO"
@@ -221,7 +220,7 @@ impl TreeReader<'_> {
         } else {
             "device node"
         };
-        Ok(Some(Item::Special { path: path.to_path_buf(), kind }))
+        Ok(Some(Item::Special { path, kind }))
     }
 
     /// `described`: the walk's metadata, with the descriptor it describes if it opened one.
