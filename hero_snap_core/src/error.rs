@@ -128,8 +128,8 @@ impl Error {
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |source| Error::Io { path, action, source }
+        // The path is made only on an error: on the way of every file, not allocated for each.
+        move |source| Error::Io { path: path.into(), action, source }
     }
 
     /// The process exit code the CLI uses for this error (the table is in docs/CLI.md).

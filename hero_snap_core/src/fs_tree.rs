@@ -248,10 +248,15 @@ pub(crate) fn name_bytes(text: &str) -> Vec<u8> {
     out
 }
 
-/// A member path (as [`name_text`] carries it) as the file-system path it names.
-pub(crate) fn name_path(text: &str) -> std::path::PathBuf {
+/// A member path (as [`name_text`] carries it) as the file-system path it names: the text
+/// itself unless it holds a character standing for a byte (U+F780–U+F7FF, which UTF-8
+/// writes as EF 9E xx or EF 9F xx).
+pub(crate) fn name_path(text: &str) -> std::borrow::Cow<'_, Path> {
     use std::os::unix::ffi::OsStringExt;
-    std::path::PathBuf::from(std::ffi::OsString::from_vec(name_bytes(text)))
+    if !text.as_bytes().contains(&0xEF) {
+        return std::borrow::Cow::Borrowed(Path::new(text));
+    }
+    std::borrow::Cow::Owned(std::path::PathBuf::from(std::ffi::OsString::from_vec(name_bytes(text))))
 }
 
 fn is_byte_char(c: char) -> bool {

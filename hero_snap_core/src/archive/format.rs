@@ -267,8 +267,15 @@ impl Index {
     }
 
     /// One index line: a flow mapping with the path as a YAML double-quoted scalar.
+    /// Written once per archived file, so written without the formatting machinery.
     pub(crate) fn write_entry(out: &mut impl std::io::Write, path: &str, size: u64, hash: &blake3::Hash) -> std::io::Result<()> {
-        writeln!(out, "- {{path: {}, size: {size}, blake3: \"{}\"}}", yaml_quote(path), hash.to_hex())
+        out.write_all(b"- {path: ")?;
+        write_quoted(out, path)?;
+        out.write_all(b", size: ")?;
+        out.write_all(decimal(size, &mut [0u8; 20]))?;
+        out.write_all(b", blake3: \"")?;
+        out.write_all(hash.to_hex().as_bytes())?;
+        out.write_all(b"\"}\n")
     }
 
     /// An incremental's line for a file whose bytes are in the ancestor `run_id`.
@@ -292,6 +299,30 @@ impl Index {
 
 /// A YAML double-quoted scalar on one line: quote and backslash escaped, and every
 /// character YAML does not allow raw (controls, DEL, C1, BOM) written as a \u or \U escape.
+/// `s` as [`yaml_quote`] quotes it; a plain ASCII path is written as it is, between quotes.
+fn write_quoted(out: &mut impl std::io::Write, s: &str) -> std::io::Result<()> {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.write_all(b"\"")?;
+        out.write_all(s.as_bytes())?;
+        out.write_all(b"\"")
+    } else {
+        out.write_all(yaml_quote(s).as_bytes())
+    }
+}
+
+/// `n` in decimal, in the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
 fn yaml_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

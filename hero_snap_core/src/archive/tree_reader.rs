@@ -162,15 +162,23 @@ impl TreeReader<'_> {
         let _ = tx.send(walked.map(|()| batch));
     }
 
+    /// The member path of the entry at `rel`, in one allocation.
     fn member(&self, rel: &Path) -> String {
         use std::os::unix::ffi::OsStrExt;
-        // Any byte string: a name that is not UTF-8 is carried losslessly (fs_tree::name_text).
-        let rel = crate::fs_tree::name_text(rel.as_os_str().as_bytes());
-        if rel.is_empty() {
-            self.member_root.to_string()
-        } else {
-            format!("{}/{rel}", self.member_root)
+        let bytes = rel.as_os_str().as_bytes();
+        if bytes.is_empty() {
+            return self.member_root.to_string();
         }
+        let mut member = String::with_capacity(self.member_root.len() + 1 + bytes.len());
+        member.push_str(self.member_root);
+        member.push('/');
+        // Any byte string: a name that is not UTF-8, or holds a character that stands for a
+        // byte (its UTF-8 starts with 0xEF), is carried losslessly (fs_tree::name_text).
+        match std::str::from_utf8(bytes) {
+            Ok(text) if !bytes.contains(&0xEF) => member.push_str(text),
+            _ => member.push_str(&crate::fs_tree::name_text(bytes)),
+        }
+        member
     }
 
     fn read_entry(&mut self, entry: Entry<'_>, data: &mut Vec<u8>) -> Result<Option<Item>> {
@@ -190,20 +198,21 @@ impl TreeReader<'_> {
             // A regular file is opened here, by its name in its directory, and described by
             // its open descriptor: what is archived is what was looked at.
             Entry::Other { rel, parent, name, kind: Kind::File } => {
-                let f = open_file_at(parent, name).map_err(Error::io(self.root.join(rel), "opening"))?;
-                let meta = f.metadata().map_err(Error::io(self.root.join(rel), "reading metadata"))?;
+                let f = open_file_at(parent, name).map_err(|e| Error::io(self.root.join(rel), "opening")(e))?;
+                let meta = f.metadata().map_err(|e| Error::io(self.root.join(rel), "reading metadata")(e))?;
                 (rel, meta, Some(f))
             }
             // Symlinks and special files are few: reached by their path.
             Entry::Other { rel, .. } => {
-                (rel, std::fs::symlink_metadata(self.root.join(rel)).map_err(Error::io(self.root.join(rel), "reading metadata"))?, None)
+                let path = self.root.join(rel);
+                (rel, std::fs::symlink_metadata(&path).map_err(Error::io(&path, "reading metadata"))?, None)
             }
         };
         let path = self.root.join(rel);
         let member = self.member(rel);
         let ft = meta.file_type();
         if ft.is_file() {
-            return self.read_file(&path, member, (meta, file), data).map(Some);
+            return self.read_file(path, member, (meta, file), data).map(Some);
         }
         if ft.is_symlink() {
             let target = std::fs::read_link(&path).map_err(Error::io(&path, "reading the symlink"))?;
@@ -224,7 +233,7 @@ impl TreeReader<'_> {
     }
 
     /// `described`: the walk's metadata, with the descriptor it describes if it opened one.
-    fn read_file(&mut self, path: &Path, member: String, described: (Metadata, Option<File>), data: &mut Vec<u8>) -> Result<Item> {
+    fn read_file(&mut self, path: PathBuf, member: String, described: (Metadata, Option<File>), data: &mut Vec<u8>) -> Result<Item> {
         let (meta, file) = described;
         if meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
@@ -241,7 +250,7 @@ impl TreeReader<'_> {
         }
         // A hard-linked inode is archived whole every time: its names live in one archive.
         if meta.nlink() == 1 {
-            if let Some((size, blake3, origin)) = self.inherit(path, &member, &meta)? {
+            if let Some((size, blake3, origin)) = self.inherit(&path, &member, &meta)? {
                 return Ok(Item::Inherited { member, meta, size, blake3, origin });
             }
         }
@@ -249,20 +258,20 @@ impl TreeReader<'_> {
         let (file, meta) = match file {
             Some(f) => (f, meta),
             None => {
-                let f = open_source(path).map_err(Error::io(path, "opening"))?;
-                let meta = f.metadata().map_err(Error::io(path, "reading metadata"))?;
+                let f = open_source(&path).map_err(Error::io(&path, "opening"))?;
+                let meta = f.metadata().map_err(Error::io(&path, "reading metadata"))?;
                 (f, meta)
             }
         };
-        let xattrs = xattr_records(path, Some(&file))?;
+        let xattrs = xattr_records(&path, Some(&file))?;
         let size = meta.len();
         // A sparse file goes to the writer, which writes it as a GNU sparse member.
         let content = if size <= READ_WHOLE_MAX && meta.blocks() * 512 >= size {
-            read_whole(file, size, data).map_err(Error::io(path, "reading"))?
+            read_whole(file, size, data).map_err(Error::io(&path, "reading"))?
         } else {
             Content::Open { file }
         };
-        Ok(Item::File { path: path.to_path_buf(), member, meta, xattrs, content })
+        Ok(Item::File { path, member, meta, xattrs, content })
     }
 
     /// The index line's size, hash and origin, if the parent's index has the file unchanged.

@@ -225,8 +225,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         match item {
             Item::Dir { member, meta, xattrs } => {
                 self.pax(&xattrs)?;
-                let mut header = header_of(&meta, EntryType::Directory);
-                self.tar.append_data(&mut header, name_path(&format!("{member}/")), io::empty()).map_err(Self::out_err)?;
+                self.append_header(&mut header_of(&meta, EntryType::Directory), &name_path(&format!("{member}/")))?;
             }
             Item::Symlink { member, meta, target } => {
                 let mut header = header_of(&meta, EntryType::Symlink);
@@ -266,7 +265,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         let size = meta.len();
         let (hash, changed, read) = match content {
             Content::Read { range, hash, changed } => {
-                self.tar.append_data(&mut header_of(meta, EntryType::Regular), name_path(member), io::empty()).map_err(Self::out_err)?;
+                self.append_header(&mut header_of(meta, EntryType::Regular), &name_path(member))?;
                 let out = self.tar.get_mut();
                 out.write_all(&data[range]).and_then(|()| out.write_all(padding(size))).map_err(Self::out_err)?;
                 (hash, changed, size)
@@ -281,7 +280,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             Content::Open { mut file } => {
                 // The header goes through tar (long names, checksum), the data does not: tar
                 // copies 8 KiB at a time, a read syscall and a zstd call per 8 KiB.
-                self.tar.append_data(&mut header_of(meta, EntryType::Regular), name_path(member), io::empty()).map_err(Self::out_err)?;
+                self.append_header(&mut header_of(meta, EntryType::Regular), &name_path(member))?;
                 let (hash, short) = self.copy_data(&mut file, path, size, progress, cancel)?;
                 let grew = file.read(&mut [0u8; 1]).map_err(Error::io(path, "reading"))? > 0;
                 (hash, short || grew, 0)
@@ -296,6 +295,22 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         self.entries += 1;
         self.bytes += size;
         Ok(read)
+    }
+
+    /// Appends a member's header, with no data: a directory's, or a regular file's whose
+    /// data the caller writes next. A path that fits tar's name field is put there as it is
+    /// (a member path is made of plain components already): tar's own `set_path` takes it
+    /// apart into components, a tenth of the writer's time on small files.
+    fn append_header(&mut self, header: &mut Header, member: &Path) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = member.as_os_str().as_bytes();
+        let name = &mut header.as_old_mut().name;
+        if bytes.len() > name.len() {
+            return self.tar.append_data(header, member, io::empty()).map_err(Self::out_err);
+        }
+        name[..bytes.len()].copy_from_slice(bytes);
+        header.set_cksum();
+        self.tar.append(header, io::empty()).map_err(Self::out_err)
     }
 
     /// Writes exactly `size` bytes of `file` as a member's data, with its padding: zeros

@@ -13,7 +13,7 @@ pub(crate) fn contained(root: &Path, inner: &str) -> Option<PathBuf> {
         return Some(root.to_path_buf());
     }
     let rel = crate::fs_tree::name_path(inner);
-    let rel = rel.as_path();
+    let rel: &Path = &rel;
     if rel.components().all(|c| matches!(c, Component::Normal(_))) {
         Some(root.join(rel))
     } else {
