@@ -302,16 +302,22 @@ impl TreeReader<'_> {
 }
 
 /// Reads `size` bytes of `file` onto the end of `data`, zeros in place of what is missing
-/// if it shrank. One byte more is asked for in the same call, to see whether it grew.
+/// if it shrank. One byte more is asked for in the same call: a regular file's read returns
+/// less than asked only at its end, so one call both reads it and shows whether it grew.
 fn read_whole(mut file: File, size: u64, data: &mut Vec<u8>) -> io::Result<Content> {
     let size = usize::try_from(size).expect("at most READ_WHOLE_MAX");
     let start = data.len();
     data.resize(start + size + 1, 0);
     let mut n = 0;
-    while n <= size {
+    loop {
         match file.read(&mut data[start + n..]) {
             Ok(0) => break,
-            Ok(k) => n += k,
+            Ok(k) => {
+                n += k;
+                if n >= size {
+                    break;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 data.truncate(start);
