@@ -97,12 +97,14 @@ impl Walk<'_, '_> {
     /// Visits the entries of `dir`, at `rel` (its path under the root, as bytes).
     fn dir(&mut self, dir: &std::fs::File, rel: &mut Vec<u8>) -> Result<()> {
         use nix::fcntl::{openat, OFlag};
-        let mut names = self.list(dir, rel)?;
+        let (names, mut entries) = self.list(dir, rel)?;
+        let name_of = |&(start, len, _): &(usize, usize, Option<Kind>)| OsStr::from_bytes(&names[start..start + len]);
         if self.sorted {
-            names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            entries.sort_unstable_by(|a, b| name_of(a).cmp(name_of(b)));
         }
-        for (name, kind) in names {
+        for entry in &entries {
             self.cancel.check()?;
+            let (name, kind) = (name_of(entry), entry.2);
             let len = rel.len();
             if len > 0 {
                 rel.push(b'/');
@@ -111,17 +113,15 @@ impl Walk<'_, '_> {
             let path = Path::new(OsStr::from_bytes(rel));
             let kind = match kind {
                 Some(kind) => kind,
-                None => {
-                    kind_of(fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| self.error(path, "reading metadata", e))?.st_mode)
-                }
+                None => kind_of(fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| self.error(path, "reading metadata", e))?.st_mode),
             };
             if kind == Kind::Dir {
                 let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-                let sub = std::fs::File::from(openat(dir.as_fd(), name.as_os_str(), flags, Mode::empty()).map_err(|e| self.error(path, "opening", e))?);
+                let sub = std::fs::File::from(openat(dir.as_fd(), name, flags, Mode::empty()).map_err(|e| self.error(path, "opening", e))?);
                 (self.visit)(Entry::Dir { rel: path, dir: &sub })?;
                 self.dir(&sub, rel)?;
             } else {
-                (self.visit)(Entry::Other { rel: path, parent: dir.as_fd(), name: name.as_os_str(), kind })?;
+                (self.visit)(Entry::Other { rel: path, parent: dir.as_fd(), name: name, kind })?;
             }
             rel.truncate(len);
         }
@@ -129,13 +129,15 @@ impl Walk<'_, '_> {
     }
 
     /// The names in `dir` but `.`, `..` and hero-snap's own, with their kinds where the
-    /// filesystem gives them.
-    fn list(&self, dir: &std::fs::File, rel: &[u8]) -> Result<Vec<(std::ffi::OsString, Option<Kind>)>> {
+    /// filesystem gives them: the names one after another, and where each is in them (two
+    /// allocations per directory, not one per name).
+    #[allow(clippy::type_complexity)]
+    fn list(&self, dir: &std::fs::File, rel: &[u8]) -> Result<(Vec<u8>, Vec<(usize, usize, Option<Kind>)>)> {
         use nix::dir::Type;
         let path = Path::new(OsStr::from_bytes(rel));
         let fd = dir.try_clone().map_err(Error::io(self.root.join(path), "listing"))?;
         let mut listing = nix::dir::Dir::from_fd(fd.into()).map_err(|e| self.error(path, "listing", e))?;
-        let mut names = Vec::new();
+        let (mut names, mut entries) = (Vec::new(), Vec::new());
         for entry in listing.iter() {
             let entry = entry.map_err(|e| self.error(path, "listing", e))?;
             let name = entry.file_name().to_bytes();
@@ -148,9 +150,10 @@ impl Walk<'_, '_> {
                 Type::Symlink => Kind::Symlink,
                 _ => Kind::Special,
             });
-            names.push((OsStr::from_bytes(name).to_os_string(), kind));
+            entries.push((names.len(), name.len(), kind));
+            names.extend_from_slice(name);
         }
-        Ok(names)
+        Ok((names, entries))
     }
 
     fn error(&self, rel: &Path, action: &'static str, e: nix::errno::Errno) -> Error {
