@@ -121,7 +121,7 @@ impl Walk<'_, '_> {
                 (self.visit)(Entry::Dir { rel: path, dir: &sub })?;
                 self.dir(&sub, rel)?;
             } else {
-                (self.visit)(Entry::Other { rel: path, parent: dir.as_fd(), name: name, kind })?;
+                (self.visit)(Entry::Other { rel: path, parent: dir.as_fd(), name, kind })?;
             }
             rel.truncate(len);
         }
