@@ -17,24 +17,6 @@ use crate::progress::Cancel;
 /// data); the walk never enters them.
 pub(crate) const RESERVED_PREFIX: &str = ".hero-snap-";
 
-/// A file walk in a stable order that never follows symlinks.
-/// Names starting with `.hero-snap-` are hero-snap's own (snapshots, staging) and skipped.
-pub(crate) fn walk(root: &Path) -> impl Iterator<Item = walkdir::Result<walkdir::DirEntry>> {
-    walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with(RESERVED_PREFIX))
-}
-
-pub(crate) fn walk_error(root: &Path, e: walkdir::Error) -> Error {
-    let path = e.path().unwrap_or(root).to_path_buf();
-    match e.into_io_error() {
-        Some(io) => Error::Io { path, action: "walking", source: io },
-        None => Error::Refused(format!("{}: filesystem loop", path.display())),
-    }
-}
-
 /// Counts the regular files and their bytes under `root`, as the manifest announces them.
 pub(crate) fn count_tree(root: &Path, cancel: &Cancel) -> Result<(u64, u64)> {
     let (mut files, mut bytes) = (0, 0);

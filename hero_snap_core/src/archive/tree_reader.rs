@@ -363,3 +363,76 @@ fn pax_record(out: &mut Vec<u8>, key: &str, value: &[u8]) {
     out.extend_from_slice(value);
     out.push(b'\n');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_of(dir: &Path, bytes: &[u8]) -> File {
+        let path = dir.join("f");
+        std::fs::write(&path, bytes).unwrap();
+        File::open(&path).unwrap()
+    }
+
+    #[test]
+    fn a_file_read_whole_shows_whether_it_grew_or_shrank() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = b"before".to_vec();
+        for (bytes, described, changed) in [(&b"hello"[..], 5, false), (b"hello, world", 5, true), (b"hel", 5, true), (b"", 0, false), (b"x", 0, true)] {
+            data.truncate(6);
+            let Content::Read { range, hash, changed: seen } = read_whole(file_of(dir.path(), bytes), described, &mut data).unwrap() else {
+                panic!("read whole")
+            };
+            assert_eq!(range, 6..6 + described as usize);
+            assert_eq!(seen, changed, "{bytes:?} described as {described} bytes");
+            // What is archived is the described size: cut if it grew, zeros if it shrank.
+            let mut want = bytes[..bytes.len().min(described as usize)].to_vec();
+            want.resize(described as usize, 0);
+            assert_eq!(&data[range], &want[..]);
+            assert_eq!(hash, blake3::hash(&want));
+            assert_eq!(&data[..6], b"before");
+        }
+    }
+
+    #[test]
+    fn a_writer_error_stops_the_reader_and_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        // More entries than the batches in flight hold: the reader would block if not stopped.
+        for i in 0..(BATCH_ENTRIES * (BATCHES_IN_FLIGHT + 2)) {
+            std::fs::write(dir.path().join(format!("{i:05}")), b"x").unwrap();
+        }
+        let tree = Tree { root: dir.path(), member_root: "s", stable: true };
+        let mut batches = 0;
+        let result = read_tree(&tree, None, &Cancel::new(), |_| {
+            batches += 1;
+            Err(Error::Refused("the output is full".into()))
+        });
+        assert!(matches!(result, Err(Error::Refused(m)) if m == "the output is full"));
+        assert_eq!(batches, 1);
+    }
+
+    #[test]
+    fn entries_come_in_walk_order_with_their_member_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("b/c")).unwrap();
+        std::fs::write(dir.path().join("b/c/z"), b"z").unwrap();
+        std::fs::write(dir.path().join("a"), b"a").unwrap();
+        std::fs::write(dir.path().join(".hero-snap-staging"), b"ours").unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("b/link")).unwrap();
+        let tree = Tree { root: dir.path(), member_root: "s/v", stable: true };
+        let mut seen = Vec::new();
+        read_tree(&tree, None, &Cancel::new(), |batch| {
+            for item in &batch.items {
+                seen.push(match item {
+                    Item::Dir { member, .. } => format!("dir {member}"),
+                    Item::File { member, content: Content::Read { range, .. }, .. } => format!("file {member} {:?}", &batch.data[range.clone()]),
+                    Item::Symlink { member, target, .. } => format!("link {member} -> {}", target.display()),
+                    _ => "other".into(),
+                });
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["dir s/v", "file s/v/a [97]", "dir s/v/b", "dir s/v/b/c", "file s/v/b/c/z [122]", "link s/v/b/link -> a"]);
+    }
+}

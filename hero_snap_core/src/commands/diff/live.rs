@@ -11,7 +11,7 @@ use super::super::ls::{entry_of, rfc3339, LsEntry};
 use crate::archive::format::{Manifest, MemberKey};
 use crate::archive::PathPatterns;
 use crate::error::{Error, Result};
-use crate::fs_tree::{hash_reader, name_text, walk, walk_error};
+use crate::fs_tree::{hash_reader, name_text, walk_at, Entry};
 use crate::inventory::Inventory;
 use crate::progress::Cancel;
 
@@ -53,20 +53,20 @@ fn walk_surface(root: &Path, key: &MemberKey, patterns: &PathPatterns, out: &mut
     // The first name of an inode with several is the file; the others are hard links to
     // it, as the backup archives them.
     let mut first_names: HashMap<(u64, u64), String> = HashMap::new();
-    for entry in walk(root) {
-        cancel.check()?;
-        let entry = entry.map_err(|e| walk_error(root, e))?;
-        let rel = entry.path().strip_prefix(root).unwrap_or(Path::new(""));
+    walk_at(root, true, cancel, &mut |entry| {
+        let (rel, md) = match entry {
+            Entry::Dir { rel, dir } => (rel, dir.metadata().map_err(Error::io(root.join(rel), "reading metadata"))?),
+            Entry::Other { rel, .. } => (rel, fs::symlink_metadata(root.join(rel)).map_err(Error::io(root.join(rel), "reading metadata"))?),
+        };
         let inner = name_text(rel.as_os_str().as_bytes());
-        let md = entry.metadata().map_err(|e| walk_error(root, e))?;
         let ft = md.file_type();
         let (kind, link, size) = if ft.is_dir() {
             ("dir", None, 0)
         } else if ft.is_symlink() {
-            let target = fs::read_link(entry.path()).map_err(Error::io(entry.path(), "reading the symlink"))?;
+            let target = fs::read_link(root.join(rel)).map_err(Error::io(root.join(rel), "reading the symlink"))?;
             ("symlink", Some(target.to_string_lossy().into_owned()), 0)
         } else if !ft.is_file() {
-            continue; // a socket or device: backup never archives one
+            return Ok(()); // a socket or device: backup never archives one
         } else if md.nlink() > 1 {
             match first_names.get(&(md.dev(), md.ino())) {
                 Some(first) => ("hardlink", Some(first.clone()), 0),
@@ -80,20 +80,19 @@ fn walk_surface(root: &Path, key: &MemberKey, patterns: &PathPatterns, out: &mut
         };
         // Picked after the hard links are noted: a picked second name of an unpicked file
         // is a hard link in the archive too.
-        if !patterns.picks(key, &inner) {
-            continue;
+        if patterns.picks(key, &inner) {
+            out.push(LsEntry {
+                kind,
+                size,
+                mtime: Some(rfc3339(md.mtime())),
+                mode: Some(format!("{:04o}", md.mode() & 0o7777)),
+                owner: Some(format!("{}:{}", md.uid(), md.gid())),
+                link,
+                ..entry_of(key, &inner)
+            });
         }
-        out.push(LsEntry {
-            kind,
-            size,
-            mtime: Some(rfc3339(md.mtime())),
-            mode: Some(format!("{:04o}", md.mode() & 0o7777)),
-            owner: Some(format!("{}:{}", md.uid(), md.gid())),
-            link,
-            ..entry_of(key, &inner)
-        });
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn hash_file(path: &Path) -> Result<String> {
