@@ -199,7 +199,8 @@ impl Writers {
             let (pieces, rx) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_QUEUED);
             (Content::Pieces(rx), Some(pieces))
         };
-        let dest_shown = dest.display().to_string();
+        // Made for a large file only: a path's display is a lossy UTF-8 pass and an allocation.
+        let dest_shown = pieces.as_ref().map(|_| dest.display().to_string()).unwrap_or_default();
         self.state.pending.fetch_add(1, Ordering::SeqCst);
         let job = Job { dir, name, dest, member: member.to_string(), size, meta, content };
         let queue = self.jobs.get(self.turn).expect("the pool is running");
