@@ -96,7 +96,8 @@ pub(crate) struct Tree<'a> {
 /// Walks `tree` on a thread of its own and gives each batch to `write`, in walk order. The
 /// first error of either side ends both; the reader is joined before this returns.
 pub(crate) fn read_tree(tree: &Tree, parent: Option<&mut ParentIndex>, cancel: &Cancel, write: impl FnMut(&mut Batch) -> Result<()>) -> Result<()> {
-    let root_dev = std::fs::symlink_metadata(tree.root).map_err(Error::io(tree.root, "reading"))?.dev();
+    // Followed, as the walk follows a root that is a symlink: the root is the directory it names.
+    let root_dev = std::fs::metadata(tree.root).map_err(Error::io(tree.root, "reading"))?.dev();
     let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(BATCHES_IN_FLIGHT);
     let (back, recycled) = mpsc::channel::<Batch>();
     std::thread::scope(|s| {
@@ -434,5 +435,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, ["dir s/v", "file s/v/a [97]", "dir s/v/b", "dir s/v/b/c", "file s/v/b/c/z [122]", "link s/v/b/link -> a"]);
+    }
+
+    #[test]
+    fn a_root_that_is_a_symlink_is_the_directory_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::fs::write(dir.path().join("real/f"), b"f").unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+        let root = dir.path().join("link");
+        let tree = Tree { root: &root, member_root: "s", stable: true };
+        let mut kinds = Vec::new();
+        read_tree(&tree, None, &Cancel::new(), |batch| {
+            kinds.extend(batch.items.iter().map(|i| matches!(i, Item::Dir { .. })));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(kinds, [true, false]);
     }
 }
