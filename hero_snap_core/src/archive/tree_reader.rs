@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -36,6 +36,8 @@ pub(crate) enum Content {
     Read { range: std::ops::Range<usize>, hash: blake3::Hash, changed: bool },
     /// Open, for the writer to stream; `meta` is this descriptor's `fstat`.
     Open { file: File },
+    /// Open and sparse (fewer blocks than its size needs): written as a GNU sparse member.
+    Sparse { file: File },
 }
 
 /// One entry of the tree, as the writer encodes it. `xattrs` are PAX records, empty if none.
@@ -249,12 +251,6 @@ impl TreeReader<'_> {
                 path.display()
             )));
         }
-        // A hard-linked inode is archived whole every time: its names live in one archive.
-        if meta.nlink() == 1 {
-            if let Some((size, blake3, origin)) = self.inherit(&path, &member, &meta)? {
-                return Ok(Item::Inherited { member, meta, size, blake3, origin });
-            }
-        }
         // A file the walk did not open is opened here and described by its own descriptor.
         let (file, meta) = match file {
             Some(f) => (f, meta),
@@ -264,10 +260,17 @@ impl TreeReader<'_> {
                 (f, meta)
             }
         };
+        // A hard-linked inode is archived whole every time: its names live in one archive.
+        if meta.nlink() == 1 {
+            if let Some((size, blake3, origin)) = self.inherit(&path, &member, (&meta, &file))? {
+                return Ok(Item::Inherited { member, meta, size, blake3, origin });
+            }
+        }
         let xattrs = xattr_records(&path, Some(&file))?;
         let size = meta.len();
-        // A sparse file goes to the writer, which writes it as a GNU sparse member.
-        let content = if size <= READ_WHOLE_MAX && meta.blocks() * 512 >= size {
+        let content = if meta.blocks() * 512 < size {
+            Content::Sparse { file }
+        } else if size <= READ_WHOLE_MAX {
             read_whole(file, size, data).map_err(Error::io(&path, "reading"))?
         } else {
             Content::Open { file }
@@ -276,15 +279,17 @@ impl TreeReader<'_> {
     }
 
     /// The index line's size, hash and origin, if the parent's index has the file unchanged.
-    fn inherit(&mut self, path: &Path, member: &str, meta: &Metadata) -> Result<Option<(u64, String, String)>> {
+    /// `file` is the file open; hashed to compare, it is rewound for whoever reads it next.
+    fn inherit(&mut self, path: &Path, member: &str, file: (&Metadata, &File)) -> Result<Option<(u64, String, String)>> {
+        let (meta, mut file) = file;
         let Some(parent) = self.parent.as_deref_mut() else { return Ok(None) };
         let Some((entry, prints)) = parent.lookup.get(member)? else { return Ok(None) };
         if entry.size != meta.len() {
             return Ok(None);
         }
-        let same_content = || -> Result<bool> {
-            let mut f = open_source(path).map_err(Error::io(path, "opening"))?;
-            Ok(hash_reader(&mut f).map_err(Error::io(path, "reading"))?.to_hex().as_str() == entry.blake3)
+        let mut same_content = || -> Result<bool> {
+            let hash = hash_reader(&mut file).and_then(|h| file.rewind().map(|()| h)).map_err(Error::io(path, "reading"))?;
+            Ok(hash.to_hex().as_str() == entry.blake3)
         };
         let same = match prints {
             // An index read from the archive has no metadata to compare (D-17): ctime, which

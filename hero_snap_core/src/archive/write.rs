@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -148,12 +148,10 @@ pub(crate) struct ParentIndex {
     pub run_id: String,
     /// Compare content too (`--rehash`), not metadata alone.
     pub rehash: bool,
-    /// The index was read from the parent archive (decisions/D-17), at this cost.
-    pub fetch: Option<super::ParentFetch>,
-    /// For an index without fingerprints (read from the archive): when the parent's run
-    /// started (seconds since the epoch; `i64::MIN` when unknown). A file whose ctime is not
-    /// before it may have changed owner, mode, times or xattrs since, which only the
-    /// fingerprints would show; it is archived again.
+    /// When the parent's run started (seconds since the epoch; `i64::MIN` when unknown),
+    /// which an index without fingerprints (read from the archive) compares with: a file
+    /// whose ctime is not before it may have changed owner, mode, times or xattrs since,
+    /// which only the fingerprints would show; it is archived again.
     pub changed_before: i64,
 }
 
@@ -190,25 +188,16 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         })
     }
 
-    /// What reading the parent's index from its archive cost, if it was read so.
-    pub(crate) fn parent_fetch(&mut self) -> Option<super::ParentFetch> {
-        self.parent.as_mut().and_then(|p| p.fetch.take())
-    }
-
     /// Makes this an incremental of `parent`: call before the first tree.
     pub(crate) fn incremental(&mut self, parent: ParentIndex) {
         self.parent = Some(parent);
-    }
-
-    fn out_err(e: io::Error) -> Error {
-        out_err(e)
     }
 
     /// The first member. Must be called once, before any tree.
     pub(crate) fn write_manifest(&mut self, manifest: &Manifest) -> Result<()> {
         let yaml = manifest.to_yaml()?;
         self.manifest_hash = Some(blake3::hash(yaml.as_bytes()));
-        append_bytes(&mut self.tar, MANIFEST_PATH, yaml.as_bytes()).map_err(Self::out_err)
+        append_bytes(&mut self.tar, MANIFEST_PATH, yaml.as_bytes()).map_err(out_err)
     }
 
     /// Appends the tree at `root` (a directory) under the member path `member_root`.
@@ -243,12 +232,12 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             Item::Symlink { member, meta, target } => {
                 let mut header = header_of(&meta, EntryType::Symlink);
                 header.set_size(0);
-                self.tar.append_link(&mut header, name_path(&member), &target).map_err(Self::out_err)?;
+                self.tar.append_link(&mut header, name_path(&member), &target).map_err(out_err)?;
             }
             Item::HardLink { member, meta, first } => {
                 let mut header = header_of(&meta, EntryType::Link);
                 header.set_size(0);
-                self.tar.append_link(&mut header, name_path(&member), name_path(&first)).map_err(Self::out_err)?;
+                self.tar.append_link(&mut header, name_path(&member), name_path(&first)).map_err(out_err)?;
             }
             Item::Inherited { member, meta, size, blake3, origin } => {
                 Index::write_inherited(&mut self.spill, &member, size, &blake3, &origin).map_err(Error::io("<index spill>", "writing"))?;
@@ -280,14 +269,14 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             Content::Read { range, hash, changed } => {
                 self.append_header(&mut header_of(meta, EntryType::Regular), &name_path(member))?;
                 let out = self.tar.get_mut();
-                out.write_all(&data[range]).and_then(|()| out.write_all(padding(size))).map_err(Self::out_err)?;
+                out.write_all(&data[range]).and_then(|()| out.write_all(padding(size))).map_err(out_err)?;
                 (hash, changed, size)
             }
-            Content::Open { mut file } if meta.blocks() * 512 < size => {
-                // Sparse: the tar crate writes a GNU sparse member; hash the logical content.
+            Content::Sparse { mut file } => {
+                // The tar crate writes a GNU sparse member; hash the logical content.
                 let hash = hash_reader(&mut file).map_err(Error::io(path, "reading"))?;
                 file.rewind().map_err(Error::io(path, "reading"))?;
-                self.tar.append_file(name_path(member), &mut file).map_err(Self::out_err)?;
+                self.tar.append_file(name_path(member), &mut file).map_err(out_err)?;
                 (hash, file.metadata().map_err(Error::io(path, "reading metadata"))?.len() != size, 0)
             }
             Content::Open { mut file } => {
@@ -319,11 +308,11 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         let bytes = member.as_os_str().as_bytes();
         let name = &mut header.as_old_mut().name;
         if bytes.len() > name.len() {
-            return self.tar.append_data(header, member, io::empty()).map_err(Self::out_err);
+            return self.tar.append_data(header, member, io::empty()).map_err(out_err);
         }
         name[..bytes.len()].copy_from_slice(bytes);
         header.set_cksum();
-        self.tar.append(header, io::empty()).map_err(Self::out_err)
+        self.tar.append(header, io::empty()).map_err(out_err)
     }
 
     /// Writes exactly `size` bytes of `file` as a member's data, with its padding: zeros
@@ -348,7 +337,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
             }
             buf[n..].fill(0);
             hasher.update(buf);
-            out.write_all(buf).map_err(Self::out_err)?;
+            out.write_all(buf).map_err(out_err)?;
             remaining -= want as u64;
             pending += want as u64;
             if pending >= 1 << 22 || remaining == 0 {
@@ -356,7 +345,7 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
                 pending = 0;
             }
         }
-        out.write_all(padding(size)).map_err(Self::out_err)?;
+        out.write_all(padding(size)).map_err(out_err)?;
         Ok((hasher.finalize(), short))
     }
 
@@ -378,9 +367,9 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         header.set_entry_type(EntryType::XHeader);
         header.set_size(records.len() as u64);
         header.set_mode(0o644);
-        header.set_path("././@PaxHeader").map_err(Self::out_err)?;
+        header.set_path("././@PaxHeader").map_err(out_err)?;
         header.set_cksum();
-        self.tar.append(&header, records).map_err(Self::out_err)
+        self.tar.append(&header, records).map_err(out_err)
     }
 
     fn fingerprints(&mut self, meta: &std::fs::Metadata) -> Result<()> {
@@ -423,16 +412,16 @@ impl<W: Write + Send + 'static> ArchiveWriter<W> {
         header.set_size(head.len() as u64 + spill_len);
         header.set_mode(0o644);
         header.set_mtime(now_secs());
-        self.tar.get_mut().flush().map_err(Self::out_err)?;
+        self.tar.get_mut().flush().map_err(out_err)?;
         let level = index_level(self.tar.get_mut().get_mut().comp.level);
         let offset = self.tar.get_mut().get_mut().end_frame(level)?;
-        self.tar.append_data(&mut header, INDEX_PATH, (&head[..]).chain(spill)).map_err(Self::out_err)?;
+        self.tar.append_data(&mut header, INDEX_PATH, (&head[..]).chain(spill)).map_err(out_err)?;
         // tar's end blocks go into the index frame: the data frame then ends mid-archive,
         // which only matters to a reader that stops at a frame's end, and none does.
-        let z = self.tar.into_inner().map_err(Self::out_err)?.into_inner().map_err(|e| Self::out_err(e.into_error()))?;
+        let z = self.tar.into_inner().map_err(out_err)?.into_inner().map_err(|e| out_err(e.into_error()))?;
         let (mut enc, end) = z.finish()?;
-        enc.write_all(&Trailer { offset, length: end - offset }.encode()).map_err(Self::out_err)?;
-        let out = enc.finish().map_err(Self::out_err)?;
+        enc.write_all(&Trailer { offset, length: end - offset }.encode()).map_err(out_err)?;
+        let out = enc.finish().map_err(out_err)?;
         Ok((out, ArchiveTotals { files: self.files, entries: self.entries, bytes: self.bytes, manifest_blake3: manifest_hash, index_blake3 }))
     }
 }

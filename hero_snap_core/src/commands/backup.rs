@@ -151,10 +151,14 @@ fn backup_cached<W: Write + Send + 'static>(
     result
 }
 
+/// An incremental's parent: its cache record and its index.
+type Parent = (CacheRecord, ParentIndex);
+
 /// The cache record and index of the parent, or `None` for a full archive (with the
-/// warning that says why, when `--since latest` found none or the chain is long enough).
-fn resolve_parent(inv: &Inventory, opts: &BackupOptions, target: &Target<'_>, warnings: &mut Vec<Warning>) -> Result<Option<(CacheRecord, ParentIndex)>> {
-    let Some(since) = &opts.since else { return Ok(None) };
+/// warning that says why, when `--since latest` found none or the chain is long enough);
+/// and what reading the parent's index from its archive cost, if it was read so.
+fn resolve_parent(inv: &Inventory, opts: &BackupOptions, target: &Target<'_>, warnings: &mut Vec<Warning>) -> Result<(Option<Parent>, Option<ParentFetch>)> {
+    let Some(since) = &opts.since else { return Ok((None, None)) };
     let cache = Cache::new(target.state);
     let to = target.key;
     let selection = opts.selection.record();
@@ -175,7 +179,7 @@ fn resolve_parent(inv: &Inventory, opts: &BackupOptions, target: &Target<'_>, wa
                         "no earlier archive of this instance and selection beside {to} is in the index cache, and {why}; this archive is a full one"
                     ),
                 });
-                return Ok(None);
+                return Ok((None, None));
             }
         },
     };
@@ -184,11 +188,11 @@ fn resolve_parent(inv: &Inventory, opts: &BackupOptions, target: &Target<'_>, wa
             code: "full-every".into(),
             message: format!("the chain of {} has {} archives (--full-every); this archive starts a new one", record.run_id, record.level + 1),
         });
-        return Ok(None);
+        return Ok((None, None));
     }
-    let changed_before = if record.from_archive { state::run_started(&record.run_id).unwrap_or(i64::MIN) } else { i64::MAX };
-    let parent = ParentIndex { lookup: cache.open(&record)?, run_id: record.run_id.clone(), rehash: opts.rehash, fetch, changed_before };
-    Ok(Some((record, parent)))
+    let changed_before = state::run_started(&record.run_id).unwrap_or(i64::MIN);
+    let parent = ParentIndex { lookup: cache.open(&record)?, run_id: record.run_id.clone(), rehash: opts.rehash, changed_before };
+    Ok((Some((record, parent)), fetch))
 }
 
 /// The keys that may open a parent archive: those given, the backup's own passphrase,
@@ -290,7 +294,7 @@ fn run_backup<W: Write + Send + 'static>(
     let (state, run) = (target.state.to_path_buf(), target.run.to_string());
     let plan::Selected { mut jobs, mut services, mut warnings, mut outcomes, exports: export_jobs } = plan::select(inv, &opts.selection)?;
     let placement = plan::place(inv, &mut jobs, opts.allow_live)?;
-    let parent = resolve_parent(inv, opts, target, &mut warnings)?;
+    let (parent, parent_fetch) = resolve_parent(inv, opts, target, &mut warnings)?;
     for w in warnings.iter().filter(|w| w.code == "parent-index-from-archive") {
         progress.event(&Event::Warning { warning: w.clone() });
     }
@@ -353,7 +357,8 @@ fn run_backup<W: Write + Send + 'static>(
         outcomes.push(Outcome::new(&job.service, Some(&job.surface), job.context.as_deref(), Status::Ok, None));
         failpoint("backup-surface-written");
     }
-    finish_archive(writer, frozen, &state, &run, manifest, outcomes, progress)
+    let (report, out) = finish_archive(writer, frozen, &state, &run, manifest, outcomes, progress)?;
+    Ok((BackupReport { parent_fetch, ..report }, out))
 }
 
 /// Checks the snapshots, writes the index, releases the snapshots: the report.
@@ -371,7 +376,6 @@ fn finish_archive<W: Write + Send + 'static>(
     frozen.check()?;
     let mut late_warnings = std::mem::take(&mut writer.warnings);
     let inherited = writer.inherited;
-    let parent_fetch = writer.parent_fetch();
     let cache_files = Cache::new(state).partial(run)?;
     let (counted, totals) = writer.finish(Some((&cache_files.0, &cache_files.1)))?;
     failpoint("backup-archive-finished");
@@ -385,7 +389,7 @@ fn finish_archive<W: Write + Send + 'static>(
     for o in &outcomes {
         progress.event(&Event::Outcome(o.clone()));
     }
-    Ok((BackupReport { manifest, archive_bytes: counted.count, outcomes, inherited, parent_fetch, cached: Some(cached) }, counted.inner))
+    Ok((BackupReport { manifest, archive_bytes: counted.count, outcomes, inherited, parent_fetch: None, cached: Some(cached) }, counted.inner))
 }
 
 /// Writes the archive to `path` under a temporary name, fsyncs it and renames it into
